@@ -1,0 +1,4 @@
+"""`python -m edgekit` runs the command-line interface."""
+from edgekit.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""The `edgekit` command line.
+
+Device commands (serve, inspect, targets, recipes) import edgekit.core / edgekit.device only;
+`build` imports edgekit.build (torch, transformers) lazily, inside the command, so a device
+install without torch can run everything else. User mistakes (EdgekitError) print one line
+`error: ...` and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgekit import __version__
+from edgekit.core.errors import EdgekitError
+from edgekit.core.units import format_bytes, format_seconds
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def cli():
+    """edgekit: distill, quantize and export language models for edge devices, then serve them
+    offline while logging power and energy.
+
+    \b
+    Workstation:  edgekit build --target onnx-cpu --recipe stories260k
+    Device:       edgekit serve dist/stories260k-onnx-cpu
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def targets(as_json):
+    """List target profiles (targets/*.toml) with a one-line description each."""
+    from edgekit.core.targets import list_targets
+
+    found = list_targets()
+    if as_json:
+        click.echo(json.dumps([{"name": t.name, "path": str(t.path), **t.data} for t in found], indent=2))
+        return
+    width = max(len(t.name) for t in found)
+    for t in found:
+        q = t.data["quantization"]["default"]
+        click.echo(f"{t.name:<{width}}  {t.format:<6} {q:<16} {t.description}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def recipes(as_json):
+    """List student recipes (models/*.toml)."""
+    from edgekit.core.recipes import list_recipes
+
+    found = list_recipes()
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "path": str(r.path), **r.data} for r in found], indent=2))
+        return
+    width = max(len(r.name) for r in found)
+    for r in found:
+        click.echo(f"{r.name:<{width}}  {r.task:<18} {r.data['description']}")
+
+
+@cli.command()
+@click.option("--target", "-t", default="onnx-cpu", show_default=True,
+              help="Target profile name (see `edgekit targets`) or path to a target .toml.")
+@click.option("--recipe", "-r", default="smollm2-135m", show_default=True,
+              help="Student recipe name (see `edgekit recipes`) or path to a recipe .toml.")
+@click.option("--teacher", default=None,
+              help="Override the recipe's teacher: a local HF folder, or shared:/path:/wheel:/hub: source.")
+@click.option("--precision", default=None, help="Override the target's default precision (must be allowed by it).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Bundle directory to write [default: ./dist/<recipe>-<target>]. An existing bundle there is replaced.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for per-stage outputs [default: ./build/<recipe>-<target>].")
+@click.option("--tar", is_flag=True, help="Also write <out>.tar, a single-file copy of the bundle.")
+@click.option("--no-gate", is_flag=True, help="Package even if verification misses the target's limits (marked in the manifest).")
+def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate):
+    """Build a device bundle: distill -> export -> quantize -> verify -> package.
+
+    Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
+    with sha256, parameters, metrics, seconds) in the bundle's manifest.json. The bundle is
+    written atomically: a failed build leaves any previous bundle untouched.
+    """
+    from edgekit.core.recipes import load_recipe
+    from edgekit.core.targets import load_target
+
+    tgt = load_target(target)
+    rcp = load_recipe(recipe)
+    prec = tgt.precision(precision)
+    from edgekit.build.teacher import teacher_from_cli
+
+    source = teacher_from_cli(teacher) if teacher else rcp.teacher["source"]
+    out = out or Path("dist") / f"{rcp.name}-{tgt.name}"
+    work_dir = work_dir or Path("build") / f"{rcp.name}-{tgt.name}"
+
+    from edgekit.build.builder import BuildContext, run_build
+
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
+    bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
+                                    work_dir=work_dir, gate=not no_gate, tar=tar, log=log))
+    size = sum(f["bytes"] for f in bundle.manifest["files"])
+    click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})")
+
+
+def _print_manifest(root: Path, m: dict) -> None:
+    model = m["model"]
+    click.echo(f"bundle     {root}")
+    click.echo(f"name       {m['name']}  (task {m['task']}, edgekit {m['edgekit_version']}, schema {m['schema_version']})")
+    click.echo(f"target     {m['target']['name']}: {m['target']['description']}")
+    click.echo(f"model      {model['file']}  {model['format']} {model['precision']}  runtime {model['runtime']}"
+               f" (delegate {model['delegate']})  context {model['max_sequence_length']} tokens")
+    if "parameters" in model:
+        arch = model.get("architecture", {})
+        click.echo(f"           {model['parameters']:,} parameters; " + ", ".join(f"{k} {v}" for k, v in arch.items()))
+    click.echo(f"created    {m.get('created_utc', '?')}")
+    click.echo("files")
+    for f in m["files"]:
+        click.echo(f"  {f['path']:<20} {format_bytes(f['bytes']):>10}  sha256 {f['sha256'][:16]}...")
+    prov = m.get("provenance", {})
+    if prov:
+        click.echo(f"teacher    {prov['teacher']['source']}")
+        click.echo("stages")
+        for s in prov.get("stages", []):
+            click.echo(f"  {s['name']:<10} {format_seconds(s['seconds']):>10}")
+    verify = m.get("metrics", {}).get("verify")
+    if verify:
+        click.echo("verify")
+        click.echo(f"  greedy agreement   {verify['greedy_agreement']:.3f} over {verify['greedy_tokens']} tokens"
+                   f" ({len(verify['prompts'])} prompts)")
+        click.echo(f"  max |logit diff|   {verify['max_logit_diff']:.4g}")
+        click.echo(f"  tokenizer match    {verify['tokenizer_match']}")
+        if "perplexity" in verify:
+            p = verify["perplexity"]
+            click.echo(f"  perplexity         {p['exported']:.3f} vs fp32 {p['reference']:.3f} ({p['ratio']:.4f}x,"
+                       f" {p['eval_tokens']} tokens)")
+    gate = m.get("gate")
+    if gate:
+        state = "passed" if gate["passed"] else ("FAILED (packaged with --no-gate)" if not gate["enforced"] else "FAILED")
+        click.echo(f"gate       {state}" + "".join(f"\n  - {f}" for f in gate.get("failures", [])))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print manifest.json (after verification) for scripts.")
+def inspect(bundle, as_json):
+    """Verify a bundle (every file's sha256) and print what it holds and how it was built."""
+    from edgekit.core.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps(b.manifest, indent=2))
+    else:
+        _print_manifest(b.root, b.manifest)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Use 0.0.0.0 explicitly to accept connections from other machines.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port (0 = any free port).")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Runtime intra-op threads (0 = the runtime's default).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log verbosity.")
+def serve(bundle, host, port, threads, log_level):
+    """Serve a bundle over HTTP with an OpenAI-compatible API.
+
+    \b
+    GET  /health            200 when the model is ready
+    GET  /v1/models         the served model
+    POST /v1/completions    prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream
+    The bundle is verified (sha256 of every file) before it is loaded.
+    """
+    import uvicorn
+
+    from edgekit.device.runtime import load
+    from edgekit.device.server import create_app
+
+    loaded = load(bundle, threads=threads)
+    click.echo(f"edgekit serve: {loaded.name} ({loaded.bundle.manifest['model']['precision']}, "
+               f"{loaded.bundle.manifest['model']['runtime']}) on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(loaded), host=host, port=port, log_level=log_level)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI, turning EdgekitError into one line on stderr and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except EdgekitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,162 @@
+"""The bundle: a directory (or a .tar of one) that carries a model to a device. Stdlib only.
+
+Layout:
+  manifest.json      schema version, edgekit version, target, task, signature, files with
+                     sha256 and size (bytes), provenance (teacher, recipe, stage records),
+                     quality metrics
+  model.*            the model file(s) for the target's runtime
+  tokenizer.json     a Hugging Face `tokenizers` file
+  generation.json    generation defaults
+
+Writing is atomic: files are staged in a temporary sibling directory and renamed into place.
+Loading verifies every listed file's size and sha256 and refuses a bundle that does not match,
+naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.core.errors import BundleError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+_REQUIRED_KEYS = ("schema_version", "edgekit_version", "name", "target", "task", "model", "files")
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: Path, root: Path) -> dict:
+    """{"path": relative posix path, "sha256": hex, "bytes": size} for a file under root."""
+    return {"path": path.relative_to(root).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: `root` directory and its parsed `manifest`."""
+
+    root: Path
+    manifest: dict
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / self.manifest["model"]["file"]
+
+
+def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) -> Bundle:
+    """Hash every file in `staging`, add manifest.json, and move the result to `out` atomically.
+
+    `staging` must be a directory on the same filesystem as `out` (see `staging_dir`). An
+    existing bundle at `out` is replaced; an existing non-bundle path is refused. With `tar`,
+    `out` + ".tar" is written too (also via a temporary name).
+    """
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = dict(manifest, files=[file_record(p, staging) for p in files])
+    manifest.setdefault("schema_version", SCHEMA_VERSION)
+    tmp_manifest = staging / (MANIFEST + ".tmp")
+    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp_manifest, staging / MANIFEST)
+
+    if out.exists() and not (out / MANIFEST).is_file():
+        raise BundleError(f"{out} exists and is not an edgekit bundle; refusing to replace it")
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old)  # renaming a directory over an empty one is atomic on POSIX
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    if tar:
+        tar_path = out.with_name(out.name + ".tar")
+        tmp_tar = tar_path.with_name(tar_path.name + ".tmp")
+        with tarfile.open(tmp_tar, "w") as tf:
+            tf.add(out, arcname=out.name)
+        os.replace(tmp_tar, tar_path)
+    return Bundle(out, manifest)
+
+
+def staging_dir(out: Path) -> Path:
+    """A fresh temporary directory beside `out`, so the final rename stays on one filesystem."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+
+
+def _read_manifest(root: Path) -> dict:
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root}: not an edgekit bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: manifest is not valid JSON ({exc})") from None
+    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath}: manifest lacks required keys: {', '.join(missing)}")
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise BundleError(
+            f"{mpath}: bundle schema version {manifest['schema_version']} is newer than this edgekit "
+            f"understands ({SCHEMA_VERSION}); upgrade edgekit"
+        )
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Check each listed file exists with the recorded size and sha256; raise BundleError naming it."""
+    for rec in manifest["files"]:
+        rel = rec["path"]
+        p = (root / rel).resolve()
+        if root.resolve() not in p.parents:
+            raise BundleError(f"{root}: manifest lists a file outside the bundle: {rel}")
+        if not p.is_file():
+            raise BundleError(f"{root}: file '{rel}' listed in the manifest is missing")
+        size = p.stat().st_size
+        if size != rec["bytes"]:
+            raise BundleError(
+                f"{root}: file '{rel}' is {size} bytes, manifest says {rec['bytes']} (truncated or replaced)"
+            )
+        if sha256_file(p) != rec["sha256"]:
+            raise BundleError(f"{root}: file '{rel}' fails its sha256 check (modified or corrupted)")
+
+
+def load_bundle(path: str | os.PathLike, extract_to: Path | None = None) -> Bundle:
+    """Open and verify a bundle directory or .tar.
+
+    A .tar is extracted (safely: no absolute paths, links or devices) into `extract_to`, or a new
+    temporary directory, before verification.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise BundleError(f"bundle not found: {p}")
+    if p.is_file():
+        if not tarfile.is_tarfile(p):
+            raise BundleError(f"{p}: neither a bundle directory nor a .tar of one")
+        dest = extract_to or Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
+        try:
+            with tarfile.open(p) as tf:
+                tf.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise BundleError(f"{p}: cannot extract bundle: {exc}") from None
+        roots = [d for d in dest.iterdir() if (d / MANIFEST).is_file()]
+        if len(roots) != 1:
+            raise BundleError(f"{p}: archive does not contain exactly one bundle directory")
+        p = roots[0]
+    manifest = _read_manifest(p)
+    verify_files(p, manifest)
+    return Bundle(p, manifest)

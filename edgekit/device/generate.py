@@ -1,0 +1,110 @@
+"""The generation loop: prefill once, then one token per step, with stop strings and timings.
+
+Works with any model object that has `new_cache()` and `forward(ids, cache) -> logits[S, V]`.
+Time comes from an injected clock (default time.perf_counter). Timings are seconds.
+May import: stdlib, numpy, edgekit.core, edgekit.device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from edgekit.device.sampling import Sampler
+
+
+@dataclass
+class GenerationResult:
+    """Outcome of one generation. Times in seconds."""
+
+    prompt_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        steps = max(self.completion_tokens - 1, 0)  # the first token comes from prefill
+        return steps / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` could still become a stop string (or a split char)."""
+    hold = 1 if text.endswith("\ufffd") else 0  # an incomplete UTF-8 sequence from byte fallback
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    sampler: Sampler,
+    stop: list[str] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[str]:
+    """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult.
+
+    Use `result = yield from generate(...)` or `drain(generate(...))`. `should_stop` lets a
+    caller cancel (e.g. a client disconnected): generation ends with finish_reason "cancelled".
+    """
+    stops = [s for s in (stop or []) if s]
+    result = GenerationResult(prompt_tokens=len(prompt_ids))
+    prompt_text = tokenizer.decode(prompt_ids)
+    cache = model.new_cache()
+    budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
+    emitted = 0
+    t0 = clock()
+    logits = model.forward(prompt_ids, cache)[-1]
+    result.prefill_seconds = clock() - t0
+    t_decode = clock()
+    text = ""
+    while result.completion_tokens < budget:
+        token = sampler(logits)
+        if token in tokenizer.eos_token_ids:
+            result.finish_reason = "stop"
+            break
+        result.token_ids.append(token)
+        text = tokenizer.completion_text(prompt_ids, result.token_ids, prompt_text)
+        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+        if hits:
+            text = text[: min(hits)]
+            result.finish_reason = "stop"
+            break
+        safe = len(text) - _held_back(text, stops)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+        if should_stop is not None and should_stop():
+            result.finish_reason = "cancelled"
+            break
+        if result.completion_tokens >= budget:
+            break
+        logits = model.forward([token], cache)[-1]
+    result.decode_seconds = clock() - t_decode
+    if len(text) > emitted:
+        yield text[emitted:]
+    result.text = text
+    return result
+
+
+def drain(gen: Iterator[str]) -> GenerationResult:
+    """Run a `generate` generator to the end and return its GenerationResult."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

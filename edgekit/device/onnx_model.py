@@ -1,0 +1,76 @@
+"""A KV-cache causal LM running on onnxruntime.
+
+The exported graph (see edgekit/build/onnx_export.py) has inputs
+  input_ids [1, S] int64, attention_mask [1, P+S] int64, position_ids [1, S] int64,
+  past_key_i / past_value_i [1, kv_heads, P, head_dim] float32 for each layer i
+and outputs logits [1, S, vocab] float32 and present_key_i / present_value_i [1, kv_heads, P+S, head_dim].
+Prefill runs once over the prompt (P = 0); each decode step feeds one token and the cache.
+
+The session is injected (anything with onnxruntime's `run(output_names, feeds)` and
+`get_inputs()`), so tests can pass a fake. May import: stdlib, numpy, onnxruntime (lazily).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class KVCache:
+    """Per-request cache: one (key, value) pair of arrays per layer; `length` tokens so far."""
+
+    past: list[np.ndarray] = field(default_factory=list)
+    length: int = 0
+
+
+class OnnxCausalLM:
+    """Runs prefill/decode steps of an exported decoder on an onnxruntime-like session."""
+
+    def __init__(self, session, max_sequence_length: int):
+        self.session = session
+        self.max_sequence_length = max_sequence_length
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = sorted(
+            (n for n in inputs if n.startswith("past_")),
+            key=lambda n: (int(n.rsplit("_", 1)[1]), n.startswith("past_value")),
+        )
+        first = inputs[self.past_names[0]].shape
+        self.kv_heads, self.head_dim = int(first[1]), int(first[3])
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def new_cache(self) -> KVCache:
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        return KVCache(past=[empty] * len(self.past_names), length=0)
+
+    def forward(self, token_ids: list[int], cache: KVCache) -> np.ndarray:
+        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab]; updates cache."""
+        n = len(token_ids)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        total = cache.length + n
+        if total > self.max_sequence_length:
+            raise ValueError(f"sequence of {total} tokens exceeds the model's {self.max_sequence_length}")
+        feeds = {
+            "input_ids": np.asarray([token_ids], dtype=np.int64),
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(cache.length, total, dtype=np.int64)[None, :],
+        }
+        feeds.update(zip(self.past_names, cache.past))
+        outputs = self.session.run(self.output_names, feeds)
+        cache.past = list(outputs[1:])
+        cache.length = total
+        return outputs[0][0]
+
+
+def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> OnnxCausalLM:
+    """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests)."""
+    if session is None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return OnnxCausalLM(session, manifest["model"]["max_sequence_length"])

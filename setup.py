@@ -1,0 +1,59 @@
+"""edgekit packaging.
+
+The base install is the *device* install: no torch, no tensorflow (tests/test_layers.py checks).
+Extras:
+  build  workstation toolchain (torch CPU-compatible range, transformers 5, onnx, litert-torch ...)
+  tf     tensorflow-cpu, only for litert-torch's generative export_hf path
+  test   pytest and the HTTP clients the tests use
+Install torch's CPU wheel first (README) so the resolver does not pull the CUDA build.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "edgekit" / "__init__.py").read_text()).group(1)
+
+DEVICE = [
+    "click>=8.1",
+    "numpy>=1.26",
+    "psutil>=5.9",
+    "onnxruntime>=1.20",
+    "ai-edge-litert>=1.2",
+    "tokenizers>=0.20",  # pulls huggingface_hub (pure Python); no torch
+    "starlette>=0.40",
+    "uvicorn>=0.30",
+]
+BUILD = [
+    # litert-torch 0.10 requires torch<2.15; a "+cpu" pin would not resolve on users' machines,
+    # so the README installs the CPU wheel first and this range keeps it.
+    "torch>=2.4,<2.15",
+    "transformers>=5,<6",
+    "onnx>=1.17",
+    "onnxscript>=0.5",
+    "litert-torch>=0.10",
+    "gguf>=0.10",
+    "accelerate>=1.0",
+    "sentencepiece>=0.2",
+    "tqdm>=4.66",
+]
+TF = ["tensorflow-cpu>=2.19"]
+TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40"]
+
+setup(
+    name="edgekit",
+    version=VERSION,
+    description="Distill, quantize and export language models for edge hardware; serve them with honest energy accounting.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=["edgekit", "edgekit.core", "edgekit.device", "edgekit.build", "edgekit._targets", "edgekit._models"],
+    # The top-level targets/ and models/ folders ship inside the package as data-only packages.
+    package_dir={"edgekit._targets": "targets", "edgekit._models": "models"},
+    package_data={"edgekit._targets": ["*.toml"], "edgekit._models": ["*.toml"]},
+    install_requires=DEVICE,
+    extras_require={"build": BUILD, "tf": TF, "test": TEST, "all": BUILD + TEST},
+    entry_points={"console_scripts": ["edgekit = edgekit.cli:main"]},
+)
