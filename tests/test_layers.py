@@ -1,0 +1,82 @@
+"""One-way layering: core is stdlib-only, device never needs torch/tensorflow (fast tier),
+and a base `pip install .` resolves without them (full tier: asks the package index)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+PKG = ROOT / "edgekit"
+BUILD_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
+DEVICE_OK = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "tokenizers", "starlette", "uvicorn",
+             "psutil", "click", "edgekit"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _internal(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+        out |= {".".join(m.split(".")[:2]) for m in mods if m.startswith("edgekit.")}
+    return out
+
+
+def test_core_imports_only_stdlib_and_core():
+    for f in (PKG / "core").glob("*.py"):
+        third = {m for m in _imports(f) if m not in sys.stdlib_module_names and m != "edgekit"}
+        assert not third, f"{f.name} imports {third}"
+        assert _internal(f) <= {"edgekit.core"}, f"{f.name} imports {_internal(f)}"
+
+
+def test_device_never_imports_build_packages_or_build_layer():
+    for f in (PKG / "device").glob("*.py"):
+        third = {m for m in _imports(f) if m not in sys.stdlib_module_names}
+        assert third <= DEVICE_OK, f"{f.name} imports {third - DEVICE_OK}"
+        assert not third & BUILD_ONLY
+        assert _internal(f) <= {"edgekit.core", "edgekit.device"}, f"{f.name} imports {_internal(f)}"
+
+
+def test_device_cli_runs_with_torch_and_tensorflow_blocked():
+    code = ("import sys; sys.argv=['x']; exec(open(%r).read().split('if __name__')[0]);"
+            "import edgekit.device.server, edgekit.device.runtime, edgekit.device.generate, edgekit.cli;"
+            "import importlib.util;"
+            "exec('try:\\n import torch\\n print(\"torch importable\")\\nexcept ImportError: print(\"blocked\")')"
+            % str(ROOT / "tests" / "no_torch.py"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "blocked"
+    for cmd in (["serve", "--help"], ["inspect", "--help"], ["targets"]):
+        res = run_cli(*cmd, no_torch=True)
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert "Traceback" not in res.stderr
+    assert "--host" in run_cli("serve", "--help", no_torch=True).stdout
+
+
+@pytest.mark.full
+def test_base_install_resolves_without_torch_or_tensorflow(tmp_path):
+    """`pip install .` with no extras: ask pip what it would install (no download of torch)."""
+    report = tmp_path / "report.json"
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                          "--report", str(report), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"onnxruntime", "ai-edge-litert", "numpy", "click", "tokenizers"} <= names
+    heavy = {n for n in names if n.startswith(("torch", "tensorflow", "nvidia-", "jax", "transformers"))}
+    assert not heavy, f"base install would pull {heavy}"
