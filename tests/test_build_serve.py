@@ -1,0 +1,152 @@
+"""Full tier: build the real stories260k model into an onnx-cpu bundle, then serve it over real
+HTTP from a process where torch/tensorflow cannot be imported, and compare with PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import NO_TORCH, run_cli
+
+pytestmark = pytest.mark.full
+PROMPT = "Once upon a time"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(bundle: Path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(bundle), "--port", str(port),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy in 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_manifest_records_stages_files_and_metrics(stories_bundle):
+    m = json.loads((stories_bundle / "manifest.json").read_text())
+    assert m["target"]["name"] == "onnx-cpu" and m["task"] == "text-generation"
+    assert m["model"]["precision"] == "int8-dynamic" and m["model"]["parameters"] == 260_032
+    assert {f["path"] for f in m["files"]} == {"model.onnx", "tokenizer.json", "generation.json"}
+    stages = [s["name"] for s in m["provenance"]["stages"]]
+    assert stages == ["distill", "export", "quantize", "verify", "package"]
+    quant = m["provenance"]["stages"][2]
+    assert quant["inputs"][0]["role"] == "model" and len(quant["outputs"][0]["sha256"]) == 64
+    assert quant["metrics"]["bytes"] < quant["metrics"]["bytes_before"]
+    assert "MatMulInteger" in quant["metrics"]["ops"] or "DynamicQuantizeMatMul" in quant["metrics"]["ops"]
+    v = m["metrics"]["verify"]
+    assert v["tokenizer_match"] is True and v["greedy_agreement"] >= 0.75
+    assert 1.0 <= v["perplexity"]["ratio"] <= 1.02 and v["perplexity"]["eval_tokens"] > 500
+    assert m["gate"]["passed"] is True
+    assert m["signature"]["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": [1, "seq"]}
+    assert stories_bundle.with_name("bundle.tar").is_file()
+    assert run_cli("inspect", str(stories_bundle.with_name("bundle.tar"))).returncode == 0
+
+
+def _torch_greedy(shared_dir: Path, prompt: str, n: int) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = shared_dir / "models" / "stories260k"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False)
+    full = tok.decode(out[0], skip_special_tokens=True)
+    return full[len(tok.decode(ids[0], skip_special_tokens=True)):]
+
+
+def test_served_greedy_equals_pytorch_greedy(stories_bundle, shared_dir):
+    expected = _torch_greedy(shared_dir, PROMPT, 24)
+    assert expected.startswith(", there was a little girl named Lily")
+    with serving(stories_bundle) as base:
+        r = httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 24, "temperature": 0}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["text"] == expected
+        assert body["usage"]["prompt_tokens"] == 5 and body["usage"]["completion_tokens"] == 24
+        # seeded sampling is reproducible; stop strings cut the text
+        req = {"prompt": PROMPT, "max_tokens": 20, "temperature": 0.9, "top_p": 0.9, "seed": 42}
+        a = httpx.post(base + "/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
+        b = httpx.post(base + "/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
+        assert a == b
+        s = httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 24, "stop": ["Lily"]},
+                       timeout=60).json()["choices"][0]
+        assert s["text"] == expected[: expected.index("Lily")] and s["finish_reason"] == "stop"
+        bad = httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": -1}, timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+
+
+def test_openai_client_works_unchanged(stories_bundle):
+    openai = pytest.importorskip("openai")
+    with serving(stories_bundle) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused")
+        res = client.completions.create(model="stories260k", prompt=PROMPT, max_tokens=8, temperature=0)
+        assert res.choices[0].text.startswith(", there was") and res.usage.completion_tokens == 8
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="stories260k", prompt=PROMPT, max_tokens=8, temperature=0, stream=True))
+        assert streamed == res.choices[0].text
+
+
+def test_tampered_bundle_is_refused_by_serve_and_inspect(stories_bundle, tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(stories_bundle, copy)
+    model = copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    for cmd in (["serve", str(copy), "--port", str(_free_port())], ["inspect", str(copy)]):
+        res = run_cli(*cmd, no_torch=True, timeout=60)
+        assert res.returncode == 1, res.stderr
+        assert "file 'model.onnx' fails its sha256 check" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_teacher_path_is_one_clear_line(tmp_path):
+    res = run_cli("build", "--recipe", "stories260k", "--teacher", str(tmp_path / "nope"), cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == f"error: teacher model path does not exist: {tmp_path / 'nope'}"
+    assert not (tmp_path / "dist").exists()
+
+
+def test_failed_gate_leaves_previous_bundle_untouched(stories_bundle, tmp_path, shared_dir):
+    out = tmp_path / "b"
+    shutil.copytree(stories_bundle, out)
+    before = (out / "manifest.json").read_text()
+    strict = tmp_path / "strict.toml"
+    text = (Path(__file__).resolve().parent.parent / "targets" / "onnx-cpu.toml").read_text()
+    strict.write_text(text.replace('name = "onnx-cpu"', 'name = "strict"').replace(
+        "max_logit_diff = 2.0", "max_logit_diff = 0.000001"))
+    res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(out),
+                  "--work-dir", str(tmp_path / "w"), cwd=tmp_path)
+    assert res.returncode == 1 and "quality gate failed: max |logit diff|" in res.stderr
+    assert "--no-gate" in res.stderr and "Traceback" not in res.stderr
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b")) == []
