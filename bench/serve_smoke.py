@@ -1,0 +1,101 @@
+"""Serve smoke + decode benchmark: start `edgekit serve BUNDLE`, wait for /health, send
+completions over real HTTP, print what came back and the measured speed, write JSON, stop.
+
+    python bench/serve_smoke.py dist/stories260k-onnx-cpu [--requests 5] [--max-tokens 64]
+
+Numbers are wall-clock measurements on this machine (noisy: compare runs side by side).
+Uses the stdlib HTTP client only. Exit status is non-zero if any request fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--requests", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompt", default="Once upon a time")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json-out", type=Path, default=Path("bench/results/serve_smoke.json"))
+    args = ap.parse_args()
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "edgekit", "serve", str(args.bundle), "--port", str(port),
+           "--threads", str(args.threads), "--log-level", "warning"]
+    t_start = time.perf_counter()
+    server = subprocess.Popen(cmd)
+    try:
+        while True:
+            if server.poll() is not None:
+                print(f"server exited with status {server.returncode}", file=sys.stderr)
+                return 1
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+            if time.perf_counter() - t_start > 120:
+                print("server did not become healthy within 120 s", file=sys.stderr)
+                return 1
+        ready_seconds = time.perf_counter() - t_start
+        runs = []
+        for i in range(args.requests):
+            t0 = time.perf_counter()
+            body = _post(base + "/v1/completions",
+                         {"prompt": args.prompt, "max_tokens": args.max_tokens, "temperature": 0})
+            wall = time.perf_counter() - t0
+            u = body["usage"]
+            runs.append({"wall_seconds": wall, **u})
+            if i == 0:
+                print(f"prompt: {args.prompt!r}\ncompletion: {body['choices'][0]['text']!r}")
+        decode = [r["decode_tokens_per_second"] for r in runs]
+        result = {
+            "bundle": str(args.bundle),
+            "server_ready_seconds": round(ready_seconds, 3),
+            "requests": len(runs),
+            "completion_tokens": runs[0]["completion_tokens"],
+            "prefill_ms_median": statistics.median(r["prefill_ms"] for r in runs),
+            "decode_tokens_per_second_median": statistics.median(decode),
+            "request_seconds_median": statistics.median(r["wall_seconds"] for r in runs),
+            "runs": runs,
+        }
+        print(f"server ready in {ready_seconds:.2f} s; {len(runs)} requests x {runs[0]['completion_tokens']} tokens: "
+              f"prefill {result['prefill_ms_median']:.2f} ms, decode {result['decode_tokens_per_second_median']:.0f} "
+              f"tokens/s, request {result['request_seconds_median'] * 1000:.0f} ms (medians)")
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json_out}")
+        return 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
