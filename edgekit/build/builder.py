@@ -1,0 +1,236 @@
+"""`edgekit build`: distill -> export -> quantize -> verify -> package, as recorded stages.
+
+Export comes before quantize here (the design lists quantize first) because post-training
+quantizers for both ONNX Runtime and LiteRT operate on the exported graph; the stage records
+make the real order explicit in every manifest.
+
+Per-format code is chosen from the FORMATS registry by the target's `format` value.
+May import: stdlib, edgekit.core, edgekit.device, edgekit.build; torch/transformers via modules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit import __version__
+from edgekit.core.bundle import Bundle, SCHEMA_VERSION, staging_dir, write_bundle
+from edgekit.core.errors import BuildError, ConfigError
+from edgekit.core.paths import resolve_data_ref
+from edgekit.core.recipes import Recipe
+from edgekit.core.targets import Target
+from edgekit.build.pipeline import Stage, StageOutput, run_stages
+
+
+@dataclass(frozen=True)
+class FormatSupport:
+    """How one file format is exported, quantized and opened on the device."""
+
+    model_file: str
+    runtime: str
+    export: Callable  # (model, path, max_sequence_length) -> signature dict
+    quantize: Callable  # (src, dst, precision) -> parameters dict
+    open_device_model: Callable  # (path, manifest-like dict) -> device model
+    op_counts: Callable  # (path) -> {op: count}
+
+
+def _onnx_support() -> FormatSupport:
+    from edgekit.build import onnx_export, onnx_quantize
+    from edgekit.device.onnx_model import open_onnx
+
+    return FormatSupport("model.onnx", "onnxruntime", onnx_export.export_onnx, onnx_quantize.quantize_onnx,
+                         open_onnx, onnx_export.op_counts)
+
+
+FORMATS: dict[str, Callable[[], FormatSupport]] = {"onnx": _onnx_support}
+
+
+@dataclass
+class BuildContext:
+    target: Target
+    recipe: Recipe
+    teacher_source: str
+    precision: str
+    out: Path
+    work_dir: Path
+    gate: bool = True
+    tar: bool = False
+    log: Callable[[str], None] = print
+    support: FormatSupport | None = field(default=None)
+
+
+def _max_seq(ctx: BuildContext, config) -> int:
+    return min(ctx.target.data["shapes"]["max_sequence_length"], getattr(config, "max_position_embeddings", 1 << 30))
+
+
+def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    from edgekit.build.teacher import load_causal_lm, resolve_teacher
+
+    t = ctx.recipe.teacher
+    teacher_path = resolve_teacher(ctx.teacher_source, t["file"] if ctx.teacher_source == t["source"] else "",
+                                   t["sha256"] if ctx.teacher_source == t["source"] else "")
+    mode = ctx.recipe.student["mode"]
+    if mode != "teacher":
+        raise BuildError(
+            f"recipe '{ctx.recipe.name}' asks for student mode '{mode}', which this edgekit version cannot "
+            "train yet; use a recipe with mode = \"teacher\" (e.g. --recipe stories260k)"
+        )
+    model, tokenizer = load_causal_lm(teacher_path)
+    student_dir = d / "student"
+    model.save_pretrained(student_dir)
+    tokenizer.save_pretrained(student_dir)
+    if not (student_dir / "tokenizer.json").is_file():
+        raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
+    n_params = sum(p.numel() for p in model.parameters())
+    return StageOutput(
+        files={"student": student_dir},
+        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path)},
+        parameters={"mode": mode, "teacher": ctx.teacher_source},
+        metrics={"teacher_parameters": n_params, "student_parameters": n_params},
+    )
+
+
+def stage_export(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    model = outs["distill"].values["model"]
+    path = d / ctx.support.model_file
+    max_seq = _max_seq(ctx, model.config)
+    sig = ctx.support.export(model, path, max_seq)
+    return StageOutput(files={"model": path}, values={"signature": sig, "max_sequence_length": max_seq},
+                       parameters={"format": ctx.target.format, "max_sequence_length": max_seq},
+                       metrics={"bytes": path.stat().st_size})
+
+
+def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    src = outs["export"].files["model"]
+    dst = d / ctx.support.model_file
+    params = ctx.support.quantize(src, dst, ctx.precision)
+    return StageOutput(files={"model": dst}, parameters={"precision": ctx.precision, **params},
+                       metrics={"bytes_before": src.stat().st_size, "bytes": dst.stat().st_size,
+                                "ops": ctx.support.op_counts(dst)})
+
+
+def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    from edgekit.build.verify import gate_failures, read_texts, verify_causal
+    from edgekit.device.tokenizer import TextTokenizer
+
+    distill = outs["distill"]
+    model_path = outs["quantize"].files["model"]
+    max_seq = outs["export"].values["max_sequence_length"]
+    device_model = ctx.support.open_device_model(model_path, {"model": {"max_sequence_length": max_seq}})
+    tok = distill.values["tokenizer"]
+    device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", _eos_ids(tok, distill.values["model"]))
+    eval_paths, skipped = [], []
+    for ref in ctx.recipe.data["data"]["eval"]:
+        try:
+            p = resolve_data_ref(ref)
+        except ConfigError:
+            p = None
+        (eval_paths if p is not None and p.is_file() else skipped).append(p if p is not None and p.is_file() else ref)
+    limits = ctx.target.verify
+    metrics = verify_causal(distill.values["model"], tok, device_model, device_tok, ctx.recipe.data["verify"]["prompts"],
+                            limits["greedy_tokens"], read_texts(eval_paths))
+    if skipped:
+        metrics["eval_text_missing"] = [str(s) for s in skipped]
+    fails = gate_failures(metrics, limits)
+    metrics["gate"] = {"passed": not fails, "enforced": ctx.gate, "failures": fails, "limits": limits}
+    if fails and ctx.gate:
+        raise BuildError("quality gate failed: " + "; ".join(fails) + " (use --no-gate to package anyway)")
+    for f in fails:
+        ctx.log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")
+    return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted({eos} if isinstance(eos, int) else set(eos or []))
+
+
+def _architecture(config) -> dict:
+    from edgekit.build.onnx_export import kv_shape
+
+    layers, kv_heads, head_dim = kv_shape(config)
+    return {"model_type": config.model_type, "layers": layers, "hidden_size": config.hidden_size,
+            "attention_heads": config.num_attention_heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "vocab_size": config.vocab_size}
+
+
+def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    """Assemble the bundle in a staging folder beside --out; the manifest is written in run_build."""
+    distill = outs["distill"]
+    staging = staging_dir(ctx.out)
+    try:
+        shutil.copyfile(outs["quantize"].files["model"], staging / ctx.support.model_file)
+        shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
+        g = ctx.recipe.data["generation"]
+        eos = _eos_ids(distill.values["tokenizer"], distill.values["model"])
+        (staging / "generation.json").write_text(json.dumps({**g, "eos_token_ids": eos}, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return StageOutput(values={"staging": staging, "eos": eos})
+
+
+def _stages() -> list[Stage]:
+    return [
+        Stage("distill", stage_distill),
+        Stage("export", stage_export, uses=("distill",)),
+        Stage("quantize", stage_quantize, uses=("export",)),
+        Stage("verify", stage_verify, uses=("quantize",)),
+        Stage("package", stage_package, uses=("quantize", "distill")),
+    ]
+
+
+def run_build(ctx: BuildContext) -> Bundle:
+    """Run every stage and write the bundle atomically to ctx.out. Nothing is written on failure."""
+    if ctx.recipe.task != "text-generation":
+        raise BuildError(f"recipe '{ctx.recipe.name}' has task '{ctx.recipe.task}'; this edgekit version "
+                         "builds text-generation recipes only")
+    if ctx.target.format not in FORMATS:
+        raise BuildError(f"target '{ctx.target.name}' needs format '{ctx.target.format}', which this edgekit "
+                         f"version cannot export yet; available formats: {', '.join(FORMATS)}")
+    ctx.support = FORMATS[ctx.target.format]()
+    outs, records = {}, []
+    try:
+        outs, records = run_stages(_stages(), ctx.work_dir, ctx, ctx.log)
+        staging = outs["package"].values["staging"]
+        config = outs["distill"].values["model"].config
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "edgekit_version": __version__,
+            "name": ctx.recipe.name,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "target": ctx.target.data,
+            "task": ctx.recipe.task,
+            "model": {
+                "file": ctx.support.model_file,
+                "format": ctx.target.format,
+                "precision": ctx.precision,
+                "runtime": ctx.support.runtime,
+                "delegate": ctx.target.runtime["delegate"],
+                "max_sequence_length": outs["export"].values["max_sequence_length"],
+                "parameters": outs["distill"].metrics["student_parameters"],
+                "architecture": _architecture(config),
+            },
+            "signature": outs["export"].values["signature"],
+            "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["package"].values["eos"]},
+            "generation_file": "generation.json",
+            "provenance": {
+                "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},
+                "recipe": ctx.recipe.data,
+                "stages": records,
+            },
+            "metrics": {"verify": outs["verify"].metrics},
+            "gate": outs["verify"].metrics["gate"],
+        }
+        return write_bundle(staging, manifest, ctx.out, tar=ctx.tar)
+    except BaseException:
+        staging = outs.get("package").values.get("staging") if outs.get("package") else None
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,118 @@
+"""Export a Hugging Face causal LM to ONNX with an explicit KV cache (torch.onnx dynamo exporter).
+
+Graph interface (what edgekit/device/onnx_model.py feeds):
+  inputs  input_ids [1,S] int64, attention_mask [1,T] int64 (T = P+S), position_ids [1,S] int64,
+          past_key_i, past_value_i [1, kv_heads, P, head_dim] float32, i = 0..layers-1
+  outputs logits [1,S,vocab] float32, present_key_i, present_value_i [1, kv_heads, T, head_dim]
+May import: stdlib, torch, transformers, onnx.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import torch
+
+
+class _FlatKV(torch.nn.Module):
+    """Wraps a causal LM so the KV cache crosses the graph boundary as flat tensors."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for i in range(self.layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def kv_shape(config) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a Llama-style config."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, config.num_key_value_heads, head_dim
+
+
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    kv = [f"{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+    return (
+        ["input_ids", "attention_mask", "position_ids"] + [f"past_{n}" for n in kv],
+        ["logits"] + [f"present_{n}" for n in kv],
+    )
+
+
+def export_onnx(model, out_path: Path, max_sequence_length: int) -> dict:
+    """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature."""
+    layers, kv_heads, head_dim = kv_shape(model.config)
+    wrapper = _FlatKV(copy.deepcopy(model).eval())
+    seq, past_len = 3, 2
+    sample = (
+        torch.ones(1, seq, dtype=torch.long),
+        torch.ones(1, past_len + seq, dtype=torch.long),
+        torch.arange(past_len, past_len + seq)[None],
+        *[torch.zeros(1, kv_heads, past_len, head_dim) for _ in range(2 * layers)],
+    )
+    s = torch.export.Dim("seq", min=1, max=max_sequence_length)
+    p = torch.export.Dim("past", min=0, max=max_sequence_length - 1)
+    t = torch.export.Dim("total", min=1, max=max_sequence_length)
+    dynamic = {
+        "input_ids": {1: s},
+        "attention_mask": {1: t},
+        "position_ids": {1: s},
+        "past": tuple({2: p} for _ in range(2 * layers)),
+    }
+    inputs, outputs = io_names(layers)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, sample, str(out_path), dynamo=True, dynamic_shapes=dynamic,
+            input_names=inputs, output_names=outputs, external_data=False,
+        )
+    return signature(out_path)
+
+
+def signature(onnx_path: Path) -> dict:
+    """Input/output names, dtypes and shapes (symbolic dims as names) of an ONNX file."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+
+    def describe(values):
+        out = []
+        for v in values:
+            tt = v.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in tt.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, "shape": dims})
+        return out
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
+
+
+def op_counts(onnx_path: Path) -> dict[str, int]:
+    """ONNX op type -> count (top-level graph)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
