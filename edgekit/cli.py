@@ -76,7 +76,10 @@ def recipes(as_json):
               help="Folder for per-stage outputs [default: ./build/<recipe>-<target>].")
 @click.option("--tar", is_flag=True, help="Also write <out>.tar, a single-file copy of the bundle.")
 @click.option("--no-gate", is_flag=True, help="Package even if verification misses the target's limits (marked in the manifest).")
-def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate):
+@click.option("--max-minutes", type=click.FloatRange(0, None), default=None,
+              help="Distillation training budget in minutes (overrides the recipe).")
+@click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Distillation step limit (overrides the recipe).")
+def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
     Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
@@ -100,9 +103,117 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate):
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
     bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
-                                    work_dir=work_dir, gate=not no_gate, tar=tar, log=log))
+                                    work_dir=work_dir, gate=not no_gate, tar=tar, log=log,
+                                    max_minutes=max_minutes, max_steps=max_steps))
     size = sum(f["bytes"] for f in bundle.manifest["files"])
     click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})")
+
+
+def _int_list(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("expected comma-separated layer indices, e.g. 0,1,2,27,28,29") from None
+
+
+@cli.command()
+@click.option("--recipe", "-r", default="smollm2-135m", show_default=True, help="Student recipe name or .toml path.")
+@click.option("--teacher", default=None, help="Override the teacher: HF folder, .gguf file, hub id ORG/NAME, or KIND:VALUE.")
+@click.option("--keep-layers", default=None, help="Teacher layers to keep, e.g. 0,1,2,27,28,29 (overrides the recipe).")
+@click.option("--auto-layers", type=click.IntRange(2, None), default=None,
+              help="Keep N layers chosen by influence score (overrides the recipe).")
+@click.option("--ffn-ratio", type=click.FloatRange(0.05, 1.0), default=None, help="Share of FFN channels to keep.")
+@click.option("--data", "data", multiple=True, help="Training text file or folder (repeatable; overrides the recipe).")
+@click.option("--max-minutes", type=click.FloatRange(0, None), default=None, help="Training-time budget in minutes.")
+@click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Stop after this many optimizer steps.")
+@click.option("--checkpoint-every", type=click.IntRange(1, None), default=None, help="Steps between checkpoints.")
+@click.option("--eval-every-minutes", type=click.FloatRange(0, None), default=2.0, show_default=True,
+              help="Held-out perplexity for the learning curve every N training minutes (0 = only start and end).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Student folder (Hugging Face format) [default: ./students/<recipe>].")
+@click.option("--restart", is_flag=True, help="Discard an existing checkpoint instead of resuming from it.")
+def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minutes, max_steps, checkpoint_every,
+            eval_every_minutes, out, restart):
+    """Distill the recipe's teacher into a smaller student (a standard Hugging Face folder).
+
+    The student starts as a copy of chosen teacher layers and learns from the teacher's logits
+    (temperature-scaled KL + next-token cross-entropy). Checkpoints go to <out>.checkpoints/;
+    Ctrl-C saves one, and running the same command again resumes. Held-out perplexity of teacher
+    and student is printed and saved in <out>/distill_metrics.json.
+    For several GPUs: accelerate launch -m edgekit.build.distill --recipe R [options].
+    """
+    from edgekit.core.recipes import load_recipe
+
+    rcp = load_recipe(recipe)
+    if rcp.task != "text-generation":
+        from edgekit.build.encoder import distill_encoder_cli
+
+        distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, max_minutes, max_steps, out, restart)
+        return
+    from edgekit.build.distill import Budget, run_distill, settings_from_recipe
+    from edgekit.build.teacher import teacher_from_cli
+
+    keep = _int_list(keep_layers)
+    settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
+                                    keep, auto_layers, ffn_ratio)
+    if not settings.keep_layers and not settings.auto_layers:
+        raise click.UsageError(f"recipe '{rcp.name}' keeps every layer; pass --keep-layers or --auto-layers")
+    d = rcp.data["distill"]
+    budget = Budget(max_steps=d["max_steps"] if max_steps is None else max_steps,
+                    max_minutes=d["max_minutes"] if max_minutes is None else max_minutes,
+                    checkpoint_every=checkpoint_every or d["checkpoint_every"], eval_every_minutes=eval_every_minutes)
+    out = out or Path("students") / rcp.name
+    ckpt_dir = out.with_name(out.name + ".checkpoints")
+    if restart and ckpt_dir.exists():
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    m = run_distill(settings, budget, out, ckpt_dir, rcp.data["data"]["eval"], log=log)
+    for name, p in m["perplexity"].items():
+        click.echo(f"{name}: perplexity teacher {p['teacher']:.3f}, student {p['student']:.3f} ({p['ratio']:.3f}x) "
+                   f"on {p['eval_tokens']} held-out tokens")
+    ps = m["parameters"]
+    click.echo(f"student: {ps['student']['total']:,} parameters ({ps['layer_ratio']:.0%} of the teacher's layer "
+               f"parameters), layers {m['keep_layers']}, {m['steps']} steps in {m['train_minutes']:.1f} min -> {out}")
+
+
+@cli.command("eval")
+@click.argument("model")
+@click.option("--data", "data", multiple=True,
+              help="Text file to evaluate on (repeatable) [default: the recipe's held-out text].")
+@click.option("--recipe", "-r", default="smollm2-135m", show_default=True, help="Recipe whose held-out text is the default.")
+@click.option("--tokens", default=4096, show_default=True, type=click.IntRange(2, None), help="Tokens per text.")
+@click.option("--window", default=256, show_default=True, type=click.IntRange(1, None), help="Tokens per window.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_cmd(model, data, recipe, tokens, window, as_json):
+    """Perplexity of MODEL on held-out text: MODEL is a bundle (run on the device runtime),
+    a Hugging Face folder, a .gguf file, or a teacher source (e.g. shared:models/stories260k).
+    Encoder models (feature-extraction) report STS-B Spearman instead."""
+    from edgekit.core.recipes import load_recipe
+
+    rcp = load_recipe(recipe)
+    if rcp.task == "feature-extraction":
+        from edgekit.build.encoder import eval_encoder
+
+        result = eval_encoder(model, list(data) or rcp.data["data"]["eval"])
+    else:
+        from edgekit.build import textdata
+        from edgekit.build.evaluate import default_eval_texts, eval_causal
+
+        texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
+                 else default_eval_texts(rcp))
+        result = eval_causal(model, texts, tokens, window)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['model']}  [{result['evaluated_with']}]")
+    for name, r in result.get("perplexity", {}).items():
+        click.echo(f"  {name:<45} perplexity {r['perplexity']:>10.3f}  ({r['tokens']} tokens)")
+    for name, r in result.get("sts", {}).items():
+        click.echo(f"  {name:<45} STS-B Spearman {r['spearman']:.4f}  ({r['pairs']} pairs)")
 
 
 def _print_manifest(root: Path, m: dict) -> None:
@@ -189,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI, turning EdgekitError into one line on stderr and exit code 1."""
     try:
         cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; keep the reason if there is one
+        reason = str(exc.__cause__ or "")
+        click.echo(f"interrupted: {reason}" if reason else "aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
@@ -198,6 +310,6 @@ def main(argv: list[str] | None = None) -> None:
     except EdgekitError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except KeyboardInterrupt as exc:
+        click.echo(f"interrupted: {exc}" if str(exc) else "interrupted", err=True)
         sys.exit(130)

@@ -50,12 +50,23 @@ def run_cli(*args: str, no_torch: bool = False, cwd: Path | None = None, timeout
 
 
 @pytest.fixture(scope="session")
-def stories_bundle(shared_dir, tmp_path_factory) -> Path:
-    """A real stories260k onnx-cpu bundle built once per session through the CLI."""
+def stories_build(shared_dir, tmp_path_factory) -> dict:
+    """Real stories260k bundles built through the CLI, sharing one work dir: int8 (default, with
+    --tar) first, then fp32, whose distill stage resumes the finished checkpoint instead of retraining."""
     pytest.importorskip("torch")
     work = tmp_path_factory.mktemp("build")
-    out = work / "bundle"
-    res = run_cli("build", "--target", "onnx-cpu", "--recipe", "stories260k", "--out", str(out),
-                  "--work-dir", str(work / "stages"), "--tar", cwd=work)
-    assert res.returncode == 0, res.stderr
-    return out
+    stages = work / "stages"
+    builds = {}
+    for name, extra in (("int8", ["--tar"]), ("fp32", ["--precision", "fp32"])):
+        res = run_cli("build", "--target", "onnx-cpu", "--recipe", "stories260k", "--out", str(work / name),
+                      "--work-dir", str(stages), *extra, cwd=work)
+        assert res.returncode == 0, res.stderr[-3000:]
+        builds[name] = work / name
+        builds[name + "_log"] = res.stderr
+    builds["student"] = stages / "01-distill" / "student"
+    return builds
+
+
+@pytest.fixture(scope="session")
+def stories_bundle(stories_build) -> Path:
+    return stories_build["int8"]

@@ -4,3 +4,10 @@ May import edgekit.core, edgekit.device, torch, transformers, onnx, onnxruntime,
 Nothing outside this package imports it at module level: the CLI imports it lazily inside
 `edgekit build`, so a device install (no torch) can still run `edgekit serve`.
 """
+
+import logging as _logging
+
+# torch/torchao announce optional kernels and deprecations at import time; they are not about
+# the user's build, so keep them out of the build log.
+for _name in ("torch.utils._pytree", "torchao", "torch.onnx", "onnxscript"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)

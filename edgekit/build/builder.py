@@ -60,6 +60,8 @@ class BuildContext:
     gate: bool = True
     tar: bool = False
     log: Callable[[str], None] = print
+    max_minutes: float | None = None  # distillation budget overrides (None = recipe's)
+    max_steps: int | None = None
     support: FormatSupport | None = field(default=None)
 
 
@@ -68,29 +70,46 @@ def _max_seq(ctx: BuildContext, config) -> int:
 
 
 def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    """Student = teacher (mode "teacher"), or a distilled layer-dropped student (checkpoints in
+    <work-dir>/checkpoints, so re-running a failed build resumes instead of retraining)."""
     from edgekit.build.teacher import load_causal_lm, resolve_teacher
 
     t = ctx.recipe.teacher
-    teacher_path = resolve_teacher(ctx.teacher_source, t["file"] if ctx.teacher_source == t["source"] else "",
-                                   t["sha256"] if ctx.teacher_source == t["source"] else "")
+    from_recipe = ctx.teacher_source == t["source"]
     mode = ctx.recipe.student["mode"]
-    if mode != "teacher":
-        raise BuildError(
-            f"recipe '{ctx.recipe.name}' asks for student mode '{mode}', which this edgekit version cannot "
-            "train yet; use a recipe with mode = \"teacher\" (e.g. --recipe stories260k)"
-        )
-    model, tokenizer = load_causal_lm(teacher_path)
     student_dir = d / "student"
-    model.save_pretrained(student_dir)
-    tokenizer.save_pretrained(student_dir)
+    if mode == "teacher":
+        teacher_path = resolve_teacher(ctx.teacher_source, t["file"] if from_recipe else "",
+                                       t["sha256"] if from_recipe else "")
+        model, tokenizer = load_causal_lm(teacher_path)
+        model.save_pretrained(student_dir)
+        tokenizer.save_pretrained(student_dir)
+        n_params = sum(p.numel() for p in model.parameters())
+        metrics = {"teacher_parameters": n_params, "student_parameters": n_params}
+        params = {"mode": mode, "teacher": ctx.teacher_source}
+    else:
+        from edgekit.build.distill import Budget, run_distill, settings_from_recipe
+
+        settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source)
+        dcfg = ctx.recipe.data["distill"]
+        budget = Budget(max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
+                        max_minutes=dcfg["max_minutes"] if ctx.max_minutes is None else ctx.max_minutes,
+                        checkpoint_every=dcfg["checkpoint_every"])
+        dm = run_distill(settings, budget, student_dir, ctx.work_dir / "checkpoints",
+                         ctx.recipe.data["data"]["eval"], log=ctx.log)
+        model, tokenizer = load_causal_lm(student_dir)
+        teacher_path = settings.teacher
+        metrics = {"teacher_parameters": dm["parameters"]["teacher"]["total"],
+                   "student_parameters": dm["parameters"]["student"]["total"],
+                   "distill": {k: v for k, v in dm.items() if k != "settings"}}
+        params = {"mode": mode, **dm["settings"], "max_steps": budget.max_steps, "max_minutes": budget.max_minutes}
     if not (student_dir / "tokenizer.json").is_file():
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
-    n_params = sum(p.numel() for p in model.parameters())
     return StageOutput(
         files={"student": student_dir},
         values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path)},
-        parameters={"mode": mode, "teacher": ctx.teacher_source},
-        metrics={"teacher_parameters": n_params, "student_parameters": n_params},
+        parameters=params,
+        metrics=metrics,
     )
 
 
@@ -114,7 +133,7 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
 
 def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
-    from edgekit.build.verify import gate_failures, read_texts, verify_causal
+    from edgekit.build.verify import gate_failures, verify_causal
     from edgekit.device.tokenizer import TextTokenizer
 
     distill = outs["distill"]
@@ -123,16 +142,10 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     device_model = ctx.support.open_device_model(model_path, {"model": {"max_sequence_length": max_seq}})
     tok = distill.values["tokenizer"]
     device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", _eos_ids(tok, distill.values["model"]))
-    eval_paths, skipped = [], []
-    for ref in ctx.recipe.data["data"]["eval"]:
-        try:
-            p = resolve_data_ref(ref)
-        except ConfigError:
-            p = None
-        (eval_paths if p is not None and p.is_file() else skipped).append(p if p is not None and p.is_file() else ref)
+    eval_texts, skipped = _heldout_texts(ctx.recipe)
     limits = ctx.target.verify
     metrics = verify_causal(distill.values["model"], tok, device_model, device_tok, ctx.recipe.data["verify"]["prompts"],
-                            limits["greedy_tokens"], read_texts(eval_paths))
+                            limits["greedy_tokens"], eval_texts)
     if skipped:
         metrics["eval_text_missing"] = [str(s) for s in skipped]
     fails = gate_failures(metrics, limits)
@@ -142,6 +155,26 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     for f in fails:
         ctx.log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")
     return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
+
+
+def _heldout_texts(recipe) -> tuple[list[str], list[str]]:
+    """Held-out text for the quality gate: the tails of the training files that distillation
+    never sees, then the recipe's eval files. Returns (texts, references that were not found)."""
+    from edgekit.build import textdata
+
+    texts, missing = [], []
+    frac = recipe.data["distill"]["eval_fraction"]
+    for refs, tail in ((recipe.data["data"]["train"], True), (recipe.data["data"]["eval"], False)):
+        for ref in refs:
+            try:
+                files = textdata.expand_paths([ref])
+            except ConfigError:
+                missing.append(ref)
+                continue
+            for f in files:
+                text = textdata.read_text(f)
+                texts.append(textdata.split_heldout(text, frac)[1] if tail else text)
+    return [t for t in texts if t.strip()], missing
 
 
 def _eos_ids(tokenizer, model) -> list[int]:

@@ -3,19 +3,18 @@
 Checks (all recorded in the manifest):
 - tokenizer parity: the bundle's tokenizer.json gives the same ids as the build tokenizer;
 - prefill logits: max |logit difference| over the prompts;
-- greedy agreement: leading greedy tokens that match PyTorch, as a share of the longer output;
+- greedy agreement: top-1 agreement with PyTorch's greedy tokens (teacher-forced), and the
+  free-running shared prefix;
 - perplexity on held-out text (when the recipe's eval text is available), exported vs PyTorch.
 May import: stdlib, numpy, torch, edgekit.core, edgekit.device.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from edgekit.device import quality
 from edgekit.device.generate import drain, generate
 from edgekit.device.sampling import Sampler
 
@@ -46,79 +45,74 @@ def _torch_greedy(model, ids: list[int], new_tokens: int, eos: set[int]) -> list
     return out
 
 
-def _nll_numpy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Summed negative log-likelihood (nats) of `targets` under row-wise `logits`."""
-    logits = logits.astype(np.float64)
-    m = logits.max(axis=1, keepdims=True)
-    logz = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
-    return float((logz - logits[np.arange(len(targets)), targets]).sum())
-
-
-def perplexity(ids: list[int], chunk: int, device_model=None, torch_model=None) -> float:
-    """Perplexity over `ids` in independent chunks of `chunk` tokens (device model or torch model)."""
-    nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, chunk):
-        piece = ids[start:start + chunk + 1]
-        if len(piece) < 2:
-            break
-        x, y = piece[:-1], np.asarray(piece[1:])
-        if device_model is not None:
-            logits = device_model.forward(x, device_model.new_cache())
-        else:
-            with torch.no_grad():
-                logits = torch_model(torch.tensor([x])).logits[0].numpy()
-        nll += _nll_numpy(logits, y)
-        count += len(y)
-    return math.exp(nll / count)
-
-
 def eval_token_ids(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
+    """The first `max_tokens` ids of `texts`, tokenised without special tokens."""
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer.encode(text)
+        ids += tokenizer.encode(text, add_special_tokens=False)
         if len(ids) >= max_tokens:
             break
     return ids[:max_tokens]
 
 
+def _torch_perplexity(model, wins: list[list[int]]) -> float:
+    from edgekit.build.textdata import perplexity as torch_ppl
+
+    return torch_ppl(model, torch.tensor(wins))
+
+
 def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, prompts: list[str],
                   greedy_tokens: int, eval_texts: list[str], eval_tokens: int = 1024) -> dict:
-    """Run every check; returns the metrics dict (no pass/fail decision here)."""
+    """Run every check; returns the metrics dict (no pass/fail decision here).
+
+    greedy_agreement: PyTorch generates `greedy_tokens` greedily; the exported model reads the same
+      sequence and its top-1 prediction is compared at each of those steps (teacher-forced, so one
+      near-tie does not fail every later token), pooled over all prompts' tokens.
+    greedy_prefix: the free-running view, leading tokens of the exported model's own greedy
+      output that equal PyTorch's, as a share of the longer output (worst prompt).
+    """
     eos = set(device_tokenizer.eos_token_ids)
-    per_prompt, worst_agree, max_diff, tok_ok = [], 1.0, 0.0, True
+    per_prompt, worst_prefix, max_diff, tok_ok = [], 1.0, 0.0, True
+    matched = total = 0
     for prompt in prompts:
         ref_ids = hf_tokenizer(prompt).input_ids
         dev_ids = device_tokenizer.encode(prompt)
         tok_ok &= ref_ids == dev_ids
-        with torch.no_grad():
-            ref_logits = torch_model(torch.tensor([ref_ids])).logits[0].numpy()
-        dev_logits = device_model.forward(dev_ids, device_model.new_cache())
-        if ref_logits.shape == dev_logits.shape:
-            max_diff = max(max_diff, float(np.abs(ref_logits - dev_logits).max()))
         ref_new = _torch_greedy(torch_model, ref_ids, greedy_tokens, eos)
+        seq = ref_ids + ref_new
+        with torch.no_grad():
+            ref_logits = torch_model(torch.tensor([seq])).logits[0].numpy()
+        dev_logits = device_model.forward(seq, device_model.new_cache())
+        max_diff = max(max_diff, float(np.abs(ref_logits - dev_logits).max()))
+        steps = slice(len(ref_ids) - 1, len(seq) - 1)
+        hits = int((dev_logits[steps].argmax(-1) == np.asarray(ref_new, dtype=np.int64)).sum())
+        matched, total = matched + hits, total + len(ref_new)
+        agree = hits / len(ref_new) if ref_new else 1.0
         got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
-        agree = _agreement(ref_new, got.token_ids)
-        worst_agree = min(worst_agree, agree)
+        prefix = _agreement(ref_new, got.token_ids)
+        worst_prefix = min(worst_prefix, prefix)
         per_prompt.append({
             "prompt": prompt,
             "reference": device_tokenizer.completion_text(ref_ids, ref_new),
             "exported": got.text,
             "agreement": round(agree, 4),
+            "prefix": round(prefix, 4),
         })
     metrics = {
         "tokenizer_match": tok_ok,
         "max_logit_diff": round(max_diff, 6),
         "greedy_tokens": greedy_tokens,
-        "greedy_agreement": round(worst_agree, 4),
+        "greedy_agreement": round(matched / total, 4) if total else 1.0,
+        "greedy_prefix": round(worst_prefix, 4),
         "prompts": per_prompt,
     }
     if eval_texts:
-        ids = eval_token_ids(device_tokenizer, eval_texts, eval_tokens)
-        chunk = min(256, device_model.max_sequence_length) - 1
-        ref_ppl = perplexity(ids, chunk, torch_model=torch_model)
-        dev_ppl = perplexity(ids, chunk, device_model=device_model)
+        ids = eval_token_ids(device_tokenizer, eval_texts, eval_tokens + 1)
+        wins = quality.windows(ids, min(256, device_model.max_sequence_length - 1))
+        ref_ppl = _torch_perplexity(torch_model, wins)
+        dev_ppl = quality.perplexity(device_model, wins)
         metrics["perplexity"] = {
-            "eval_tokens": len(ids), "reference": round(ref_ppl, 4), "exported": round(dev_ppl, 4),
+            "eval_tokens": sum(len(w) - 1 for w in wins), "reference": round(ref_ppl, 4), "exported": round(dev_ppl, 4),
             "ratio": round(dev_ppl / ref_ppl, 4),
         }
     return metrics
@@ -140,12 +134,3 @@ def gate_failures(metrics: dict, limits: dict) -> list[str]:
             f"> allowed {limits['max_perplexity_ratio']:.4f}x"
         )
     return fails
-
-
-def read_texts(paths: list[Path]) -> list[str]:
-    """Eval texts: CRLF normalised, `<|endoftext|>` document separators turned into blank lines."""
-    texts = []
-    for p in paths:
-        raw = p.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
-        texts.append(raw.replace("<|endoftext|>", "\n\n"))
-    return texts

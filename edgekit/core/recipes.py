@@ -30,8 +30,10 @@ def _check_teacher(t: dict, err) -> None:
 
 
 def _check_student(s: dict, err) -> None:
-    if s["mode"] == "layer-drop" and not s["keep_layers"]:
-        raise err("keep_layers", "mode 'layer-drop' needs a non-empty list of layer indices")
+    if s["mode"] == "layer-drop" and not s["keep_layers"] and not s["auto_layers"]:
+        raise err("keep_layers", "mode 'layer-drop' needs layer indices, or auto_layers = N to choose N by influence")
+    if s["keep_layers"] and s["auto_layers"]:
+        raise err("auto_layers", "give either keep_layers or auto_layers, not both")
     if len(set(s["keep_layers"])) != len(s["keep_layers"]):
         raise err("keep_layers", "layer indices must be unique")
 
@@ -53,7 +55,8 @@ SCHEMA = Table(
         "student": Table(
             {
                 "mode": Field(str, default="teacher", choices=STUDENT_MODES),
-                "keep_layers": Field(int, default=(), minimum=0, list_of=True),
+                "keep_layers": Field(int, default=(), minimum=0, list_of=True, doc="teacher layers to keep"),
+                "auto_layers": Field(int, default=0, minimum=0, doc="keep N layers chosen by influence score"),
                 "ffn_ratio": Field(float, default=1.0, minimum=0.05, maximum=1.0),
             },
             check=_check_student,
@@ -67,8 +70,11 @@ SCHEMA = Table(
                 "learning_rate": Field(float, default=3e-4, minimum=0.0, maximum=1.0),
                 "batch_size": Field(int, default=4, minimum=1),
                 "seq_len": Field(int, default=128, minimum=8),
-                "max_steps": Field(int, default=0, minimum=0),
-                "max_minutes": Field(float, default=0.0, minimum=0.0),
+                "max_steps": Field(int, default=0, minimum=0, doc="0 = no step limit"),
+                "max_minutes": Field(float, default=0.0, minimum=0.0, doc="training-time budget; 0 = none"),
+                "checkpoint_every": Field(int, default=50, minimum=1, doc="steps between checkpoints"),
+                "eval_fraction": Field(float, default=0.05, minimum=0.0, maximum=0.5,
+                                       doc="tail of each training file held out for evaluation"),
             }
         ),
         "data": Table(

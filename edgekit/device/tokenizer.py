@@ -26,8 +26,8 @@ class TextTokenizer:
         except Exception as exc:  # the Rust side raises a plain Exception for a bad file
             raise BundleError(f"{path}: cannot load tokenizer: {exc}") from None
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
