@@ -5,6 +5,7 @@ Extras:
   build  workstation toolchain (torch CPU-compatible range, transformers 5, onnx, litert-torch ...)
   tf     tensorflow-cpu, only for litert-torch's generative export_hf path
   test   pytest and the HTTP clients the tests use
+  bench  plotting for the benchmark scripts
 Install torch's CPU wheel first (README) so the resolver does not pull the CUDA build.
 """
 
@@ -38,9 +39,11 @@ BUILD = [
     "accelerate>=1.0",
     "sentencepiece>=0.2",
     "tqdm>=4.66",
+    "scipy>=1.10",  # Spearman correlation for STS-B
 ]
 TF = ["tensorflow-cpu>=2.19"]
 TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40"]
+BENCH = ["matplotlib>=3.8"]
 
 setup(
     name="edgekit",
@@ -54,6 +57,6 @@ setup(
     package_dir={"edgekit._targets": "targets", "edgekit._models": "models"},
     package_data={"edgekit._targets": ["*.toml"], "edgekit._models": ["*.toml"]},
     install_requires=DEVICE,
-    extras_require={"build": BUILD, "tf": TF, "test": TEST, "all": BUILD + TEST},
+    extras_require={"build": BUILD, "tf": TF, "test": TEST, "bench": BENCH, "all": BUILD + TEST + BENCH},
     entry_points={"console_scripts": ["edgekit = edgekit.cli:main"]},
 )

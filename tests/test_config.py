@@ -50,7 +50,7 @@ def test_wrong_type_and_range(tmp_path):
     p = _write(tmp_path, "onnx-cpu", ONNX_CPU.read_text().replace("greedy_tokens = 16", 'greedy_tokens = "16"'))
     with pytest.raises(ConfigError, match=r"verify.greedy_tokens': got '16'; expected an integer"):
         load_target(str(p))
-    p = _write(tmp_path, "onnx-cpu", ONNX_CPU.read_text().replace("min_greedy_agreement = 0.75", "min_greedy_agreement = 1.5"))
+    p = _write(tmp_path, "onnx-cpu", ONNX_CPU.read_text().replace("min_greedy_agreement = 0.9", "min_greedy_agreement = 1.5"))
     with pytest.raises(ConfigError, match=r"min_greedy_agreement': got 1.5; expected a number in \[0.0, 1.0\]"):
         load_target(str(p))
 

