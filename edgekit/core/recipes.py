@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.core import tomlfiles
-from edgekit.core.errors import ConfigError
-from edgekit.core.schema import Field, Table, validate
+from edgekit.core.schema import Field, Table
 
 TASKS = ("text-generation", "feature-extraction")
 STUDENT_MODES = ("teacher", "layer-drop")
@@ -119,10 +118,7 @@ class Recipe:
 
 def load_recipe(name_or_path: str) -> Recipe:
     """Load and validate a recipe by name (e.g. "stories260k") or by path to a .toml file."""
-    path = tomlfiles.find("models", name_or_path, "recipe")
-    data = validate(tomlfiles.read(path), SCHEMA, str(path))
-    if data["name"] != path.stem:
-        raise ConfigError(f"{path}: key 'name': got {data['name']!r}; must equal the file name {path.stem!r}")
+    path, data = tomlfiles.load_validated("models", name_or_path, "recipe", SCHEMA)
     return Recipe(name=data["name"], path=path, data=data)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgekit.core import tomlfiles
 from edgekit.core.errors import ConfigError
-from edgekit.core.schema import Field, Table, validate
+from edgekit.core.schema import Field, Table
 
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight-only", "int4-weight-only", "int8-full")
@@ -120,10 +120,7 @@ class Target:
 
 def load_target(name_or_path: str) -> Target:
     """Load and validate a target by name (e.g. "coral") or by path to a .toml file."""
-    path = tomlfiles.find("targets", name_or_path, "target")
-    data = validate(tomlfiles.read(path), SCHEMA, str(path))
-    if data["name"] != path.stem:
-        raise ConfigError(f"{path}: key 'name': got {data['name']!r}; must equal the file name {path.stem!r}")
+    path, data = tomlfiles.load_validated("targets", name_or_path, "target", SCHEMA)
     return Target(name=data["name"], path=path, data=data)
 
 

@@ -41,3 +41,14 @@ def read(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_validated(kind: str, name_or_path: str, what: str, schema) -> tuple[Path, dict]:
+    """Find, parse and validate a named data file; its `name` key must equal the file name."""
+    from edgekit.core.schema import validate
+
+    path = find(kind, name_or_path, what)
+    data = validate(read(path), schema, str(path))
+    if data["name"] != path.stem:
+        raise ConfigError(f"{path}: key 'name': got {data['name']!r}; must equal the file name {path.stem!r}")
+    return path, data
