@@ -47,7 +47,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--eval-every", type=float, default=5.0, help="minutes between curve points")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill-smollm2")
+    ap.add_argument("--plot-only", action="store_true", help="redraw curve.png from an existing distill.json")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads((args.out / "distill.json").read_text()), args.out / "curve.png")
+        print(f"wrote {args.out / 'curve.png'}")
+        return 0
 
     from edgekit.build.distill import Budget, run_distill, settings_from_recipe
     from edgekit.core.recipes import load_recipe

@@ -162,3 +162,10 @@ def test_encoder_distillation_reports_sts_spearman(shared_dir, tmp_path):
     res = run_cli("eval", str(out), "--recipe", "minilm-l6", "--json")
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout)["sts"]["sts-test.csv"]["spearman"] == pytest.approx(m["student"], abs=1e-4)
+
+
+def test_hub_teacher_offline_is_one_clear_error(tmp_path):
+    res = run_cli("distill", "--recipe", "stories260k", "--teacher", "HuggingFaceTB/SmolLM2-135M", "--max-steps", "1",
+                  "--out", str(tmp_path / "s"), cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "error: cannot load teacher HuggingFaceTB/SmolLM2-135M (a hub id needs network access" in res.stderr
