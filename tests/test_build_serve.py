@@ -60,7 +60,7 @@ def test_manifest_records_stages_files_and_metrics(stories_bundle):
     quant = m["provenance"]["stages"][2]
     assert quant["inputs"][0]["role"] == "model" and len(quant["outputs"][0]["sha256"]) == 64
     assert quant["metrics"]["bytes"] < quant["metrics"]["bytes_before"]
-    assert "MatMulInteger" in quant["metrics"]["ops"] or "DynamicQuantizeMatMul" in quant["metrics"]["ops"]
+    assert "MatMulNBits" in quant["metrics"]["ops"] and "MatMul" not in quant["metrics"]["ops"]
     v = m["metrics"]["verify"]
     assert v["tokenizer_match"] is True and v["greedy_agreement"] >= 0.9
     d = m["provenance"]["stages"][0]["metrics"]["distill"]
@@ -70,8 +70,8 @@ def test_manifest_records_stages_files_and_metrics(stories_bundle):
     assert 1.0 <= v["perplexity"]["ratio"] <= 1.02 and v["perplexity"]["eval_tokens"] > 500
     assert m["gate"]["passed"] is True
     assert m["signature"]["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": [1, "seq"]}
-    assert stories_bundle.with_name("bundle.tar").is_file()
-    assert run_cli("inspect", str(stories_bundle.with_name("bundle.tar"))).returncode == 0
+    assert stories_bundle.with_name("int8.tar").is_file()
+    assert run_cli("inspect", str(stories_bundle.with_name("int8.tar"))).returncode == 0
 
 
 def _torch_greedy(model_dir: Path, prompt: str, n: int) -> str:

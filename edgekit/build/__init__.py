@@ -9,5 +9,5 @@ import logging as _logging
 
 # torch/torchao announce optional kernels and deprecations at import time; they are not about
 # the user's build, so keep them out of the build log.
-for _name in ("torch.utils._pytree", "torchao", "torch.onnx", "onnxscript"):
+for _name in ("torch.utils._pytree", "torchao", "torch.onnx", "onnxscript", "onnxruntime", "root"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)

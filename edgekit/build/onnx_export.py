@@ -63,7 +63,14 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 def export_onnx(model, out_path: Path, max_sequence_length: int) -> dict:
     """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature."""
     layers, kv_heads, head_dim = kv_shape(model.config)
-    wrapper = _FlatKV(copy.deepcopy(model).eval())
+    model = copy.deepcopy(model).eval()
+    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        # Give the LM head its own constant so weight quantizers (MatMulNBits) can quantize it;
+        # tied, it reaches the MatMul through a Transpose of the embedding table and stays fp32.
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    wrapper = _FlatKV(model)
     seq, past_len = 3, 2
     sample = (
         torch.ones(1, seq, dtype=torch.long),

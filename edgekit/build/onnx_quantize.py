@@ -1,7 +1,8 @@
 """Post-training quantization of an exported ONNX model with onnxruntime's quantizers.
 
-Precisions: fp32 (copy), int8-dynamic (quantize_dynamic: int8 weights, activations quantized
-at run time), int4-weight-only (MatMulNBits, block 32). May import: stdlib, onnx, onnxruntime.
+Precisions: fp32 (copy); int8-dynamic (int8 weights in blocks of 32, activations quantized to
+int8 per block at run time); int4-weight-only (4-bit weight blocks). Both quantized variants also
+store the embedding table as int8. May import: stdlib, onnx, onnxruntime.
 """
 
 from __future__ import annotations
@@ -17,23 +18,35 @@ def _fp32(src: Path, dst: Path) -> dict:
     return {}
 
 
-def _int8_dynamic(src: Path, dst: Path) -> dict:
+def _blockwise(src: Path, dst: Path, bits: int) -> dict:
+    """MatMul weights to `bits`-bit blocks of 32 (MatMulNBits, accuracy_level 4: activations are
+    quantized to int8 per block at run time, as llama.cpp's Q8_0 does), then the embedding
+    table (Gather) to int8."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    params = {"weight_type": "QInt8", "per_channel": True}
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
-    return params
+    quant = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
+    quant.process()
+    mid = dst.with_name(dst.stem + ".matmul.onnx")
+    try:
+        quant.model.save_model_to_file(str(mid), use_external_data_format=False)
+        quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+    finally:
+        mid.unlink(missing_ok=True)
+    return {"matmul": f"MatMulNBits {bits}-bit, block 32, symmetric, accuracy_level 4",
+            "embedding": "Gather int8 per-tensor (onnxruntime quantize_dynamic)"}
+
+
+def _int8_dynamic(src: Path, dst: Path) -> dict:
+    # Why not quantize_dynamic on every MatMul: its per-tensor activation scale breaks on the
+    # activation outliers of real LLMs (SmolLM2 student: perplexity 12.83 -> 17.03, 1.33x);
+    # block-wise int8 measured 12.85 (1.002x) on the same windows.
+    return _blockwise(src, dst, 8)
 
 
 def _int4_weight_only(src: Path, dst: Path) -> dict:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    params = {"bits": 4, "block_size": 32, "is_symmetric": True}
-    quant = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=True)
-    quant.process()
-    quant.model.save_model_to_file(str(dst), use_external_data_format=False)
-    return params
+    return _blockwise(src, dst, 4)
 
 
 QUANTIZERS = {"fp32": _fp32, "int8-dynamic": _int8_dynamic, "int4-weight-only": _int4_weight_only}
