@@ -204,7 +204,7 @@ def eval_cmd(model, data, recipe, tokens, window, as_json):
         from edgekit.build.evaluate import default_eval_texts, eval_causal
 
         texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
-                 else default_eval_texts(rcp))
+                 else default_eval_texts(rcp)[0])
         result = eval_causal(model, texts, tokens, window)
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -19,8 +19,7 @@ from typing import Callable
 
 from edgekit import __version__
 from edgekit.core.bundle import Bundle, SCHEMA_VERSION, staging_dir, write_bundle
-from edgekit.core.errors import BuildError, ConfigError
-from edgekit.core.paths import resolve_data_ref
+from edgekit.core.errors import BuildError
 from edgekit.core.recipes import Recipe
 from edgekit.core.targets import Target
 from edgekit.build.pipeline import Stage, StageOutput, run_stages
@@ -142,7 +141,10 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     device_model = ctx.support.open_device_model(model_path, {"model": {"max_sequence_length": max_seq}})
     tok = distill.values["tokenizer"]
     device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", _eos_ids(tok, distill.values["model"]))
-    eval_texts, skipped = _heldout_texts(ctx.recipe)
+    from edgekit.build.evaluate import default_eval_texts
+
+    texts, skipped = default_eval_texts(ctx.recipe, skip_missing=True)
+    eval_texts = list(texts.values())
     limits = ctx.target.verify
     metrics = verify_causal(distill.values["model"], tok, device_model, device_tok, ctx.recipe.data["verify"]["prompts"],
                             limits["greedy_tokens"], eval_texts)
@@ -155,26 +157,6 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     for f in fails:
         ctx.log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")
     return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
-
-
-def _heldout_texts(recipe) -> tuple[list[str], list[str]]:
-    """Held-out text for the quality gate: the tails of the training files that distillation
-    never sees, then the recipe's eval files. Returns (texts, references that were not found)."""
-    from edgekit.build import textdata
-
-    texts, missing = [], []
-    frac = recipe.data["distill"]["eval_fraction"]
-    for refs, tail in ((recipe.data["data"]["train"], True), (recipe.data["data"]["eval"], False)):
-        for ref in refs:
-            try:
-                files = textdata.expand_paths([ref])
-            except ConfigError:
-                missing.append(ref)
-                continue
-            for f in files:
-                text = textdata.read_text(f)
-                texts.append(textdata.split_heldout(text, frac)[1] if tail else text)
-    return [t for t in texts if t.strip()], missing
 
 
 def _eos_ids(tokenizer, model) -> list[int]:

@@ -14,17 +14,31 @@ from edgekit.core.bundle import MANIFEST
 from edgekit.core.errors import ConfigError
 
 
-def default_eval_texts(recipe) -> dict[str, str]:
-    """Held-out tails of the recipe's training files (never trained on) plus its eval files."""
+def default_eval_texts(recipe, skip_missing: bool = False) -> tuple[dict[str, str], list[str]]:
+    """Held-out tails of the recipe's training files (never trained on) plus its eval files.
+
+    Returns ({name: text}, references not found); missing files raise unless `skip_missing`.
+    """
     from edgekit.build import textdata
 
-    texts = {}
+    texts, missing = {}, []
     frac = recipe.data["distill"]["eval_fraction"]
-    for f in textdata.expand_paths(recipe.data["data"]["train"]):
-        texts[f.name + " (held-out tail)"] = textdata.split_heldout(textdata.read_text(f), frac)[1]
-    for f in textdata.expand_paths(recipe.data["data"]["eval"]):
-        texts[f.name] = textdata.read_text(f)
-    return texts
+    for refs, tail in ((recipe.data["data"]["train"], True), (recipe.data["data"]["eval"], False)):
+        for ref in refs:
+            try:
+                files = textdata.expand_paths([ref])
+            except ConfigError:
+                if not skip_missing:
+                    raise
+                missing.append(ref)
+                continue
+            for f in files:
+                text = textdata.read_text(f)
+                if tail:
+                    texts[f.name + " (held-out tail)"] = textdata.split_heldout(text, frac)[1]
+                else:
+                    texts[f.name] = text
+    return {k: v for k, v in texts.items() if v.strip()}, missing
 
 
 def _is_bundle(path: Path) -> bool:
