@@ -83,7 +83,9 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         model, tokenizer = load_causal_lm(teacher_path)
         model.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
-        n_params = sum(p.numel() for p in model.parameters())
+        from edgekit.build.student import parameter_counts
+
+        n_params = parameter_counts(model)["total"]
         metrics = {"teacher_parameters": n_params, "student_parameters": n_params}
         params = {"mode": mode, "teacher": ctx.teacher_source}
     else:
@@ -106,7 +108,8 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
     return StageOutput(
         files={"student": student_dir},
-        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path)},
+        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path),
+                "eos": _eos_ids(tokenizer, model)},
         parameters=params,
         metrics=metrics,
     )
@@ -140,7 +143,7 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     max_seq = outs["export"].values["max_sequence_length"]
     device_model = ctx.support.open_device_model(model_path, {"model": {"max_sequence_length": max_seq}})
     tok = distill.values["tokenizer"]
-    device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", _eos_ids(tok, distill.values["model"]))
+    device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", distill.values["eos"])
     from edgekit.build.evaluate import default_eval_texts
 
     texts, skipped = default_eval_texts(ctx.recipe, skip_missing=True)
@@ -183,12 +186,12 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         shutil.copyfile(outs["quantize"].files["model"], staging / ctx.support.model_file)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
         g = ctx.recipe.data["generation"]
-        eos = _eos_ids(distill.values["tokenizer"], distill.values["model"])
+        eos = distill.values["eos"]
         (staging / "generation.json").write_text(json.dumps({**g, "eos_token_ids": eos}, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return StageOutput(values={"staging": staging, "eos": eos})
+    return StageOutput(values={"staging": staging})
 
 
 def _stages() -> list[Stage]:
@@ -233,7 +236,7 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "architecture": _architecture(config),
             },
             "signature": outs["export"].values["signature"],
-            "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["package"].values["eos"]},
+            "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
             "generation_file": "generation.json",
             "provenance": {
                 "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},

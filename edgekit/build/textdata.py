@@ -56,16 +56,16 @@ def split_heldout(text: str, eval_fraction: float) -> tuple[str, str]:
 
 
 def windows(ids: list[int], length: int, max_windows: int | None = None) -> "torch.Tensor":
-    """Non-overlapping windows of `length` + 1 tokens (input + shifted target), [N, length+1]."""
+    """Non-overlapping windows of `length` + 1 tokens (input + shifted target), [N, length+1];
+    the same windows the device side cuts (edgekit.device.quality.windows)."""
     import torch
 
-    n = (len(ids) - 1) // length
-    if max_windows is not None:
-        n = min(n, max_windows)
-    if n == 0:
+    from edgekit.device.quality import windows as cut
+
+    wins = cut(ids, length, max_windows)
+    if not wins:
         raise ConfigError(f"text too short: {len(ids)} tokens for one window of {length}")
-    t = torch.tensor(ids[: n * length + 1])
-    return torch.stack([t[i * length: (i + 1) * length + 1] for i in range(n)])
+    return torch.tensor(wins)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from edgekit.device.generate import drain, generate
 from edgekit.device.sampling import Sampler
 
 
-def _agreement(ref: list[int], got: list[int]) -> float:
+def _shared_prefix(ref: list[int], got: list[int]) -> float:
     n = max(len(ref), len(got))
     if n == 0:
         return 1.0
@@ -89,7 +89,7 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
         matched, total = matched + hits, total + len(ref_new)
         agree = hits / len(ref_new) if ref_new else 1.0
         got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
-        prefix = _agreement(ref_new, got.token_ids)
+        prefix = _shared_prefix(ref_new, got.token_ids)
         worst_prefix = min(worst_prefix, prefix)
         per_prompt.append({
             "prompt": prompt,
