@@ -11,3 +11,8 @@ import logging as _logging
 # the user's build, so keep them out of the build log.
 for _name in ("torch.utils._pytree", "torchao", "torch.onnx", "onnxscript", "onnxruntime", "root"):
     _logging.getLogger(_name).setLevel(_logging.ERROR)
+
+import os as _os
+
+# TensorFlow-derived converter code (litert-torch) logs C++ INFO lines such as the oneDNN notice.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -27,14 +27,17 @@ from edgekit.build.pipeline import Stage, StageOutput, run_stages
 
 @dataclass(frozen=True)
 class FormatSupport:
-    """How one file format is exported, quantized and opened on the device."""
+    """How one file format is exported, quantized, described and opened on the device."""
 
     model_file: str
     runtime: str
-    export: Callable  # (model, path, max_sequence_length) -> signature dict
-    quantize: Callable  # (src, dst, precision) -> parameters dict
+    export: Callable  # (model, path, max_sequence_length, shapes) -> signature dict
+    quantize: Callable  # (src, dst, precision, calibration) -> parameters dict
     open_device_model: Callable  # (path, manifest-like dict) -> device model
-    op_counts: Callable  # (path) -> {op: count}
+    summary: Callable  # (path) -> {"ops": {op: count}, ...}
+    extra_files: tuple[str, ...] = ()  # written beside the model by export/quantize, shipped too
+    describe: Callable | None = None  # (quantized path) -> signature fields that quantization changes
+    calibrate: Callable | None = None  # (fp32 path, signature, token windows) -> calibration feeds
 
 
 def _onnx_support() -> FormatSupport:
@@ -42,10 +45,20 @@ def _onnx_support() -> FormatSupport:
     from edgekit.device.onnx_model import open_onnx
 
     return FormatSupport("model.onnx", "onnxruntime", onnx_export.export_onnx, onnx_quantize.quantize_onnx,
-                         open_onnx, onnx_export.op_counts)
+                         open_onnx, lambda p: {"ops": onnx_export.op_counts(p)})
 
 
-FORMATS: dict[str, Callable[[], FormatSupport]] = {"onnx": _onnx_support}
+def _tflite_support() -> FormatSupport:
+    from edgekit.build import tflite_export, tflite_quantize
+    from edgekit.device.tflite_inspect import summary
+    from edgekit.device.tflite_model import open_tflite
+
+    return FormatSupport("model.tflite", "litert", tflite_export.export_tflite, tflite_quantize.quantize_tflite,
+                         open_tflite, summary, extra_files=(tflite_export.HOST_FILE,),
+                         describe=tflite_export.describe, calibrate=tflite_quantize.calibration_feeds)
+
+
+FORMATS: dict[str, Callable[[], FormatSupport]] = {"onnx": _onnx_support, "tflite": _tflite_support}
 
 
 @dataclass
@@ -115,23 +128,67 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     )
 
 
+def _model_files(support: FormatSupport, d: Path) -> dict[str, Path]:
+    files = {"model": d / support.model_file}
+    files.update({name: d / name for name in support.extra_files})
+    return files
+
+
+def _bytes(files: dict[str, Path]) -> int:
+    return sum(p.stat().st_size for p in files.values())
+
+
 def stage_export(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     model = outs["distill"].values["model"]
     path = d / ctx.support.model_file
     max_seq = _max_seq(ctx, model.config)
-    sig = ctx.support.export(model, path, max_seq)
-    return StageOutput(files={"model": path}, values={"signature": sig, "max_sequence_length": max_seq},
-                       parameters={"format": ctx.target.format, "max_sequence_length": max_seq},
-                       metrics={"bytes": path.stat().st_size})
+    shapes = ctx.target.data["shapes"]
+    sig = ctx.support.export(model, path, max_seq, shapes.get("prefill_length", 64))
+    files = _model_files(ctx.support, d)
+    return StageOutput(files=files, values={"signature": sig, "max_sequence_length": max_seq},
+                       parameters={"format": ctx.target.format, "max_sequence_length": max_seq,
+                                   "static_shapes": shapes["static"]},
+                       metrics={"bytes": _bytes(files)})
+
+
+def _calibration_windows(ctx: BuildContext, tokenizer, max_len: int, count: int = 24) -> list[list[int]]:
+    """Token windows of the recipe's training text (never its held-out tail) for calibration."""
+    from edgekit.build.textdata import expand_paths, read_text, split_heldout
+
+    ids: list[int] = []
+    for path in expand_paths(ctx.recipe.data["data"]["train"]):
+        train, _ = split_heldout(read_text(path), ctx.recipe.data["distill"]["eval_fraction"])
+        text = train[: 5 * max_len * count]  # ~4-5 characters per token is enough text
+        ids += tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+        if len(ids) >= max_len * count:
+            break
+    wins = [ids[i:i + max_len] for i in range(0, len(ids) - max_len + 1, max_len)][:count]
+    if not wins:
+        raise BuildError("no calibration text: the recipe's [data] train files are empty")
+    return wins
 
 
 def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
-    src = outs["export"].files["model"]
+    export = outs["export"]
+    src = export.files["model"]
     dst = d / ctx.support.model_file
-    params = ctx.support.quantize(src, dst, ctx.precision)
-    return StageOutput(files={"model": dst}, parameters={"precision": ctx.precision, **params},
-                       metrics={"bytes_before": src.stat().st_size, "bytes": dst.stat().st_size,
-                                "ops": ctx.support.op_counts(dst)})
+    calibration = None
+    if ctx.precision == "int8-full":
+        if ctx.support.calibrate is None:
+            raise BuildError(f"format '{ctx.target.format}' has no full-integer quantization")
+        tok = outs["distill"].values["tokenizer"]
+        wins = _calibration_windows(ctx, tok, min(96, export.values["max_sequence_length"]))
+        ctx.log(f"    calibrating on {len(wins)} windows of training text")
+        calibration = ctx.support.calibrate(src, export.values["signature"], wins)
+    params = ctx.support.quantize(src, dst, ctx.precision, calibration)
+    sig = dict(export.values["signature"])
+    if ctx.support.describe is not None:
+        sig.update(ctx.support.describe(dst))
+    files = _model_files(ctx.support, d)
+    return StageOutput(files=files, values={"signature": sig},
+                       parameters={"precision": ctx.precision, **params},
+                       metrics={"bytes_before": _bytes(export.files), "bytes": _bytes(files),
+                                **ctx.support.summary(dst)})
 
 
 def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
@@ -141,7 +198,8 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     distill = outs["distill"]
     model_path = outs["quantize"].files["model"]
     max_seq = outs["export"].values["max_sequence_length"]
-    device_model = ctx.support.open_device_model(model_path, {"model": {"max_sequence_length": max_seq}})
+    device_model = ctx.support.open_device_model(
+        model_path, {"model": {"max_sequence_length": max_seq}, "signature": outs["quantize"].values["signature"]})
     tok = distill.values["tokenizer"]
     device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", distill.values["eos"])
     from edgekit.build.evaluate import default_eval_texts
@@ -183,7 +241,8 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     distill = outs["distill"]
     staging = staging_dir(ctx.out)
     try:
-        shutil.copyfile(outs["quantize"].files["model"], staging / ctx.support.model_file)
+        for path in outs["quantize"].files.values():
+            shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
         g = ctx.recipe.data["generation"]
         eos = distill.values["eos"]
@@ -231,11 +290,13 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "precision": ctx.precision,
                 "runtime": ctx.support.runtime,
                 "delegate": ctx.target.runtime["delegate"],
+                "delegate_library": ctx.target.runtime.get("delegate_library", ""),
+                "extra_files": list(ctx.support.extra_files),
                 "max_sequence_length": outs["export"].values["max_sequence_length"],
                 "parameters": outs["distill"].metrics["student_parameters"],
                 "architecture": _architecture(config),
             },
-            "signature": outs["export"].values["signature"],
+            "signature": outs["quantize"].values["signature"],
             "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
             "generation_file": "generation.json",
             "provenance": {

@@ -60,8 +60,9 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
     )
 
 
-def export_onnx(model, out_path: Path, max_sequence_length: int) -> dict:
-    """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature."""
+def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
+    """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature.
+    Shapes are dynamic, so `prefill_length` (a static-shape setting) is not used."""
     layers, kv_heads, head_dim = kv_shape(model.config)
     model = copy.deepcopy(model).eval()
     if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:

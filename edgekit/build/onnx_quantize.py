@@ -52,8 +52,8 @@ def _int4_weight_only(src: Path, dst: Path) -> dict:
 QUANTIZERS = {"fp32": _fp32, "int8-dynamic": _int8_dynamic, "int4-weight-only": _int4_weight_only}
 
 
-def quantize_onnx(src: Path, dst: Path, precision: str) -> dict:
+def quantize_onnx(src: Path, dst: Path, precision: str, calibration=None) -> dict:
     """Write `src` quantized to `precision` at `dst`; returns the quantizer's parameters."""
-    if precision not in QUANTIZERS:
+    if calibration is not None or precision not in QUANTIZERS:
         raise BuildError(f"precision '{precision}' is not available for ONNX; available: {', '.join(QUANTIZERS)}")
     return QUANTIZERS[precision](src, dst)

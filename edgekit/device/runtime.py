@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
 from edgekit.device.onnx_model import open_onnx
+from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
 
-RUNNERS = {"onnxruntime": open_onnx}
+RUNNERS = {"onnxruntime": open_onnx, "litert": open_tflite}
 
 
 @dataclass

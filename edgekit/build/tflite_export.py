@@ -1,0 +1,165 @@
+"""Export a Hugging Face Llama-family causal LM to TFLite (LiteRT) with a static KV cache.
+
+One .tflite file, two signatures sharing the weights (litert_torch.signature):
+  prefill: embeds [1,P,hidden] float32, input_pos [P] int32, cos, sin [P,head_dim] float32,
+           mask [1,1,P,C] float32, k_i, v_i [1,kv_heads,C,head_dim] float32
+           -> logits [1,P,vocab], k_i, v_i (updated)
+  decode:  the same with P = 1.
+plus `host_tables.npz` beside it: the token embedding table and the rotary cos/sin tables, which
+the device runner applies (a row lookup per token). Keeping the lookups on the host keeps the graph
+free of GATHER/EMBEDDING_LOOKUP (the Edge TPU cannot map them, and LiteRT's quantizer left the
+table float32, a third of a small LM's bytes); the table is quantized by edgekit itself.
+P = target shapes.prefill_length, C = cache length = max_sequence_length. The cache update is a
+DYNAMIC_UPDATE_SLICE at input_pos[0] (positions in one call are contiguous); the mask is additive
+(0 = attend, `mask_value` = do not) and comes from the caller, so the graph holds no
+comparison/select ops.
+
+Written against transformers' Llama modules (q/k/v/o_proj, RMSNorm, gated MLP, rotary_emb); other
+architectures get a clear error. May import: stdlib, torch, transformers, litert_torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgekit.core.errors import BuildError
+
+MASK_VALUE = -30.0  # additive mask: exp(-30) ~ 1e-13, small enough range for int8 activations
+HOST_FILE = "host_tables.npz"
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class EdgeDecoder(torch.nn.Module):
+    """A static-shape re-statement of the HF model's forward that reuses its weight modules."""
+
+    def __init__(self, model, cache_length: int):
+        super().__init__()
+        cfg = model.config
+        if cfg.model_type not in SUPPORTED:
+            raise BuildError(f"TFLite export supports {', '.join(SUPPORTED)} decoders; this model is "
+                             f"'{cfg.model_type}' (use an onnx target)")
+        self.model = model
+        self.layers = list(model.model.layers)
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.cache_length = cache_length
+
+    def _attention(self, layer, h, cos, sin, mask, k_cache, v_cache, start):
+        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
+        attn = layer.self_attn
+        t = h.shape[1]
+        q = attn.q_proj(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):  # qwen3
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        zero = torch.zeros([], dtype=torch.int32)
+        k_cache = dynamic_update_slice(k_cache, k, [zero, zero, start, zero])
+        v_cache = dynamic_update_slice(v_cache, v, [zero, zero, start, zero])
+        g = self.heads // self.kv_heads
+        # group query heads per KV head instead of repeating K/V (no BROADCAST_TO of the cache)
+        qg = q.reshape(1, self.kv_heads, g * t, self.head_dim)
+        scores = torch.matmul(qg, k_cache.transpose(2, 3)) * attn.scaling
+        scores = scores.view(1, self.kv_heads, g, t, self.cache_length) + mask.view(1, 1, 1, t, self.cache_length)
+        probs = torch.softmax(scores, dim=-1).view(1, self.kv_heads, g * t, self.cache_length)
+        out = torch.matmul(probs, v_cache).view(1, self.heads, t, self.head_dim)
+        out = out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim)
+        return attn.o_proj(out), k_cache, v_cache
+
+    def forward(self, x, input_pos, cos, sin, mask, *kv):
+        start = input_pos[0].reshape([])
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            a, k_c, v_c = self._attention(layer, h, cos, sin, mask, kv[2 * i], kv[2 * i + 1], start)
+            x = x + a
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            new_kv += [k_c, v_c]
+        logits = self.model.lm_head(self.model.model.norm(x))
+        return (logits, *new_kv)
+
+
+def rotary_tables(model, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [length, head_dim] from the model's own rotary embedding (keeps its rope scaling)."""
+    rot = model.model.rotary_emb
+    dummy = torch.zeros(1, 1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rot(dummy, torch.arange(length)[None])
+    return cos[0].float(), sin[0].float()
+
+
+def sample_inputs(dec: EdgeDecoder, length: int, hidden: int) -> tuple:
+    kv = [torch.zeros(1, dec.kv_heads, dec.cache_length, dec.head_dim) for _ in range(2 * len(dec.layers))]
+    pos = torch.arange(length, dtype=torch.int32)
+    mask = torch.zeros(1, 1, length, dec.cache_length)
+    return (torch.zeros(1, length, hidden), pos, torch.zeros(length, dec.head_dim),
+            torch.zeros(length, dec.head_dim), mask, *kv)
+
+
+@contextlib.contextmanager
+def quiet():
+    """litert_torch/TF print progress and warnings on stdout/stderr; keep the build log readable."""
+    for name in ("absl", "litert_torch", "torch._export", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_length: int) -> dict:
+    """Convert `model` (fp32) to a two-signature .tflite at `out_path` plus its host tables beside it;
+    returns the signature record."""
+    import litert_torch
+    import numpy as np
+
+    prefill_length = min(prefill_length, max_sequence_length)
+    model = model.float().eval()
+    dec = EdgeDecoder(model, max_sequence_length).eval()
+    hidden = model.config.hidden_size
+    with quiet(), torch.no_grad():
+        edge = (litert_torch.signature("prefill", dec, sample_inputs(dec, prefill_length, hidden))
+                .signature("decode", dec, sample_inputs(dec, 1, hidden))
+                .convert())
+        edge.export(str(out_path))
+    cos, sin = rotary_tables(model, max_sequence_length)
+    embed = model.model.embed_tokens.weight.detach().float().numpy()
+    np.savez(out_path.parent / HOST_FILE, embed=embed, cos=cos.numpy(), sin=sin.numpy())
+    return describe(out_path) | {
+        "prefill_length": prefill_length, "cache_length": max_sequence_length, "mask_value": MASK_VALUE,
+        "host_file": HOST_FILE,
+    }
+
+
+def describe(path: Path) -> dict:
+    """Signature names with their input/output names, shapes and dtypes, read through the runtime."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    sigs = {}
+    for name in interp.get_signature_list():
+        runner = interp.get_signature_runner(name)
+        sigs[name] = {
+            "inputs": [{"name": k, "dtype": v["dtype"].__name__, "shape": [int(s) for s in v["shape"]]}
+                       for k, v in runner.get_input_details().items()],
+            "outputs": [{"name": k, "dtype": v["dtype"].__name__, "shape": [int(s) for s in v["shape"]]}
+                        for k, v in runner.get_output_details().items()],
+        }
+    return {"signatures": sigs}

@@ -1,0 +1,143 @@
+"""Quantize an fp32 .tflite with Google's AI Edge Quantizer; one recipe per edgekit precision.
+
+  fp32              copy
+  fp16              float16 weights (float casting), float compute: the GPU delegate's format
+  int8-weight-only  int8 channel-wise weights, dequantized before float compute
+  int8-dynamic      int8 channel-wise weights, activations quantized on the fly (XNNPACK int8 kernels)
+  int8-full         int8 weights and activations from calibration (static range): int8 in/out,
+                    no float tensor left, as the Edge TPU requires
+May import: stdlib, numpy, ai_edge_quantizer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from edgekit.core.errors import BuildError
+
+
+def _weights(algorithm: str, bits: int, dtype: str, compute: str, explicit_dequantize: bool) -> list[dict]:
+    return [{
+        "regex": ".*",
+        "operation": "*",
+        "algorithm_key": algorithm,
+        "op_config": {
+            "weight_tensor_config": {"num_bits": bits, "symmetric": True, "granularity": "CHANNELWISE",
+                                     "dtype": dtype},
+            "compute_precision": compute,
+            "explicit_dequantize": explicit_dequantize,
+        },
+    }]
+
+
+def recipe_for(precision: str):
+    from ai_edge_quantizer import recipe
+
+    recipes = {
+        "fp16": lambda: _weights("float_casting", 16, "FLOAT", "FLOAT", True),
+        "int8-weight-only": recipe.weight_only_wi8_afp32,
+        "int8-dynamic": recipe.dynamic_wi8_afp32,
+        "int8-full": recipe.static_wi8_ai8,
+    }
+    if precision not in recipes:
+        raise BuildError(f"precision '{precision}' is not available for TFLite; "
+                         f"choose one of fp32, {', '.join(recipes)}")
+    return recipes[precision]()
+
+
+def quantize_host_tables(src: Path, dst: Path, precision: str) -> dict:
+    """The embedding table in the variant's precision: int8 with a float32 scale per row (symmetric)
+    for int8 variants, float16 for fp16, float32 otherwise. Rotary tables stay float32."""
+    import numpy as np
+
+    with np.load(src) as z:
+        tables = {k: z[k] for k in z.files}
+    embed = tables["embed"].astype(np.float32)
+    if precision.startswith("int8"):
+        scale = np.maximum(np.abs(embed).max(axis=1), 1e-12) / 127.0
+        tables["embed"] = np.clip(np.round(embed / scale[:, None]), -127, 127).astype(np.int8)
+        tables["embed_scale"] = scale.astype(np.float32)
+    elif precision == "fp16":
+        tables["embed"] = embed.astype(np.float16)
+    np.savez(dst, **tables)
+    return {"embedding_dtype": str(tables["embed"].dtype)}
+
+
+def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
+    """Write the `precision` variant of `src` (and of its host tables) beside `dst`.
+    `calibration` = {signature: [feeds...]} for int8-full."""
+    from edgekit.build.tflite_export import HOST_FILE
+
+    host = quantize_host_tables(src.parent / HOST_FILE, dst.parent / HOST_FILE, precision)
+    if precision == "fp32":
+        shutil.copyfile(src, dst)
+        return {"method": "none", **host}
+    from ai_edge_quantizer import quantizer
+
+    from edgekit.build.tflite_export import quiet
+
+    q = quantizer.Quantizer(str(src))
+    q.load_quantization_recipe(recipe_for(precision))
+    with quiet():
+        result = None
+        if q.need_calibration:
+            if not calibration:
+                raise BuildError(f"precision '{precision}' needs calibration data")
+            result = q.calibrate(calibration, num_threads=1)
+        q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
+    params = {"method": "ai-edge-quantizer", "recipe": precision, **host}
+    if calibration:
+        params["calibration_samples"] = {k: len(v) for k, v in calibration.items()}
+    return params
+
+
+class _Recorder:
+    """Wraps a signature runner and keeps a copy of every feed (calibration samples)."""
+
+    def __init__(self, runner, sink: list):
+        self.runner, self.sink = runner, sink
+
+    def get_input_details(self):
+        return self.runner.get_input_details()
+
+    def get_output_details(self):
+        return self.runner.get_output_details()
+
+    def __call__(self, **feeds):
+        self.sink.append({k: v.copy() for k, v in feeds.items()})
+        return self.runner(**feeds)
+
+
+class _RecordingInterpreter:
+    def __init__(self, interpreter):
+        self.interpreter = interpreter
+        self.samples: dict[str, list] = {}
+
+    def get_signature_runner(self, name):
+        return _Recorder(self.interpreter.get_signature_runner(name), self.samples.setdefault(name, []))
+
+
+def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list[int]],
+                      decode_steps: int = 16) -> dict:
+    """Feeds for static-range calibration, recorded while the fp32 model reads real text: each window
+    goes through `prefill` in chunks, then `decode_steps` tokens one at a time (so both signatures
+    see realistic KV-cache contents and positions)."""
+    import numpy as np
+
+    from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
+    from edgekit.build.tflite_export import HOST_FILE
+
+    interp, _ = make_interpreter(fp32_path)
+    rec = _RecordingInterpreter(interp)
+    with np.load(fp32_path.parent / HOST_FILE) as z:
+        tables = {k: z[k] for k in z.files}
+    lm = TfliteCausalLM(rec, signature, tables)
+    for window in token_windows:
+        window = window[: lm.cache_length]
+        cut = max(1, len(window) - decode_steps)
+        cache = lm.new_cache()
+        lm.forward(window[:cut], cache)
+        for tok in window[cut:]:
+            lm.forward([tok], cache)
+    return rec.samples

@@ -1,0 +1,59 @@
+"""Read a .tflite flatbuffer (schema module shipped with ai-edge-litert): ops, tensor dtypes, sizes.
+
+Lazy flatbuffer access (no weight copies), so it is cheap on 100 MB models.
+May import: stdlib, ai_edge_litert.schema_py_generated (or tflite_runtime's fallback: none, so
+callers get a clear ImportError).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _names(enum_cls) -> dict[int, str]:
+    return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def load_model(path: Path):
+    schema = _schema()
+    buf = Path(path).read_bytes()
+    return schema.Model.GetRootAs(buf, 0), buf
+
+
+def op_name(model, opcode_index: int) -> str:
+    schema = _schema()
+    code = model.OperatorCodes(opcode_index)
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return "CUSTOM:" + (code.CustomCode() or b"").decode()
+    return _names(schema.BuiltinOperator).get(builtin, str(builtin))
+
+
+def summary(path: Path) -> dict:
+    """{'ops': {name: count}, 'tensor_dtypes': {dtype: count}, 'subgraphs': [...]} over all subgraphs."""
+    schema = _schema()
+    model, _ = load_model(path)
+    dtypes = _names(schema.TensorType)
+    ops: Counter = Counter()
+    types: Counter = Counter()
+    subgraphs = []
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        for i in range(sg.OperatorsLength()):
+            ops[op_name(model, sg.Operators(i).OpcodeIndex())] += 1
+        for t in range(sg.TensorsLength()):
+            types[dtypes.get(sg.Tensors(t).Type(), "?")] += 1
+        subgraphs.append({"name": (sg.Name() or b"").decode(), "operators": sg.OperatorsLength(),
+                          "tensors": sg.TensorsLength()})
+    return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(types.items())), "subgraphs": subgraphs}
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    return summary(path)["ops"]

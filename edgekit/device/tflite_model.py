@@ -1,0 +1,189 @@
+"""A static-KV-cache causal LM running on LiteRT (ai-edge-litert; tflite_runtime as a fallback).
+
+The .tflite (see edgekit/build/tflite_export.py) has signatures `prefill` (P tokens) and `decode`
+(1 token); positional inputs are named args_0.. and outputs output_0..:
+  embeds [1,T,hidden], input_pos [T] int32, cos, sin [T,head_dim], mask [1,1,T,C],
+  then k_i, v_i [1,kv_heads,C,head_dim]; outputs logits [1,T,vocab], then the updated k_i, v_i.
+Embedding rows and rotary tables come from the bundle's host tables (npz: `embed` float32/float16
+or int8 with per-row `embed_scale`, `cos`, `sin`).
+Quantized (int8) inputs/outputs are (de)quantized here with each tensor's own scale/zero point,
+so the cache is kept in float32 between calls. A prompt runs in chunks of P through `prefill`;
+a last partial chunk is padded (its padding writes cache slots that later tokens overwrite before
+any query can see them) or, near the end of the cache, run token by token through `decode`.
+
+The interpreter is injected (anything with get_signature_runner()), so tests can pass a fake.
+May import: stdlib, numpy, ai_edge_litert / tflite_runtime (lazily).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("edgekit.device")
+
+
+@dataclass
+class StaticCache:
+    """Per-request cache: float32 arrays [1, kv_heads, C, head_dim] per layer and kind."""
+
+    arrays: list[np.ndarray] = field(default_factory=list)
+    length: int = 0
+
+
+def _order(names):
+    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
+
+
+class _Sig:
+    """One signature runner with its inputs/outputs in positional order and their quantization."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        ins, outs = runner.get_input_details(), runner.get_output_details()
+        self.in_names = _order(ins)
+        self.out_names = _order(outs)
+        self.ins = [ins[n] for n in self.in_names]
+        self.outs = [outs[n] for n in self.out_names]
+        self.length = int(self.ins[1]["shape"][0])
+
+    def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        feeds = {n: _to_input(a, d) for n, a, d in zip(self.in_names, arrays, self.ins)}
+        result = self.runner(**feeds)
+        return [_from_output(result[n], d) for n, d in zip(self.out_names, self.outs)]
+
+
+def _qparams(detail):
+    q = detail.get("quantization_parameters") or {}
+    scales = q.get("scales")
+    if scales is not None and len(scales):
+        return float(scales[0]), int(q["zero_points"][0])
+    scale, zp = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zp)) if scale else None
+
+
+def _to_input(a: np.ndarray, d) -> np.ndarray:
+    dtype = d["dtype"]
+    if np.issubdtype(dtype, np.floating) or a.dtype == dtype:
+        return np.ascontiguousarray(a, dtype=dtype)
+    qp = _qparams(d)
+    if qp is None:
+        return np.ascontiguousarray(a, dtype=dtype)
+    scale, zp = qp
+    info = np.iinfo(dtype)
+    return np.clip(np.round(a / scale) + zp, info.min, info.max).astype(dtype)
+
+
+def _from_output(a: np.ndarray, d) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.floating):
+        return a.astype(np.float32, copy=False)
+    qp = _qparams(d)
+    if qp is None:
+        return a
+    scale, zp = qp
+    return (a.astype(np.float32) - zp) * scale
+
+
+class TfliteCausalLM:
+    """prefill/decode steps of an exported decoder; same forward() contract as OnnxCausalLM."""
+
+    def __init__(self, interpreter, signature: dict, host_tables: dict):
+        self.interpreter = interpreter
+        self.prefill = _Sig(interpreter.get_signature_runner("prefill"))
+        self.decode = _Sig(interpreter.get_signature_runner("decode"))
+        self.cache_length = int(signature["cache_length"])
+        self.max_sequence_length = self.cache_length
+        self.mask_value = float(signature["mask_value"])
+        self.embed = np.asarray(host_tables["embed"])
+        scale = host_tables.get("embed_scale")
+        self.embed_scale = None if scale is None else np.asarray(scale, np.float32)
+        self.cos = np.asarray(host_tables["cos"], np.float32)
+        self.sin = np.asarray(host_tables["sin"], np.float32)
+        self.cache_shape = tuple(int(s) for s in self.decode.ins[5]["shape"])
+        self.n_kv = len(self.decode.ins) - 5
+
+    def embed_rows(self, ids: np.ndarray) -> np.ndarray:
+        rows = self.embed[ids].astype(np.float32)
+        if self.embed_scale is not None:
+            rows *= self.embed_scale[ids][..., None]
+        return rows
+
+    def new_cache(self) -> StaticCache:
+        return StaticCache([np.zeros(self.cache_shape, np.float32) for _ in range(self.n_kv)], 0)
+
+    def _step(self, sig: _Sig, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
+        t = sig.length
+        pos = np.arange(start, start + t, dtype=np.int32)
+        mask = np.where(np.arange(self.cache_length)[None, :] <= pos[:, None], 0.0, self.mask_value)
+        mask = mask.astype(np.float32)[None, None]
+        ids = np.zeros((1, t), np.int32)
+        ids[0, : len(tokens)] = tokens
+        out = sig([self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask] + cache.arrays)
+        cache.arrays = out[1:]
+        return out[0][0, : len(tokens)]
+
+    def forward(self, token_ids: list[int], cache: StaticCache) -> np.ndarray:
+        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab]; updates cache."""
+        n = len(token_ids)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        if cache.length + n > self.cache_length:
+            raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
+        p = self.prefill.length
+        chunks, i = [], 0
+        while i < n:
+            rest = n - i
+            start = cache.length + i
+            if rest == 1:
+                chunks.append(self._step(self.decode, token_ids[i:i + 1], start, cache))
+                i += 1
+            elif start + p <= self.cache_length:
+                take = min(p, rest)
+                chunks.append(self._step(self.prefill, token_ids[i:i + take], start, cache))
+                i += take
+            else:  # a padded chunk would run past the cache: finish token by token
+                chunks.append(self._step(self.decode, token_ids[i:i + 1], start, cache))
+                i += 1
+        cache.length += n
+        return np.concatenate(chunks, axis=0)
+
+
+def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = ""):
+    """A LiteRT interpreter for `model_path`; returns (interpreter, accelerator in use as text).
+
+    XNNPACK is LiteRT's default CPU path. A named delegate library (GPU, Edge TPU) is loaded when it
+    can be; otherwise this logs once that the model runs on the CPU.
+    """
+    try:
+        from ai_edge_litert import interpreter as lite
+    except ImportError:  # older devices: the deprecated tflite_runtime wheel has the same API
+        from tflite_runtime import interpreter as lite  # type: ignore[no-redef]
+    kwargs = {"model_path": str(model_path)}
+    if threads > 0:
+        kwargs["num_threads"] = threads
+    if delegate not in ("none", "xnnpack") and delegate_library:
+        try:
+            dlg = lite.load_delegate(delegate_library)
+            return lite.Interpreter(experimental_delegates=[dlg], **kwargs), f"{delegate} ({delegate_library})"
+        except (ValueError, OSError, RuntimeError) as e:
+            log.warning("%s delegate library '%s' could not be loaded (%s); running on CPU (XNNPACK)",
+                        delegate, delegate_library, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return lite.Interpreter(**kwargs), "cpu (xnnpack)"
+
+
+def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
+    """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
+    model = manifest["model"]
+    accel = "injected"
+    if session is None:
+        session, accel = make_interpreter(model_path, threads, model.get("delegate", "none"),
+                                          model.get("delegate_library", ""))
+    sig = manifest["signature"]
+    with np.load(str(Path(model_path).parent / sig["host_file"])) as z:
+        tables = {k: z[k] for k in z.files}
+    lm = TfliteCausalLM(session, sig, tables)
+    lm.accelerator = accel
+    return lm
