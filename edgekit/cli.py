@@ -276,12 +276,16 @@ def inspect(bundle, as_json):
               help="Runtime intra-op threads (0 = the runtime's default).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log verbosity.")
-def serve(bundle, host, port, threads, log_level):
+@click.option("--delegate-library", envvar="EDGEKIT_DELEGATE_LIBRARY", default=None, metavar="PATH",
+              help="Delegate library for TFLite bundles (GPU / Edge TPU), overriding the target's default "
+                   "[env EDGEKIT_DELEGATE_LIBRARY]. If it cannot be loaded the model runs on the CPU (XNNPACK).")
+def serve(bundle, host, port, threads, log_level, delegate_library):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
     GET  /health            200 when the model is ready
     GET  /v1/models         the served model
+    GET  /props             bundle, target, runtime, accelerator actually in use, threads
     POST /v1/completions    prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream
     The bundle is verified (sha256 of every file) before it is loaded.
     """
@@ -290,9 +294,10 @@ def serve(bundle, host, port, threads, log_level):
     from edgekit.device.runtime import load
     from edgekit.device.server import create_app
 
-    loaded = load(bundle, threads=threads)
+    loaded = load(bundle, threads=threads, delegate_library=delegate_library)
     click.echo(f"edgekit serve: {loaded.name} ({loaded.bundle.manifest['model']['precision']}, "
-               f"{loaded.bundle.manifest['model']['runtime']}) on http://{host}:{port}", err=True)
+               f"{loaded.bundle.manifest['model']['runtime']} on {loaded.accelerator}) on http://{host}:{port}",
+               err=True)
     uvicorn.run(create_app(loaded), host=host, port=port, log_level=log_level)
 
 

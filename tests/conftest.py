@@ -64,7 +64,29 @@ def stories_build(shared_dir, tmp_path_factory) -> dict:
         builds[name] = work / name
         builds[name + "_log"] = res.stderr
     builds["student"] = stages / "01-distill" / "student"
+    builds["stages"] = stages
     return builds
+
+
+@pytest.fixture(scope="session")
+def tflite_builds(stories_build) -> dict:
+    """The same stories260k student built for every TFLite target (and extra precisions), reusing the
+    finished distillation: {variant name: bundle path}."""
+    work = stories_build["stages"].parent
+    variants = {
+        "arm-cpu": ["--target", "arm-cpu"],  # int8-dynamic
+        "arm-cpu-weight-only": ["--target", "arm-cpu", "--precision", "int8-weight-only"],
+        "arm-cpu-fp32": ["--target", "arm-cpu", "--precision", "fp32"],
+        "mobile-gpu": ["--target", "mobile-gpu"],  # fp16
+        "coral": ["--target", "coral"],  # int8-full
+    }
+    out = {}
+    for name, args in variants.items():
+        res = run_cli("build", *args, "--recipe", "stories260k", "--out", str(work / name),
+                      "--work-dir", str(stories_build["stages"]), cwd=work)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out[name] = work / name
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -80,3 +80,58 @@ class FakeOrtSession:
         present = [np.full((1, self.kv_heads, total, self.head_dim), total, dtype=np.float32)
                    for _ in range(2 * self.layers)]
         return [logits, *present]
+
+
+class FakeSignatureRunner:
+    """A LiteRT-like signature runner for a toy model: logits favour (position + 2) % VOCAB, and each
+    KV output is the KV input with the written slots set to position + 1. Inputs follow the edgekit
+    TFLite layout (embeds, input_pos, cos, sin, mask, k_0, v_0); `log` records (name, positions, mask)."""
+
+    def __init__(self, name: str, length: int, cache_length: int, log: list, kv_dtype=np.float32,
+                 kv_quant=(0.0, 0)):
+        self.name, self.length, self.cache_length, self.log = name, length, cache_length, log
+        kv = {"dtype": kv_dtype, "shape": np.array([1, 1, cache_length, 2]), "quantization": kv_quant}
+        self.inputs = {
+            "args_0": {"dtype": np.float32, "shape": np.array([1, length, 4]), "quantization": (0.0, 0)},
+            "args_1": {"dtype": np.int32, "shape": np.array([length]), "quantization": (0.0, 0)},
+            "args_2": {"dtype": np.float32, "shape": np.array([length, 2]), "quantization": (0.0, 0)},
+            "args_3": {"dtype": np.float32, "shape": np.array([length, 2]), "quantization": (0.0, 0)},
+            "args_4": {"dtype": np.float32, "shape": np.array([1, 1, length, cache_length]), "quantization": (0.0, 0)},
+            "args_5": dict(kv), "args_6": dict(kv),
+        }
+        self.outputs = {"output_0": {"dtype": np.float32, "shape": np.array([1, length, VOCAB]),
+                                     "quantization": (0.0, 0)},
+                        "output_1": dict(kv), "output_2": dict(kv)}
+
+    def get_input_details(self):
+        return self.inputs
+
+    def get_output_details(self):
+        return self.outputs
+
+    def __call__(self, **feeds):
+        pos = feeds["args_1"]
+        self.log.append((self.name, pos.tolist(), feeds["args_4"].copy(), feeds["args_5"].copy()))
+        logits = np.zeros((1, self.length, VOCAB), np.float32)
+        logits[0, np.arange(self.length), (pos + 2) % VOCAB] = 5.0
+        kv = []
+        for key in ("args_5", "args_6"):
+            a = feeds[key].copy()
+            a[0, 0, pos[0]:pos[0] + self.length, :] = (pos[:, None] + 1)
+            kv.append(a)
+        return {"output_0": logits, "output_1": kv[0], "output_2": kv[1]}
+
+
+class FakeInterpreter:
+    def __init__(self, prefill_length: int, cache_length: int, **kw):
+        self.log: list = []
+        self.runners = {"prefill": FakeSignatureRunner("prefill", prefill_length, cache_length, self.log, **kw),
+                        "decode": FakeSignatureRunner("decode", 1, cache_length, self.log, **kw)}
+
+    def get_signature_runner(self, name):
+        return self.runners[name]
+
+
+def fake_host_tables(vocab: int = VOCAB, hidden: int = 4, cache_length: int = 16) -> dict:
+    return {"embed": np.arange(vocab * hidden, dtype=np.float32).reshape(vocab, hidden),
+            "cos": np.ones((cache_length, 2), np.float32), "sin": np.zeros((cache_length, 2), np.float32)}

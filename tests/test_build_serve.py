@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -157,16 +158,28 @@ def test_missing_teacher_path_is_one_clear_line(tmp_path):
 
 
 def test_failed_gate_leaves_previous_bundle_untouched(stories_bundle, tmp_path, shared_dir):
+    """An impossible perplexity limit fails the build with both numbers; nothing is replaced."""
     out = tmp_path / "b"
     shutil.copytree(stories_bundle, out)
     before = (out / "manifest.json").read_text()
     strict = tmp_path / "strict.toml"
     text = (Path(__file__).resolve().parent.parent / "targets" / "onnx-cpu.toml").read_text()
     strict.write_text(text.replace('name = "onnx-cpu"', 'name = "strict"').replace(
-        "max_logit_diff = 4.0", "max_logit_diff = 0.000001"))
+        "max_perplexity_ratio = 1.02", "max_perplexity_ratio = 0.5"))
     res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(out),
                   "--work-dir", str(tmp_path / "w"), cwd=tmp_path)
-    assert res.returncode == 1 and "quality gate failed: max |logit diff|" in res.stderr
-    assert "--no-gate" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    line = [x for x in res.stderr.splitlines() if "quality gate failed" in x][0]
+    m = re.search(r"perplexity (\d+\.\d+) vs fp32 (\d+\.\d+) = (\d+\.\d+)x > allowed 0\.5000x", line)
+    assert m, line
+    exported, reference, ratio = map(float, m.groups())
+    assert 5 < reference < 20 and ratio == pytest.approx(exported / reference, abs=1e-3)
+    assert "--no-gate" in line
     assert (out / "manifest.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b")) == []
+    # --no-gate packages anyway and says so in the manifest
+    res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(tmp_path / "forced"),
+                  "--work-dir", str(tmp_path / "w"), "--no-gate", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    gate = json.loads((tmp_path / "forced" / "manifest.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["enforced"] is False and "perplexity" in gate["failures"][0]

@@ -182,6 +182,7 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         calibration = ctx.support.calibrate(src, export.values["signature"], wins)
     params = ctx.support.quantize(src, dst, ctx.precision, calibration)
     sig = dict(export.values["signature"])
+    sig.update(params.pop("signature_update", {}))
     if ctx.support.describe is not None:
         sig.update(ctx.support.describe(dst))
     files = _model_files(ctx.support, d)

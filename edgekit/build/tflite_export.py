@@ -31,7 +31,12 @@ import torch
 
 from edgekit.core.errors import BuildError
 
-MASK_VALUE = -30.0  # additive mask: exp(-30) ~ 1e-13, small enough range for int8 activations
+# Additive mask for float variants: exp(-1e4) is exactly 0, and -1e4 fits in float16. Masked slots
+# include prefill padding whose keys can score high, so a small value would leak attention to them.
+MASK_VALUE = -1.0e4
+# Full-int8 variants calibrate the mask input's range, so -1e4 would leave no int8 resolution for the
+# attention scores it is added to; exp(-30) ~ 1e-13 is the compromise there.
+INT8_MASK_VALUE = -30.0
 HOST_FILE = "host_tables.npz"
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 

@@ -87,6 +87,10 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
             result = q.calibrate(calibration, num_threads=1)
         q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
     params = {"method": "ai-edge-quantizer", "recipe": precision, **host}
+    if precision == "int8-full":
+        from edgekit.build.tflite_export import INT8_MASK_VALUE
+
+        params["signature_update"] = {"mask_value": INT8_MASK_VALUE}
     if calibration:
         params["calibration_samples"] = {k: len(v) for k, v in calibration.items()}
     return params
@@ -119,10 +123,11 @@ class _RecordingInterpreter:
 
 
 def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list[int]],
-                      decode_steps: int = 16) -> dict:
+                      decode_steps: int = 16, mask_value: float | None = None) -> dict:
     """Feeds for static-range calibration, recorded while the fp32 model reads real text: each window
     goes through `prefill` in chunks, then `decode_steps` tokens one at a time (so both signatures
-    see realistic KV-cache contents and positions)."""
+    see realistic KV-cache contents and positions). `mask_value` overrides the signature's
+    (full-int8 models are calibrated and run with a small one)."""
     import numpy as np
 
     from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
@@ -132,7 +137,11 @@ def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list
     rec = _RecordingInterpreter(interp)
     with np.load(fp32_path.parent / HOST_FILE) as z:
         tables = {k: z[k] for k in z.files}
-    lm = TfliteCausalLM(rec, signature, tables)
+    if mask_value is None:
+        from edgekit.build.tflite_export import INT8_MASK_VALUE
+
+        mask_value = INT8_MASK_VALUE
+    lm = TfliteCausalLM(rec, dict(signature, mask_value=mask_value), tables)
     for window in token_windows:
         window = window[: lm.cache_length]
         cut = max(1, len(window) - decode_steps)

@@ -69,10 +69,12 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
       sequence and its top-1 prediction is compared at each of those steps (teacher-forced, so one
       near-tie does not fail every later token), pooled over all prompts' tokens.
     greedy_prefix: the free-running view, leading tokens of the exported model's own greedy
-      output that equal PyTorch's, as a share of the longer output (worst prompt).
+      output that equal PyTorch's, as a share of the longer output (worst prompt); 1.0 means the
+      exported model's greedy tokens equal PyTorch's for every prompt.
     """
     eos = set(device_tokenizer.eos_token_ids)
     per_prompt, worst_prefix, max_diff, tok_ok = [], 1.0, 0.0, True
+    flip_margins: list[float] = []
     matched = total = 0
     for prompt in prompts:
         ref_ids = hf_tokenizer(prompt).input_ids
@@ -85,7 +87,11 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
         dev_logits = device_model.forward(seq, device_model.new_cache())
         max_diff = max(max_diff, float(np.abs(ref_logits - dev_logits).max()))
         steps = slice(len(ref_ids) - 1, len(seq) - 1)
-        hits = int((dev_logits[steps].argmax(-1) == np.asarray(ref_new, dtype=np.int64)).sum())
+        same = dev_logits[steps].argmax(-1) == np.asarray(ref_new, dtype=np.int64)
+        hits = int(same.sum())
+        top2 = np.sort(ref_logits[steps], axis=-1)[:, -2:]
+        for step in np.flatnonzero(~same):  # how close PyTorch itself was to choosing otherwise
+            flip_margins.append(float(top2[step, 1] - top2[step, 0]))
         matched, total = matched + hits, total + len(ref_new)
         agree = hits / len(ref_new) if ref_new else 1.0
         got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
@@ -104,6 +110,9 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
         "greedy_tokens": greedy_tokens,
         "greedy_agreement": round(matched / total, 4) if total else 1.0,
         "greedy_prefix": round(worst_prefix, 4),
+        # PyTorch's own top-1 minus top-2 logit at each disagreement: flips where this is below
+        # max_logit_diff are near-ties resolved the other way by quantization noise
+        "flip_margins": [round(m, 4) for m in flip_margins],
         "prompts": per_prompt,
     }
     if eval_texts:

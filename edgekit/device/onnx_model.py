@@ -73,4 +73,6 @@ def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> Onn
         if threads > 0:
             opts.intra_op_num_threads = threads
         session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return OnnxCausalLM(session, manifest["model"]["max_sequence_length"])
+    lm = OnnxCausalLM(session, manifest["model"]["max_sequence_length"])
+    lm.accelerator = "cpu (onnxruntime)"
+    return lm

@@ -26,6 +26,23 @@ class LoadedModel:
     model: object
     tokenizer: TextTokenizer
     generation: dict
+    threads: int = 0
+
+    @property
+    def accelerator(self) -> str:
+        """What actually runs the model (a delegate that failed to load shows as CPU here)."""
+        return getattr(self.model, "accelerator", "cpu")
+
+    def props(self) -> dict:
+        m = self.bundle.manifest
+        return {
+            "name": m["name"], "task": m["task"], "target": m["target"]["name"], "format": m["model"]["format"],
+            "precision": m["model"]["precision"], "runtime": m["model"]["runtime"],
+            "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
+            "threads": self.threads, "max_sequence_length": self.max_sequence_length,
+            "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
+            "gate": m.get("gate", {}).get("passed"),
+        }
 
     @property
     def name(self) -> str:
@@ -36,9 +53,12 @@ class LoadedModel:
         return self.bundle.manifest["model"]["max_sequence_length"]
 
 
-def open_model(bundle: Bundle, threads: int = 0, session=None) -> LoadedModel:
-    """Build the runner for an already verified bundle. `session` injects a fake runtime session."""
+def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None) -> LoadedModel:
+    """Build the runner for an already verified bundle. `session` injects a fake runtime session;
+    `delegate_library` overrides the target's delegate library path (GPU / Edge TPU)."""
     m = bundle.manifest
+    if delegate_library:
+        m = dict(m, model=dict(m["model"], delegate_library=delegate_library))
     if m["task"] != "text-generation":
         raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
     runtime = m["model"]["runtime"]
@@ -48,9 +68,9 @@ def open_model(bundle: Bundle, threads: int = 0, session=None) -> LoadedModel:
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.path(tok_info["file"]), tok_info["eos_token_ids"])
     generation = json.loads(bundle.path(m["generation_file"]).read_text(encoding="utf-8"))
-    return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation)
+    return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads)
 
 
-def load(path, threads: int = 0) -> LoadedModel:
+def load(path, threads: int = 0, delegate_library: str | None = None) -> LoadedModel:
     """Verify the bundle at `path` (directory or .tar) and open it."""
-    return open_model(load_bundle(path), threads=threads)
+    return open_model(load_bundle(path), threads=threads, delegate_library=delegate_library)

@@ -1,6 +1,6 @@
 """The device HTTP server: OpenAI-shaped completions over Starlette (run by uvicorn).
 
-Routes: GET /health, GET /v1/models, POST /v1/completions (optionally streamed as server-sent
+Routes: GET /health, GET /v1/models, GET /props (bundle, runtime, accelerator in use), POST /v1/completions (optionally streamed as server-sent
 events). One model session; requests take turns on it (a lock), generation runs in a worker
 thread so the event loop keeps answering /health. Errors use OpenAI's error shape.
 Timings in `usage` are milliseconds (prefill_ms) and tokens per second.
@@ -141,6 +141,9 @@ def create_app(loaded: LoadedModel) -> Starlette:
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": loaded.name})
 
+    async def props(request: Request):
+        return JSONResponse(loaded.props())
+
     async def models(request: Request):
         return JSONResponse({"object": "list", "data": [
             {"id": loaded.name, "object": "model", "created": created, "owned_by": "edgekit"}]})
@@ -202,5 +205,6 @@ def create_app(loaded: LoadedModel) -> Starlette:
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/props", props, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ])

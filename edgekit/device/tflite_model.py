@@ -166,6 +166,9 @@ def make_interpreter(model_path, threads: int = 0, delegate: str = "none", deleg
         kwargs["num_threads"] = threads
     if delegate not in ("none", "xnnpack") and delegate_library:
         try:
+            import ctypes
+
+            ctypes.CDLL(delegate_library)  # probe first: a failed load_delegate leaves a noisy __del__
             dlg = lite.load_delegate(delegate_library)
             return lite.Interpreter(experimental_delegates=[dlg], **kwargs), f"{delegate} ({delegate_library})"
         except (ValueError, OSError, RuntimeError) as e:

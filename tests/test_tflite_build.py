@@ -1,0 +1,77 @@
+"""Full tier: stories260k built for every TFLite target, verified against PyTorch, served over HTTP
+from a process where torch cannot be imported."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from test_build_serve import _torch_greedy, serving
+
+pytestmark = pytest.mark.full
+
+
+def _manifest(bundle):
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("variant,precision,delegate", [
+    ("arm-cpu", "int8-dynamic", "xnnpack"), ("arm-cpu-weight-only", "int8-weight-only", "xnnpack"),
+    ("arm-cpu-fp32", "fp32", "xnnpack"), ("mobile-gpu", "fp16", "gpu"), ("coral", "int8-full", "edgetpu")])
+def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant, precision, delegate):
+    m = _manifest(tflite_builds[variant])
+    assert m["model"]["format"] == "tflite" and m["model"]["precision"] == precision
+    assert m["model"]["runtime"] == "litert" and m["model"]["delegate"] == delegate
+    assert {f["path"] for f in m["files"]} == {"model.tflite", "host_tables.npz", "tokenizer.json", "generation.json"}
+    sigs = m["signature"]["signatures"]
+    assert set(sigs) == {"prefill", "decode"}
+    p = m["signature"]["prefill_length"]
+    assert sigs["prefill"]["inputs"][0]["shape"] == [1, p, 64] and sigs["decode"]["inputs"][0]["shape"] == [1, 1, 64]
+    quant = m["provenance"]["stages"][2]["metrics"]
+    assert quant["ops"]["FULLY_CONNECTED"] == 2 * (3 * 7 + 1)  # both signatures: 7 per layer + LM head
+    assert "EMBEDDING_LOOKUP" not in quant["ops"] and "GATHER" not in quant["ops"]  # lookups run on the host
+    dtypes = quant["tensor_dtypes"]
+    if precision == "int8-full":
+        assert set(dtypes) == {"INT8", "INT32"}  # no float tensor anywhere; int32 = positions and shapes
+        assert sigs["decode"]["inputs"][0]["dtype"] == "int8" and sigs["decode"]["outputs"][0]["dtype"] == "int8"
+    elif precision == "fp16":
+        assert dtypes["FLOAT16"] == 2 * 22
+    elif precision.startswith("int8"):
+        assert dtypes["INT8"] == 2 * 22
+    v = m["metrics"]["verify"]
+    assert v["tokenizer_match"] and m["gate"]["passed"] and v["perplexity"]["eval_tokens"] > 500
+    limits = m["target"]["verify"]
+    assert v["perplexity"]["ratio"] <= limits["max_perplexity_ratio"]
+    if precision in ("fp32", "fp16", "int8-weight-only"):
+        assert v["greedy_prefix"] == 1.0 and v["greedy_agreement"] == 1.0  # greedy tokens equal PyTorch's
+    if precision == "fp32":
+        assert v["max_logit_diff"] < 0.05 and v["perplexity"]["ratio"] == pytest.approx(1.0, abs=0.002)
+    if precision == "int8-dynamic":  # any disagreement is a near-tie in PyTorch itself
+        assert v["greedy_agreement"] >= 0.9
+        assert all(margin < v["max_logit_diff"] for margin in v["flip_margins"])
+
+
+@pytest.mark.parametrize("variant", ["arm-cpu", "mobile-gpu", "coral"])
+def test_each_target_serves_what_verify_recorded(tflite_builds, variant):
+    m = _manifest(tflite_builds[variant])
+    verify = m["metrics"]["verify"]
+    with serving(tflite_builds[variant]) as base:
+        props = httpx.get(base + "/props", timeout=10).json()
+        assert props["target"] == variant and props["runtime"] == "litert"
+        # no GPU / Edge TPU delegate library on this machine: the server says it runs on the CPU
+        assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == m["model"]["delegate"]
+        for p in verify["prompts"]:
+            r = httpx.post(base + "/v1/completions", timeout=60,
+                           json={"prompt": p["prompt"], "max_tokens": verify["greedy_tokens"], "temperature": 0})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == p["exported"]
+
+
+def test_fp16_bundle_generates_pytorch_greedy_text(tflite_builds, stories_build):
+    expected = _torch_greedy(stories_build["student"], "Once upon a time", 24)
+    with serving(tflite_builds["mobile-gpu"]) as base:
+        r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 24,
+                                                       "temperature": 0}, timeout=60)
+        assert r.json()["choices"][0]["text"] == expected
