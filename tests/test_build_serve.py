@@ -157,20 +157,20 @@ def test_missing_teacher_path_is_one_clear_line(tmp_path):
     assert not (tmp_path / "dist").exists()
 
 
-def test_failed_gate_leaves_previous_bundle_untouched(stories_bundle, tmp_path, shared_dir):
-    """An impossible perplexity limit fails the build with both numbers; nothing is replaced."""
+def test_failed_gate_leaves_previous_bundle_untouched(stories_build, stories_bundle, tmp_path, shared_dir):
+    """A limit full-int8 cannot meet (fp32 perplexity) fails the build with both numbers; nothing is replaced."""
     out = tmp_path / "b"
     shutil.copytree(stories_bundle, out)
     before = (out / "manifest.json").read_text()
     strict = tmp_path / "strict.toml"
-    text = (Path(__file__).resolve().parent.parent / "targets" / "onnx-cpu.toml").read_text()
-    strict.write_text(text.replace('name = "onnx-cpu"', 'name = "strict"').replace(
-        "max_perplexity_ratio = 1.02", "max_perplexity_ratio = 0.5"))
-    res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(out),
-                  "--work-dir", str(tmp_path / "w"), cwd=tmp_path)
+    text = (Path(__file__).resolve().parent.parent / "targets" / "coral.toml").read_text()
+    strict.write_text(text.replace('name = "coral"', 'name = "strict"').replace(
+        "max_perplexity_ratio = 1.15", "max_perplexity_ratio = 1.0"))
+    work = ["--work-dir", str(stories_build["stages"])]  # reuse the finished distillation
+    res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(out), *work, cwd=tmp_path)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     line = [x for x in res.stderr.splitlines() if "quality gate failed" in x][0]
-    m = re.search(r"perplexity (\d+\.\d+) vs fp32 (\d+\.\d+) = (\d+\.\d+)x > allowed 0\.5000x", line)
+    m = re.search(r"perplexity (\d+\.\d+) vs fp32 (\d+\.\d+) = (\d+\.\d+)x > allowed 1\.0000x", line)
     assert m, line
     exported, reference, ratio = map(float, m.groups())
     assert 5 < reference < 20 and ratio == pytest.approx(exported / reference, abs=1e-3)
@@ -179,7 +179,7 @@ def test_failed_gate_leaves_previous_bundle_untouched(stories_bundle, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".b")) == []
     # --no-gate packages anyway and says so in the manifest
     res = run_cli("build", "--target", str(strict), "--recipe", "stories260k", "--out", str(tmp_path / "forced"),
-                  "--work-dir", str(tmp_path / "w"), "--no-gate", cwd=tmp_path)
+                  *work, "--no-gate", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     gate = json.loads((tmp_path / "forced" / "manifest.json").read_text())["gate"]
     assert gate["passed"] is False and gate["enforced"] is False and "perplexity" in gate["failures"][0]
