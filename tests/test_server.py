@@ -17,7 +17,8 @@ from fakes import FakeTokenizer, ScriptedModel
 
 @pytest.fixture
 def client():
-    manifest = {"name": "toy", "model": {"max_sequence_length": 32}}
+    manifest = {"name": "toy", "task": "text-generation", "target": {"name": "fake"},
+                "model": {"max_sequence_length": 32, "format": "onnx", "precision": "fp32", "runtime": "fake"}}
     loaded = LoadedModel(bundle=Bundle(Path("."), manifest), model=ScriptedModel([2, 3, 4, 5]),
                          tokenizer=FakeTokenizer(), generation={"max_new_tokens": 5, "temperature": 0.0})
     return TestClient(create_app(loaded))
@@ -26,6 +27,13 @@ def client():
 def test_health_and_models(client):
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/v1/models").json()["data"][0]["id"] == "toy"
+
+
+def test_props_and_wrong_task_route(client):
+    props = client.get("/props").json()
+    assert props["task"] == "text-generation" and props["accelerator"] == "cpu" and props["target"] == "fake"
+    r = client.post("/v1/embeddings", json={"input": "ab"})
+    assert r.status_code == 400 and "/v1/completions" in r.json()["error"]["message"]
 
 
 def test_completion_shape_and_usage(client):

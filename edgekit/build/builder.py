@@ -177,9 +177,15 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         if ctx.support.calibrate is None:
             raise BuildError(f"format '{ctx.target.format}' has no full-integer quantization")
         tok = outs["distill"].values["tokenizer"]
-        wins = _calibration_windows(ctx, tok, min(96, export.values["max_sequence_length"]))
-        ctx.log(f"    calibrating on {len(wins)} windows of training text")
-        calibration = ctx.support.calibrate(src, export.values["signature"], wins)
+        max_len = export.values["max_sequence_length"]
+        if ctx.recipe.task == "feature-extraction":
+            from edgekit.build.encoder_build import calibration_ids
+
+            samples = calibration_ids(ctx, tok, max_len)
+        else:
+            samples = _calibration_windows(ctx, tok, min(96, max_len))
+        ctx.log(f"    calibrating on {len(samples)} samples of training text")
+        calibration = ctx.support.calibrate(src, export.values["signature"], samples)
     params = ctx.support.quantize(src, dst, ctx.precision, calibration)
     sig = dict(export.values["signature"])
     sig.update(params.pop("signature_update", {}))
@@ -245,37 +251,52 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         for path in outs["quantize"].files.values():
             shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
-        g = ctx.recipe.data["generation"]
-        eos = distill.values["eos"]
-        (staging / "generation.json").write_text(json.dumps({**g, "eos_token_ids": eos}, indent=2) + "\n")
+        if ctx.recipe.task == "text-generation":
+            g = ctx.recipe.data["generation"]
+            eos = distill.values["eos"]
+            (staging / "generation.json").write_text(json.dumps({**g, "eos_token_ids": eos}, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return StageOutput(values={"staging": staging})
 
 
-def _stages() -> list[Stage]:
+def _stages(task: str) -> list[Stage]:
+    distill, verify = stage_distill, stage_verify
+    if task == "feature-extraction":
+        from edgekit.build import encoder_build
+
+        distill, verify = encoder_build.stage_distill, encoder_build.stage_verify
     return [
-        Stage("distill", stage_distill),
+        Stage("distill", distill),
         Stage("export", stage_export, uses=("distill",)),
         Stage("quantize", stage_quantize, uses=("export",)),
-        Stage("verify", stage_verify, uses=("quantize",)),
+        Stage("verify", verify, uses=("quantize",)),
         Stage("package", stage_package, uses=("quantize", "distill")),
     ]
 
 
+TASKS = ("text-generation", "feature-extraction")
+
+
 def run_build(ctx: BuildContext) -> Bundle:
     """Run every stage and write the bundle atomically to ctx.out. Nothing is written on failure."""
-    if ctx.recipe.task != "text-generation":
+    if ctx.recipe.task not in TASKS:
         raise BuildError(f"recipe '{ctx.recipe.name}' has task '{ctx.recipe.task}'; this edgekit version "
-                         "builds text-generation recipes only")
+                         f"builds: {', '.join(TASKS)}")
     if ctx.target.format not in FORMATS:
         raise BuildError(f"target '{ctx.target.name}' needs format '{ctx.target.format}', which this edgekit "
                          f"version cannot export yet; available formats: {', '.join(FORMATS)}")
-    ctx.support = FORMATS[ctx.target.format]()
+    encoder = ctx.recipe.task == "feature-extraction"
+    if encoder:
+        from edgekit.build.encoder_build import architecture, encoder_support
+
+        ctx.support = encoder_support(ctx.target.format)
+    else:
+        ctx.support = FORMATS[ctx.target.format]()
     outs, records = {}, []
     try:
-        outs, records = run_stages(_stages(), ctx.work_dir, ctx, ctx.log)
+        outs, records = run_stages(_stages(ctx.recipe.task), ctx.work_dir, ctx, ctx.log)
         staging = outs["package"].values["staging"]
         config = outs["distill"].values["model"].config
         manifest = {
@@ -295,11 +316,11 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "extra_files": list(ctx.support.extra_files),
                 "max_sequence_length": outs["export"].values["max_sequence_length"],
                 "parameters": outs["distill"].metrics["student_parameters"],
-                "architecture": _architecture(config),
+                "architecture": architecture(config) if encoder else _architecture(config),
             },
             "signature": outs["quantize"].values["signature"],
             "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
-            "generation_file": "generation.json",
+            **({} if encoder else {"generation_file": "generation.json"}),
             "provenance": {
                 "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},
                 "recipe": ctx.recipe.data,

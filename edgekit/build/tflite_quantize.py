@@ -47,14 +47,14 @@ def recipe_for(precision: str):
 
 
 def quantize_host_tables(src: Path, dst: Path, precision: str) -> dict:
-    """The embedding table in the variant's precision: int8 with a float32 scale per row (symmetric)
-    for int8 variants, float16 for fp16, float32 otherwise. Rotary tables stay float32."""
+    """The embedding table in the variant's precision: float32 for fp32, float16 for fp16, otherwise
+    (int8 and int4 variants) int8 with a float32 scale per row (symmetric). Other tables stay float32."""
     import numpy as np
 
     with np.load(src) as z:
         tables = {k: z[k] for k in z.files}
     embed = tables["embed"].astype(np.float32)
-    if precision.startswith("int8"):
+    if precision not in ("fp32", "fp16"):
         scale = np.maximum(np.abs(embed).max(axis=1), 1e-12) / 127.0
         tables["embed"] = np.clip(np.round(embed / scale[:, None]), -127, 127).astype(np.int8)
         tables["embed_scale"] = scale.astype(np.float32)

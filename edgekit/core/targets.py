@@ -73,6 +73,10 @@ SCHEMA = Table(
                 ),
                 "max_logit_diff": Field(float, default=1.0, minimum=0.0),
                 "max_perplexity_ratio": Field(float, default=1.02, minimum=1.0),
+                "min_cosine": Field(float, default=0.99, minimum=0.0, maximum=1.0,
+                                    doc="encoders: lowest cosine of an exported embedding to PyTorch's"),
+                "min_spearman_ratio": Field(float, default=0.98, minimum=0.0, maximum=1.0,
+                                            doc="encoders: STS-B Spearman of the export / of the fp32 student"),
             }
         ),
         "power": Table({"prefer": Field(str, default=("estimate",), choices=POWER_SOURCES, list_of=True)}),

@@ -11,11 +11,15 @@ from dataclasses import dataclass
 
 from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
+from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
 from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
 
-RUNNERS = {"onnxruntime": open_onnx, "litert": open_tflite}
+RUNNERS = {
+    "text-generation": {"onnxruntime": open_onnx, "litert": open_tflite},
+    "feature-extraction": {"onnxruntime": open_onnx_encoder, "litert": open_tflite_encoder},
+}
 
 
 @dataclass
@@ -49,6 +53,10 @@ class LoadedModel:
         return self.bundle.manifest["name"]
 
     @property
+    def task(self) -> str:
+        return self.bundle.manifest["task"]
+
+    @property
     def max_sequence_length(self) -> int:
         return self.bundle.manifest["model"]["max_sequence_length"]
 
@@ -59,15 +67,18 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     m = bundle.manifest
     if delegate_library:
         m = dict(m, model=dict(m["model"], delegate_library=delegate_library))
-    if m["task"] != "text-generation":
+    if m["task"] not in RUNNERS:
         raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
+    runners = RUNNERS[m["task"]]
     runtime = m["model"]["runtime"]
-    if runtime not in RUNNERS:
-        raise BundleError(f"{bundle.root}: runtime '{runtime}' is not available; known: {', '.join(RUNNERS)}")
-    model = RUNNERS[runtime](bundle.model_file, m, threads=threads, session=session)
+    if runtime not in runners:
+        raise BundleError(f"{bundle.root}: runtime '{runtime}' is not available; known: {', '.join(runners)}")
+    model = runners[runtime](bundle.model_file, m, threads=threads, session=session)
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.path(tok_info["file"]), tok_info["eos_token_ids"])
-    generation = json.loads(bundle.path(m["generation_file"]).read_text(encoding="utf-8"))
+    generation = {}
+    if m.get("generation_file"):
+        generation = json.loads(bundle.path(m["generation_file"]).read_text(encoding="utf-8"))
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads)
 
 

@@ -1,7 +1,8 @@
 """The device HTTP server: OpenAI-shaped completions over Starlette (run by uvicorn).
 
-Routes: GET /health, GET /v1/models, GET /props (bundle, runtime, accelerator in use), POST /v1/completions (optionally streamed as server-sent
-events). One model session; requests take turns on it (a lock), generation runs in a worker
+Routes: GET /health, GET /v1/models, GET /props (bundle, runtime, accelerator in use),
+POST /v1/completions (text-generation bundles; optionally streamed as server-sent events),
+POST /v1/embeddings (feature-extraction bundles). One model session; requests take turns on it (a lock), generation runs in a worker
 thread so the event loop keeps answering /health. Errors use OpenAI's error shape.
 Timings in `usage` are milliseconds (prefill_ms) and tokens per second.
 May import: stdlib, edgekit.core, edgekit.device, starlette, numpy.
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
 from edgekit.device.generate import GenerationResult, generate
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.sampling import Sampler
@@ -148,14 +150,45 @@ def create_app(loaded: LoadedModel) -> Starlette:
         return JSONResponse({"object": "list", "data": [
             {"id": loaded.name, "object": "model", "created": created, "owned_by": "edgekit"}]})
 
-    async def completions(request: Request):
+    async def read_json(request: Request):
+        """(body, None) or (None, error response)."""
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return error_response(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
+            return None, error_response(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
         try:
-            body = json.loads(raw.decode("utf-8"))
+            return json.loads(raw.decode("utf-8")), None
         except (UnicodeDecodeError, ValueError):
-            return error_response("request body is not valid JSON (UTF-8)")
+            return None, error_response("request body is not valid JSON (UTF-8)")
+
+    def wrong_task(route: str):
+        other = "/v1/embeddings" if loaded.task == "feature-extraction" else "/v1/completions"
+        return error_response(f"model '{loaded.name}' is a {loaded.task} model: {route} is not available; "
+                              f"use {other}", "model")
+
+    async def embeddings(request: Request):
+        if loaded.task != "feature-extraction":
+            return wrong_task("/v1/embeddings")
+        body, err = await read_json(request)
+        if err is not None:
+            return err
+        try:
+            ids, fmt = parse_embeddings_request(body, loaded)
+        except EmbeddingRequestError as exc:
+            return error_response(str(exc), exc.param)
+
+        def run():
+            with lock:
+                return loaded.model.embed(ids)
+
+        vectors = await run_in_threadpool(run)
+        return JSONResponse(embeddings_body(vectors, fmt, loaded.name, sum(map(len, ids))))
+
+    async def completions(request: Request):
+        if loaded.task != "text-generation":
+            return wrong_task("/v1/completions")
+        body, err = await read_json(request)
+        if err is not None:
+            return err
         try:
             params = parse_completion_request(body, loaded)
         except RequestError as exc:
@@ -207,4 +240,5 @@ def create_app(loaded: LoadedModel) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/props", props, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
     ])

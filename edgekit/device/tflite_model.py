@@ -41,14 +41,14 @@ def _order(names):
 class _Sig:
     """One signature runner with its inputs/outputs in positional order and their quantization."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, length_input: int = 1, length_axis: int = 0):
         self.runner = runner
         ins, outs = runner.get_input_details(), runner.get_output_details()
         self.in_names = _order(ins)
         self.out_names = _order(outs)
         self.ins = [ins[n] for n in self.in_names]
         self.outs = [outs[n] for n in self.out_names]
-        self.length = int(self.ins[1]["shape"][0])
+        self.length = int(self.ins[length_input]["shape"][length_axis])  # tokens per call
 
     def __call__(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = {n: _to_input(a, d) for n, a, d in zip(self.in_names, arrays, self.ins)}

@@ -22,9 +22,13 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         try:
-            return cls(Tokenizer.from_file(str(path)), eos_token_ids)
+            tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # the Rust side raises a plain Exception for a bad file
             raise BundleError(f"{path}: cannot load tokenizer: {exc}") from None
+        # some tokenizer.json files (BERT exports) pad/truncate to a fixed length; callers decide
+        tok.no_padding()
+        tok.no_truncation()
+        return cls(tok, eos_token_ids)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids

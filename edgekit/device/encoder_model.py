@@ -1,0 +1,92 @@
+"""Sentence embeddings from an exported encoder bundle (ONNX Runtime or LiteRT).
+
+The graph (edgekit/build/encoder_export.py) takes embeds [1,S,hidden] (word + position +
+token-type rows from the bundle's host tables, summed here) and mask [1,S], and returns the
+masked mean of its last hidden states; this module L2-normalises it (unit vectors, so a dot
+product is the cosine similarity). ONNX graphs take any S up to the model's maximum; TFLite graphs
+have a fixed S and inputs are zero-padded with mask 0. Int8 graph inputs/outputs are
+(de)quantized with their own scale and zero point.
+Sessions/interpreters are injected, so tests can pass fakes. May import: stdlib, numpy, runtimes lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def encoder_inputs(tables: dict, ids: list[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(embeds [1,L,hidden], mask [1,L]) for token `ids`, zero-padded to `length` if given."""
+    n = len(ids)
+    word = tables["embed"][ids].astype(np.float32)
+    if "embed_scale" in tables:
+        word *= tables["embed_scale"][ids][:, None]
+    rows = word + tables["position"][:n] + tables["token_type"][0]
+    size = length or n
+    embeds = np.zeros((1, size, rows.shape[1]), np.float32)
+    embeds[0, :n] = rows
+    mask = np.zeros((1, size), np.float32)
+    mask[0, :n] = 1.0
+    return embeds, mask
+
+
+class SentenceEncoder:
+    """embed(list of token id lists) -> [N, hidden] unit vectors."""
+
+    def __init__(self, run, tables: dict, max_sequence_length: int, static_length: int | None):
+        self.run = run  # (embeds, mask) -> pooled [1, hidden]
+        self.tables = {k: np.asarray(v) for k, v in tables.items()}
+        self.max_sequence_length = max_sequence_length
+        self.static_length = static_length
+        self.accelerator = "cpu"
+
+    def embed(self, batch_ids: list[list[int]]) -> np.ndarray:
+        out = []
+        for ids in batch_ids:
+            if len(ids) > self.max_sequence_length:
+                raise ValueError(f"input of {len(ids)} tokens exceeds the model's {self.max_sequence_length}")
+            v = np.asarray(self.run(*encoder_inputs(self.tables, ids, self.static_length)), np.float32).reshape(-1)
+            out.append(v / max(float(np.linalg.norm(v)), 1e-12))
+        return np.stack(out)
+
+
+def _tables(model_path, signature) -> dict:
+    with np.load(str(Path(model_path).parent / signature["host_file"])) as z:
+        return {k: z[k] for k in z.files}
+
+
+def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
+    if session is None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def run(embeds, mask):
+        return session.run(["embedding"], {"embeds": embeds, "mask": mask})[0]
+
+    sig = manifest["signature"]
+    enc = SentenceEncoder(run, _tables(model_path, sig), sig["max_sequence_length"], None)
+    enc.accelerator = "cpu (onnxruntime)"
+    return enc
+
+
+def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
+    from edgekit.device.tflite_model import _Sig, make_interpreter
+
+    accel = "injected"
+    if session is None:
+        m = manifest["model"]
+        session, accel = make_interpreter(model_path, threads, m.get("delegate", "none"), m.get("delegate_library", ""))
+    sig_runner = _Sig(session.get_signature_runner("encode"), length_input=1, length_axis=1)
+
+    def run(embeds, mask):
+        return sig_runner([embeds, mask])[0]
+
+    sig = manifest["signature"]
+    enc = SentenceEncoder(run, _tables(model_path, sig), sig["max_sequence_length"], sig["max_sequence_length"])
+    enc.accelerator = accel
+    return enc
