@@ -223,6 +223,10 @@ def _print_manifest(root: Path, m: dict) -> None:
     click.echo(f"target     {m['target']['name']}: {m['target']['description']}")
     click.echo(f"model      {model['file']}  {model['format']} {model['precision']}  runtime {model['runtime']}"
                f" (delegate {model['delegate']})  context {model['max_sequence_length']} tokens")
+    if model.get("extra_files") and model["format"] == "tflite" and m["task"] == "text-generation":
+        sig = m.get("signature", {})
+        click.echo(f"           signatures prefill ({sig.get('prefill_length')} tokens) and decode; "
+                   f"embedding/rotary lookups on the host ({', '.join(model['extra_files'])})")
     if "parameters" in model:
         arch = model.get("architecture", {})
         click.echo(f"           {model['parameters']:,} parameters; " + ", ".join(f"{k} {v}" for k, v in arch.items()))
@@ -239,9 +243,17 @@ def _print_manifest(root: Path, m: dict) -> None:
     verify = m.get("metrics", {}).get("verify")
     if verify:
         click.echo("verify")
-        click.echo(f"  greedy agreement   {verify['greedy_agreement']:.3f} over {verify['greedy_tokens']} tokens"
-                   f" ({len(verify['prompts'])} prompts)")
-        click.echo(f"  max |logit diff|   {verify['max_logit_diff']:.4g}")
+        if "greedy_agreement" in verify:
+            click.echo(f"  greedy agreement   {verify['greedy_agreement']:.3f} over {verify['greedy_tokens']} tokens"
+                       f" ({len(verify['prompts'])} prompts; greedy text identical: {verify['greedy_prefix'] == 1.0})")
+            click.echo(f"  max |logit diff|   {verify['max_logit_diff']:.4g}")
+        if "min_cosine" in verify:
+            click.echo(f"  cosine to PyTorch  min {verify['min_cosine']:.4f}, mean {verify['mean_cosine']:.4f}"
+                       f" ({verify['sentences']} sentences)")
+        if "sts_spearman" in verify:
+            r = verify["sts_spearman"]
+            click.echo(f"  STS-B Spearman     {r['exported']:.4f} vs fp32 {r['reference']:.4f} ({r['ratio']:.4f}x,"
+                       f" {r['pairs']} pairs)")
         click.echo(f"  tokenizer match    {verify['tokenizer_match']}")
         if "perplexity" in verify:
             p = verify["perplexity"]

@@ -53,6 +53,8 @@ def test_encoder_manifest_records_parity_quality_and_ops(encoder_builds, target,
     ops = quant["metrics"]["ops"]
     assert ("MatMulNBits" in ops) if fmt == "onnx" else (ops["FULLY_CONNECTED"] == 3 * 6)  # q k v o up down x 3 layers
     assert quant["parameters"]["embedding_dtype"] == "int8"
+    shown = run_cli("inspect", str(encoder_builds[target]), no_torch=True)
+    assert shown.returncode == 0 and "STS-B Spearman" in shown.stdout and "cosine to PyTorch" in shown.stdout
 
 
 @pytest.mark.parametrize("target", ["onnx-cpu", "arm-cpu"])
