@@ -313,6 +313,11 @@ def serve(bundle, host, port, threads, log_level, delegate_library):
     uvicorn.run(create_app(loaded), host=host, port=port, log_level=log_level)
 
 
+from edgekit.coral_cli import coral as _coral  # noqa: E402  (a command group in its own module)
+
+cli.add_command(_coral)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI, turning EdgekitError into one line on stderr and exit code 1."""
     try:
