@@ -79,7 +79,10 @@ def recipes(as_json):
 @click.option("--max-minutes", type=click.FloatRange(0, None), default=None,
               help="Distillation training budget in minutes (overrides the recipe).")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Distillation step limit (overrides the recipe).")
-def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps):
+@click.option("--compiler", default=None, metavar="PATH",
+              help="Accelerator compiler for targets with a [compile] step (coral: edgetpu_compiler; "
+                   "default: found on PATH, else the step is recorded as pending).")
+def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
     Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
@@ -104,7 +107,7 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
     bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
                                     work_dir=work_dir, gate=not no_gate, tar=tar, log=log,
-                                    max_minutes=max_minutes, max_steps=max_steps))
+                                    max_minutes=max_minutes, max_steps=max_steps, compiler=compiler))
     size = sum(f["bytes"] for f in bundle.manifest["files"])
     click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})")
 
@@ -259,6 +262,28 @@ def _print_manifest(root: Path, m: dict) -> None:
             p = verify["perplexity"]
             click.echo(f"  perplexity         {p['exported']:.3f} vs fp32 {p['reference']:.3f} ({p['ratio']:.4f}x,"
                        f" {p['eval_tokens']} tokens)")
+    tpu = m.get("metrics", {}).get("edgetpu")
+    if tpu:
+        click.echo("edge tpu")
+        for p in tpu["prediction"]:
+            t = p["totals"]
+            first = t["first_unmapped"]
+            click.echo(f"  predicted [{p['subgraph']}]  {t['ops_mapped']}/{t['ops']} ops, "
+                       f"{100 * t['mac_share_on_tpu']:.1f}% of MACs on the TPU"
+                       + (f"; first CPU op #{first['index']} {first['op']}: {first['status']}" if first else ""))
+        comp = tpu.get("compiler", {})
+        if comp.get("compiled"):
+            click.echo(f"  compiled     {comp['file']} (edgetpu_compiler {comp.get('version', '?')}): "
+                       f"{comp.get('ops_on_tpu')} ops on the TPU, {comp.get('ops_on_cpu')} on the CPU, "
+                       f"{len(comp.get('disagreements', []))} disagreements with the prediction")
+        elif comp.get("pending"):
+            click.echo("  compile step PENDING: edgetpu_compiler was not available at build time; the bundle runs")
+            click.echo("  on the CPU. On an x86-64 Linux machine with Coral's edgetpu-compiler package, run:")
+            click.echo(f"    edgekit coral compile {root}")
+            click.echo(f"  (it runs `{comp['command'].split(' && ')[-1]}` and adds the result to the bundle)")
+        else:
+            click.echo(f"  compiler FAILED (exit {comp.get('exit_code')}); see the build's compile stage log")
+        click.echo("  per-op table: edgekit coral check " + str(root))
     gate = m.get("gate")
     if gate:
         state = "passed" if gate["passed"] else ("FAILED (packaged with --no-gate)" if not gate["enforced"] else "FAILED")
@@ -291,7 +316,9 @@ def inspect(bundle, as_json):
 @click.option("--delegate-library", envvar="EDGEKIT_DELEGATE_LIBRARY", default=None, metavar="PATH",
               help="Delegate library for TFLite bundles (GPU / Edge TPU), overriding the target's default "
                    "[env EDGEKIT_DELEGATE_LIBRARY]. If it cannot be loaded the model runs on the CPU (XNNPACK).")
-def serve(bundle, host, port, threads, log_level, delegate_library):
+@click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to the delegate (repeatable). Edge TPU: device=usb, device=usb:0, device=pci:0.")
+def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -306,7 +333,13 @@ def serve(bundle, host, port, threads, log_level, delegate_library):
     from edgekit.device.runtime import load
     from edgekit.device.server import create_app
 
-    loaded = load(bundle, threads=threads, delegate_library=delegate_library)
+    options = {}
+    for item in delegate_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--delegate-option")
+        options[key] = value
+    loaded = load(bundle, threads=threads, delegate_library=delegate_library, delegate_options=options or None)
     click.echo(f"edgekit serve: {loaded.name} ({loaded.bundle.manifest['model']['precision']}, "
                f"{loaded.bundle.manifest['model']['runtime']} on {loaded.accelerator}) on http://{host}:{port}",
                err=True)

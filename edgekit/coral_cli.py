@@ -56,3 +56,49 @@ def check(model, as_json, subgraph):
         click.echo(json.dumps({"model": str(path), "subgraphs": [p.to_dict() for p in preds]}, indent=2))
     else:
         click.echo(report(preds))
+
+
+@coral.command("compile")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--compiler", default=None, metavar="PATH", help="edgetpu_compiler to run (default: found on PATH).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write the compiled bundle here (default: replace BUNDLE atomically).")
+def compile_(bundle, compiler, out):
+    """Compile a coral bundle's model for the Edge TPU and add it to the bundle.
+
+    Runs `edgetpu_compiler -s` on the bundle's full-int8 model, keeps the CPU model beside the
+    compiled one (the server falls back to it when no Edge TPU is attached), and records the
+    compiler's per-op table next to edgekit's prediction, disagreements included.
+    """
+    import shutil
+    import tempfile
+
+    from edgekit.build.coral_compile import find_compiler, run_compile_stage
+    from edgekit.core.bundle import load_bundle, staging_dir, write_bundle
+    from edgekit.core.errors import BuildError
+
+    b = load_bundle(bundle)
+    m = b.manifest
+    if m["model"]["format"] != "tflite" or m["model"].get("precision") != "int8-full":
+        raise ConfigError(f"{b.root}: only full-int8 TFLite bundles (target coral) can be compiled for the Edge TPU")
+    if find_compiler(compiler) is None:
+        raise BuildError("edgetpu_compiler not found on PATH; install Coral's edgetpu-compiler package "
+                         "(x86-64 Linux) or pass --compiler PATH")
+    out = out or b.root
+    with tempfile.TemporaryDirectory() as tmp:
+        record = run_compile_stage(b.model_file, Path(tmp), compiler, log=lambda s: click.echo(s, err=True))
+        comp = record["compiler"]
+        if not comp.get("compiled"):
+            raise BuildError(f"edgetpu_compiler failed (exit {comp.get('exit_code')}); log:\n"
+                             + (Path(tmp) / "edgetpu_compiler.log").read_text()[-2000:])
+        staging = staging_dir(out)
+        for f in m["files"]:
+            if f["path"] != comp["file"]:
+                shutil.copyfile(b.path(f["path"]), staging / f["path"])
+        shutil.copyfile(Path(tmp) / comp["file"], staging / comp["file"])
+    manifest = {k: v for k, v in m.items() if k != "files"}
+    manifest["model"] = dict(m["model"], accelerated_file=comp["file"])
+    manifest["metrics"] = dict(m.get("metrics", {}), edgetpu=record)
+    write_bundle(staging, manifest, out)
+    click.echo(f"compiled: {comp['ops_on_tpu']} ops on the Edge TPU, {comp['ops_on_cpu']} on the CPU; "
+               f"{len(comp['disagreements'])} disagreements with the prediction -> {out}")

@@ -74,6 +74,7 @@ class BuildContext:
     log: Callable[[str], None] = print
     max_minutes: float | None = None  # distillation budget overrides (None = recipe's)
     max_steps: int | None = None
+    compiler: str | None = None  # accelerator compiler path (coral: edgetpu_compiler)
     support: FormatSupport | None = field(default=None)
 
 
@@ -227,6 +228,22 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
 
 
+def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
+    """Accelerator compile step named by the target's [compile] tool (coral: Edge TPU)."""
+    from edgekit.build.coral_compile import run_compile_stage
+
+    model = outs["quantize"].files["model"]
+    record = run_compile_stage(model, d, ctx.compiler, log=ctx.log)
+    files = {}
+    comp = record.get("compiler", {})
+    if comp.get("compiled"):
+        files["accelerated_model"] = d / comp["file"]
+    metrics = {"predicted_mac_share_on_tpu": {p["subgraph"]: p["totals"]["mac_share_on_tpu"]
+                                              for p in record["prediction"]}}
+    return StageOutput(files=files, values={"record": record}, metrics=metrics,
+                       parameters={"tool": ctx.target.data["compile"]["tool"], "compiler": ctx.compiler or "PATH"})
+
+
 def _eos_ids(tokenizer, model) -> list[int]:
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     if eos is None:
@@ -250,6 +267,9 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     try:
         for path in outs["quantize"].files.values():
             shutil.copyfile(path, staging / path.name)
+        if "compile" in outs:
+            for path in outs["compile"].files.values():
+                shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
         if ctx.recipe.task == "text-generation":
             g = ctx.recipe.data["generation"]
@@ -261,19 +281,21 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     return StageOutput(values={"staging": staging})
 
 
-def _stages(task: str) -> list[Stage]:
+def _stages(task: str, compile_tool: str = "none") -> list[Stage]:
     distill, verify = stage_distill, stage_verify
     if task == "feature-extraction":
         from edgekit.build import encoder_build
 
         distill, verify = encoder_build.stage_distill, encoder_build.stage_verify
-    return [
+    stages = [
         Stage("distill", distill),
         Stage("export", stage_export, uses=("distill",)),
         Stage("quantize", stage_quantize, uses=("export",)),
         Stage("verify", verify, uses=("quantize",)),
-        Stage("package", stage_package, uses=("quantize", "distill")),
     ]
+    if compile_tool != "none":
+        stages.append(Stage("compile", stage_compile, uses=("quantize",)))
+    return stages + [Stage("package", stage_package, uses=("quantize", "distill"))]
 
 
 TASKS = ("text-generation", "feature-extraction")
@@ -296,7 +318,8 @@ def run_build(ctx: BuildContext) -> Bundle:
         ctx.support = FORMATS[ctx.target.format]()
     outs, records = {}, []
     try:
-        outs, records = run_stages(_stages(ctx.recipe.task), ctx.work_dir, ctx, ctx.log)
+        outs, records = run_stages(_stages(ctx.recipe.task, ctx.target.data["compile"]["tool"]), ctx.work_dir, ctx,
+                                   ctx.log)
         staging = outs["package"].values["staging"]
         config = outs["distill"].values["model"].config
         manifest = {
@@ -314,6 +337,8 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "delegate": ctx.target.runtime["delegate"],
                 "delegate_library": ctx.target.runtime.get("delegate_library", ""),
                 "extra_files": list(ctx.support.extra_files),
+                "accelerated_file": (outs["compile"].values["record"].get("compiler", {}).get("file")
+                                     if "compile" in outs else None),
                 "max_sequence_length": outs["export"].values["max_sequence_length"],
                 "parameters": outs["distill"].metrics["student_parameters"],
                 "architecture": architecture(config) if encoder else _architecture(config),
@@ -326,7 +351,8 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "recipe": ctx.recipe.data,
                 "stages": records,
             },
-            "metrics": {"verify": outs["verify"].metrics},
+            "metrics": {"verify": outs["verify"].metrics,
+                        **({"edgetpu": outs["compile"].values["record"]} if "compile" in outs else {})},
             "gate": outs["verify"].metrics["gate"],
         }
         return write_bundle(staging, manifest, ctx.out, tar=ctx.tar)

@@ -69,7 +69,9 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
     `calibration` = {signature: [feeds...]} for int8-full."""
     from edgekit.build.tflite_export import HOST_FILE
 
-    host = quantize_host_tables(src.parent / HOST_FILE, dst.parent / HOST_FILE, precision)
+    host = {}
+    if (src.parent / HOST_FILE).is_file():  # edgekit exports always have one; plain .tflite files may not
+        host = quantize_host_tables(src.parent / HOST_FILE, dst.parent / HOST_FILE, precision)
     if precision == "fp32":
         shutil.copyfile(src, dst)
         return {"method": "none", **host}

@@ -79,6 +79,10 @@ SCHEMA = Table(
                                             doc="encoders: STS-B Spearman of the export / of the fp32 student"),
             }
         ),
+        "compile": Table(
+            {"tool": Field(str, default="none", choices=("none", "edgetpu"),
+                           doc="accelerator compiler run after verify (edgetpu: predictor + edgetpu_compiler)")}
+        ),
         "power": Table({"prefer": Field(str, default=("estimate",), choices=POWER_SOURCES, list_of=True)}),
     },
     check=_check_target,

@@ -61,12 +61,19 @@ class LoadedModel:
         return self.bundle.manifest["model"]["max_sequence_length"]
 
 
-def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None) -> LoadedModel:
+def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None,
+               delegate_options: dict | None = None) -> LoadedModel:
     """Build the runner for an already verified bundle. `session` injects a fake runtime session;
-    `delegate_library` overrides the target's delegate library path (GPU / Edge TPU)."""
+    `delegate_library` overrides the target's delegate library path (GPU / Edge TPU) and
+    `delegate_options` are passed to it (Edge TPU: {"device": "usb:0"})."""
     m = bundle.manifest
-    if delegate_library:
-        m = dict(m, model=dict(m["model"], delegate_library=delegate_library))
+    if delegate_library or delegate_options:
+        model = dict(m["model"])
+        if delegate_library:
+            model["delegate_library"] = delegate_library
+        if delegate_options:
+            model["delegate_options"] = delegate_options
+        m = dict(m, model=model)
     if m["task"] not in RUNNERS:
         raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
     runners = RUNNERS[m["task"]]
@@ -82,6 +89,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads)
 
 
-def load(path, threads: int = 0, delegate_library: str | None = None) -> LoadedModel:
+def load(path, threads: int = 0, delegate_library: str | None = None, delegate_options: dict | None = None) -> LoadedModel:
     """Verify the bundle at `path` (directory or .tar) and open it."""
-    return open_model(load_bundle(path), threads=threads, delegate_library=delegate_library)
+    return open_model(load_bundle(path), threads=threads, delegate_library=delegate_library,
+                      delegate_options=delegate_options)

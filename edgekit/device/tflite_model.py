@@ -151,11 +151,14 @@ class TfliteCausalLM:
         return np.concatenate(chunks, axis=0)
 
 
-def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = ""):
-    """A LiteRT interpreter for `model_path`; returns (interpreter, accelerator in use as text).
+def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = "",
+                     delegate_options: dict | None = None, accelerated_path=None):
+    """A LiteRT interpreter; returns (interpreter, accelerator in use as text).
 
     XNNPACK is LiteRT's default CPU path. A named delegate library (GPU, Edge TPU) is loaded when it
-    can be; otherwise this logs once that the model runs on the CPU.
+    can be, with `delegate_options` (Edge TPU: {"device": "usb:0"}); the interpreter then opens
+    `accelerated_path` if given (a model compiled for that accelerator) else `model_path`. When the
+    library cannot be loaded this logs once that the model runs on the CPU, from `model_path`.
     """
     try:
         from ai_edge_litert import interpreter as lite
@@ -169,7 +172,9 @@ def make_interpreter(model_path, threads: int = 0, delegate: str = "none", deleg
             import ctypes
 
             ctypes.CDLL(delegate_library)  # probe first: a failed load_delegate leaves a noisy __del__
-            dlg = lite.load_delegate(delegate_library)
+            dlg = lite.load_delegate(delegate_library, delegate_options or {})
+            if accelerated_path is not None:
+                kwargs["model_path"] = str(accelerated_path)
             return lite.Interpreter(experimental_delegates=[dlg], **kwargs), f"{delegate} ({delegate_library})"
         except (ValueError, OSError, RuntimeError) as e:
             log.warning("%s delegate library '%s' could not be loaded (%s); running on CPU (XNNPACK)",
@@ -182,8 +187,10 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
     model = manifest["model"]
     accel = "injected"
     if session is None:
+        compiled = model.get("accelerated_file")
         session, accel = make_interpreter(model_path, threads, model.get("delegate", "none"),
-                                          model.get("delegate_library", ""))
+                                          model.get("delegate_library", ""), model.get("delegate_options"),
+                                          Path(model_path).parent / compiled if compiled else None)
     sig = manifest["signature"]
     with np.load(str(Path(model_path).parent / sig["host_file"])) as z:
         tables = {k: z[k] for k in z.files}
