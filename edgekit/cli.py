@@ -265,15 +265,26 @@ def _print_manifest(root: Path, m: dict) -> None:
     tpu = m.get("metrics", {}).get("edgetpu")
     if tpu:
         click.echo("edge tpu")
-        for p in tpu["prediction"]:
-            t = p["totals"]
-            first = t["first_unmapped"]
-            click.echo(f"  predicted [{p['subgraph']}]  {t['ops_mapped']}/{t['ops']} ops, "
-                       f"{100 * t['mac_share_on_tpu']:.1f}% of MACs on the TPU"
-                       + (f"; first CPU op #{first['index']} {first['op']}: {first['status']}" if first else ""))
+        preds = tpu["prediction"]
+        ops = sum(p["totals"]["ops"] for p in preds)
+        mapped = sum(p["totals"]["ops_mapped"] for p in preds)
+        macs = tpu.get("macs_per_token", {})
+        click.echo(f"  predicted    {mapped}/{ops} ops in {len({p.get('file') for p in preds})} file(s); "
+                   f"{100 * tpu.get('mac_share_on_tpu', 0):.1f}% of multiply-accumulates on the TPU"
+                   + (f" ({macs['host_attention']:,} per token stay on the CPU for attention)"
+                      if macs.get("host_attention") else ""))
+        for p in preds:
+            first = p["totals"]["first_unmapped"]
+            if first:
+                click.echo(f"  [{p.get('file', '')} {p['subgraph']}] first CPU op #{first['index']} {first['op']}: "
+                           f"{first['status']}")
+        pbytes = tpu.get("parameter_bytes_on_tpu", 0)
+        click.echo(f"  parameters   {pbytes / 2**20:.2f} MiB on the TPU "
+                   + ("(fits the ~8 MiB on-chip cache)" if pbytes <= 8 * 2**20 else
+                      "(more than the ~8 MiB on-chip cache: the rest streams from host memory each call)"))
         comp = tpu.get("compiler", {})
         if comp.get("compiled"):
-            click.echo(f"  compiled     {comp['file']} (edgetpu_compiler {comp.get('version', '?')}): "
+            click.echo(f"  compiled     {len(comp['files'])} file(s) (edgetpu_compiler {comp.get('version', '?')}): "
                        f"{comp.get('ops_on_tpu')} ops on the TPU, {comp.get('ops_on_cpu')} on the CPU, "
                        f"{len(comp.get('disagreements', []))} disagreements with the prediction")
         elif comp.get("pending"):
@@ -282,7 +293,7 @@ def _print_manifest(root: Path, m: dict) -> None:
             click.echo(f"    edgekit coral compile {root}")
             click.echo(f"  (it runs `{comp['command'].split(' && ')[-1]}` and adds the result to the bundle)")
         else:
-            click.echo(f"  compiler FAILED (exit {comp.get('exit_code')}); see the build's compile stage log")
+            click.echo(f"  compiler FAILED on {', '.join(comp.get('failed', []))}; see the build's compile stage logs")
         click.echo("  per-op table: edgekit coral check " + str(root))
     gate = m.get("gate")
     if gate:

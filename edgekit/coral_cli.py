@@ -85,19 +85,29 @@ def compile_(bundle, compiler, out):
         raise BuildError("edgetpu_compiler not found on PATH; install Coral's edgetpu-compiler package "
                          "(x86-64 Linux) or pass --compiler PATH")
     out = out or b.root
+    models = [b.path(f["path"]) for f in m["files"]
+              if f["path"].endswith(".tflite") and not f["path"].endswith("_edgetpu.tflite")]
+    host = None
+    if m["model"]["runtime"] == "litert-segments":
+        from edgekit.device.segmented_model import host_macs
+
+        host = host_macs(m["signature"])
     with tempfile.TemporaryDirectory() as tmp:
-        record = run_compile_stage(b.model_file, Path(tmp), compiler, log=lambda s: click.echo(s, err=True))
+        record = run_compile_stage(models, Path(tmp), compiler, log=lambda s: click.echo(s, err=True),
+                                   host_macs_per_token=host)
         comp = record["compiler"]
         if not comp.get("compiled"):
-            raise BuildError(f"edgetpu_compiler failed (exit {comp.get('exit_code')}); log:\n"
-                             + (Path(tmp) / "edgetpu_compiler.log").read_text()[-2000:])
+            logs = "\n".join((Path(tmp) / (Path(f).stem + "_edgetpu_compiler.log")).read_text()[-1500:]
+                             for f in comp.get("failed", []))
+            raise BuildError(f"edgetpu_compiler failed on {', '.join(comp.get('failed', []))}; log:\n{logs}")
         staging = staging_dir(out)
         for f in m["files"]:
-            if f["path"] != comp["file"]:
+            if f["path"] not in comp["files"]:
                 shutil.copyfile(b.path(f["path"]), staging / f["path"])
-        shutil.copyfile(Path(tmp) / comp["file"], staging / comp["file"])
+        for name in comp["files"]:
+            shutil.copyfile(Path(tmp) / name, staging / name)
     manifest = {k: v for k, v in m.items() if k != "files"}
-    manifest["model"] = dict(m["model"], accelerated_file=comp["file"])
+    manifest["model"] = dict(m["model"], accelerated_files=comp["files"])
     manifest["metrics"] = dict(m.get("metrics", {}), edgetpu=record)
     write_bundle(staging, manifest, out)
     click.echo(f"compiled: {comp['ops_on_tpu']} ops on the Edge TPU, {comp['ops_on_cpu']} on the CPU; "

@@ -73,12 +73,16 @@ def tflite_builds(stories_build) -> dict:
     """The same stories260k student built for every TFLite target (and extra precisions), reusing the
     finished distillation: {variant name: bundle path}."""
     work = stories_build["stages"].parent
+    single = work / "coral-single.toml"  # the naive full-int8 export: one graph, for comparison
+    single.write_text((ROOT / "targets" / "coral.toml").read_text().replace('name = "coral"', 'name = "coral-single"')
+                      .replace('layout = "tpu-segments"', 'layout = "single"'))
     variants = {
         "arm-cpu": ["--target", "arm-cpu"],  # int8-dynamic
         "arm-cpu-weight-only": ["--target", "arm-cpu", "--precision", "int8-weight-only"],
         "arm-cpu-fp32": ["--target", "arm-cpu", "--precision", "fp32"],
         "mobile-gpu": ["--target", "mobile-gpu"],  # fp16
-        "coral": ["--target", "coral"],  # int8-full
+        "coral": ["--target", "coral"],  # int8-full, Edge TPU segments
+        "coral-single": ["--target", str(single)],  # int8-full, one graph
     }
     out = {}
     for name, args in variants.items():

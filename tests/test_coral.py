@@ -115,8 +115,9 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     bundle = tflite_builds["coral"]
     m = json.loads((bundle / "manifest.json").read_text())
     tpu = m["metrics"]["edgetpu"]
-    assert [p["subgraph"] for p in tpu["prediction"]] == ["prefill", "decode"]
-    assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_file"] is None
+    segments = [s["file"] for s in m["signature"]["segments"]]
+    assert sorted(p["file"] for p in tpu["prediction"]) == sorted(segments)
+    assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_files"] == []
     shown = run_cli("inspect", str(bundle), no_torch=True).stdout
     assert "compile step PENDING" in shown and f"edgekit coral compile {bundle}" in shown
 
@@ -126,11 +127,13 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert res.returncode == 0, res.stderr
     m2 = json.loads((copy / "manifest.json").read_text())
     comp = m2["metrics"]["edgetpu"]["compiler"]
-    assert comp["compiled"] and comp["ops_on_tpu"] == 7 and m2["model"]["accelerated_file"] == "model_edgetpu.tflite"
+    compiled = sorted(f.replace(".tflite", "_edgetpu.tflite") for f in segments)
+    assert comp["compiled"] and comp["ops_on_tpu"] == 7 * len(segments)  # the recorded log, once per file
+    assert sorted(m2["model"]["accelerated_files"]) == compiled
     # the recorded log does not describe this model: every difference is reported, none hidden
     assert comp["disagreements"] and all(d["predicted"] != d["compiler"] for d in comp["disagreements"])
     assert "disagreements with the prediction" in res.stdout
-    assert "model_edgetpu.tflite" in {f["path"] for f in m2["files"]}
+    assert set(compiled) <= {f["path"] for f in m2["files"]}
     # no Edge TPU here: the server says so and runs the CPU model
     with serving(copy) as base:
         props = httpx.get(base + "/props", timeout=10).json()
@@ -145,3 +148,22 @@ def test_coral_compile_without_a_compiler_is_one_clear_line(tflite_builds, tmp_p
     assert res.stderr.strip() == f"error: Edge TPU compiler not found at {tmp_path / 'nope'}"
     wrong = run_cli("coral", "compile", str(tflite_builds["arm-cpu"]), no_torch=True)
     assert wrong.returncode == 1 and "only full-int8 TFLite bundles" in wrong.stderr
+
+
+def test_fp32_segments_with_host_attention_equal_pytorch(stories_build, tmp_path):
+    """The segmented layout is the same function as the model: fp32 segments + numpy attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekit.build.coral_segments import export_segments
+    from edgekit.device.segmented_model import open_segmented
+
+    model = AutoModelForCausalLM.from_pretrained(stories_build["student"]).eval()
+    sig = export_segments(model, tmp_path / "model.tflite", 64)
+    lm = open_segmented(tmp_path / "model.tflite", {"signature": sig})
+    ids = [1, 403, 407, 261, 378, 9, 30, 56, 200, 100, 23, 11]
+    cache = lm.new_cache()
+    got = np.concatenate([lm.forward(ids[:7], cache), lm.forward(ids[7:], cache)])
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - ref).max() < 1e-3

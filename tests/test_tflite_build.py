@@ -19,7 +19,7 @@ def _manifest(bundle):
 
 @pytest.mark.parametrize("variant,precision,delegate", [
     ("arm-cpu", "int8-dynamic", "xnnpack"), ("arm-cpu-weight-only", "int8-weight-only", "xnnpack"),
-    ("arm-cpu-fp32", "fp32", "xnnpack"), ("mobile-gpu", "fp16", "gpu"), ("coral", "int8-full", "edgetpu")])
+    ("arm-cpu-fp32", "fp32", "xnnpack"), ("mobile-gpu", "fp16", "gpu"), ("coral-single", "int8-full", "edgetpu")])
 def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant, precision, delegate):
     m = _manifest(tflite_builds[variant])
     assert m["model"]["format"] == "tflite" and m["model"]["precision"] == precision
@@ -53,13 +53,13 @@ def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant
         assert all(margin < v["max_logit_diff"] for margin in v["flip_margins"])
 
 
-@pytest.mark.parametrize("variant", ["arm-cpu", "mobile-gpu", "coral"])
+@pytest.mark.parametrize("variant", ["arm-cpu", "mobile-gpu", "coral", "coral-single"])
 def test_each_target_serves_what_verify_recorded(tflite_builds, variant):
     m = _manifest(tflite_builds[variant])
     verify = m["metrics"]["verify"]
     with serving(tflite_builds[variant]) as base:
         props = httpx.get(base + "/props", timeout=10).json()
-        assert props["target"] == variant and props["runtime"] == "litert"
+        assert props["target"] == variant and props["runtime"] in ("litert", "litert-segments")
         # no GPU / Edge TPU delegate library on this machine: the server says it runs on the CPU
         assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == m["model"]["delegate"]
         for p in verify["prompts"]:
@@ -75,3 +75,23 @@ def test_fp16_bundle_generates_pytorch_greedy_text(tflite_builds, stories_build)
         r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 24,
                                                        "temperature": 0}, timeout=60)
         assert r.json()["choices"][0]["text"] == expected
+
+
+def test_coral_segments_map_every_op_and_keep_quality(tflite_builds):
+    """The default coral layout: int8 FULLY_CONNECTED segments (predicted 100% mapped) with norms and
+    attention on the host; greedy tokens follow PyTorch within the coral gate."""
+    m = _manifest(tflite_builds["coral"])
+    assert m["model"]["runtime"] == "litert-segments" and m["signature"]["layout"] == "tpu-segments"
+    roles = [s["role"] for s in m["signature"]["segments"]]
+    assert roles == ["qkv", "o", "up", "down"] * 3 + ["head"]
+    quant = m["provenance"]["stages"][2]["metrics"]
+    assert quant["ops"] == {"FULLY_CONNECTED": 3 * 7 + 1} and set(quant["tensor_dtypes"]) == {"INT8"}  # nothing else
+    files = {f["path"] for f in m["files"]}
+    assert {s["file"] for s in m["signature"]["segments"]} <= files and "host_tables.npz" in files
+    tpu = m["metrics"]["edgetpu"]
+    assert all(p["totals"]["ops_mapped"] == p["totals"]["ops"] for p in tpu["prediction"])
+    assert 0.8 < tpu["mac_share_on_tpu"] < 1.0 and tpu["macs_per_token"]["host_attention"] > 0
+    v = m["metrics"]["verify"]
+    assert v["perplexity"]["ratio"] < 1.05 and v["greedy_agreement"] >= 0.85  # measured: 1.017, 0.92
+    single = _manifest(tflite_builds["coral-single"])["metrics"]
+    assert all(p["totals"]["ops_mapped"] == 0 for p in single["edgetpu"]["prediction"])  # nothing maps

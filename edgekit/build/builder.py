@@ -38,6 +38,7 @@ class FormatSupport:
     extra_files: tuple[str, ...] = ()  # written beside the model by export/quantize, shipped too
     describe: Callable | None = None  # (quantized path) -> signature fields that quantization changes
     calibrate: Callable | None = None  # (fp32 path, signature, token windows) -> calibration feeds
+    extra_glob: str = ""  # further files beside the model, by pattern (model-dependent file sets)
 
 
 def _onnx_support() -> FormatSupport:
@@ -58,7 +59,19 @@ def _tflite_support() -> FormatSupport:
                          describe=tflite_export.describe, calibrate=tflite_quantize.calibration_feeds)
 
 
+def _tpu_segments_support() -> FormatSupport:
+    from edgekit.build import coral_segments
+    from edgekit.device.segmented_model import open_segmented
+
+    return FormatSupport("model.tflite", "litert-segments", coral_segments.export_segments,
+                         coral_segments.quantize_segments, open_segmented, coral_segments.summary,
+                         extra_files=(coral_segments.HOST_FILE,), describe=coral_segments.describe_segments,
+                         calibrate=coral_segments.calibration_feeds_segments, extra_glob="*.tflite")
+
+
 FORMATS: dict[str, Callable[[], FormatSupport]] = {"onnx": _onnx_support, "tflite": _tflite_support}
+# graph layouts other than one model file, chosen by the target's [export] layout
+LAYOUTS: dict[str, Callable[[], FormatSupport]] = {"tpu-segments": _tpu_segments_support}
 
 
 @dataclass
@@ -132,6 +145,8 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 def _model_files(support: FormatSupport, d: Path) -> dict[str, Path]:
     files = {"model": d / support.model_file}
     files.update({name: d / name for name in support.extra_files})
+    if support.extra_glob:
+        files.update({p.name: p for p in sorted(d.glob(support.extra_glob)) if p.name != support.model_file})
     return files
 
 
@@ -232,14 +247,15 @@ def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     """Accelerator compile step named by the target's [compile] tool (coral: Edge TPU)."""
     from edgekit.build.coral_compile import run_compile_stage
 
-    model = outs["quantize"].files["model"]
-    record = run_compile_stage(model, d, ctx.compiler, log=ctx.log)
+    models = [p for p in outs["quantize"].files.values() if p.suffix == ".tflite"]
+    record = run_compile_stage(models, d, ctx.compiler, log=ctx.log,
+                               host_macs_per_token=getattr(ctx.support.open_device_model, "host_macs", None)
+                               and ctx.support.open_device_model.host_macs(outs["quantize"].values["signature"]))
     files = {}
     comp = record.get("compiler", {})
-    if comp.get("compiled"):
-        files["accelerated_model"] = d / comp["file"]
-    metrics = {"predicted_mac_share_on_tpu": {p["subgraph"]: p["totals"]["mac_share_on_tpu"]
-                                              for p in record["prediction"]}}
+    for name in comp.get("files", []):
+        files[name] = d / name
+    metrics = {"predicted_mac_share_on_tpu": record["mac_share_on_tpu"]}
     return StageOutput(files=files, values={"record": record}, metrics=metrics,
                        parameters={"tool": ctx.target.data["compile"]["tool"], "compiler": ctx.compiler or "PATH"})
 
@@ -314,6 +330,8 @@ def run_build(ctx: BuildContext) -> Bundle:
         from edgekit.build.encoder_build import architecture, encoder_support
 
         ctx.support = encoder_support(ctx.target.format)
+    elif ctx.target.data["export"]["layout"] in LAYOUTS:
+        ctx.support = LAYOUTS[ctx.target.data["export"]["layout"]]()
     else:
         ctx.support = FORMATS[ctx.target.format]()
     outs, records = {}, []
@@ -336,9 +354,9 @@ def run_build(ctx: BuildContext) -> Bundle:
                 "runtime": ctx.support.runtime,
                 "delegate": ctx.target.runtime["delegate"],
                 "delegate_library": ctx.target.runtime.get("delegate_library", ""),
-                "extra_files": list(ctx.support.extra_files),
-                "accelerated_file": (outs["compile"].values["record"].get("compiler", {}).get("file")
-                                     if "compile" in outs else None),
+                "extra_files": sorted(p.name for k, p in outs["quantize"].files.items() if k != "model"),
+                "accelerated_files": (outs["compile"].values["record"].get("compiler", {}).get("files", [])
+                                      if "compile" in outs else []),
                 "max_sequence_length": outs["export"].values["max_sequence_length"],
                 "parameters": outs["distill"].metrics["student_parameters"],
                 "architecture": architecture(config) if encoder else _architecture(config),

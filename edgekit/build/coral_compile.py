@@ -98,43 +98,60 @@ def find_compiler(explicit: str | None) -> str | None:
     return shutil.which("edgetpu_compiler")
 
 
-def run_compile_stage(model: Path, out_dir: Path, compiler: str | None, log=print, timeout: float = 900) -> dict:
-    """Predict, then compile if a compiler is available. Returns the record for the manifest;
-    a compiled model lands in out_dir/<model stem>_edgetpu.tflite."""
+def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, log=print, timeout: float = 900,
+                      host_macs_per_token: int | None = None) -> dict:
+    """Predict every model file, then compile each if a compiler is available. Returns the record
+    for the manifest; compiled models land in out_dir/<stem>_edgetpu.tflite (record["compiler"]["files"]).
+    `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention)."""
     from edgekit.device.coral_check import predict
 
-    preds = predict(model)
-    record: dict = {"prediction": [_summary(p) for p in preds]}
-    for p in preds:
-        t = p.totals()
-        log(f"    Edge TPU prediction [{p.name}]: {t['ops_mapped']}/{t['ops']} ops, "
-            f"{100 * t['mac_share_on_tpu']:.1f}% of MACs on the TPU")
+    preds = [(m, p) for m in models for p in predict(m)]
+    record: dict = {"prediction": [dict(_summary(p), file=m.name) for m, p in preds]}
+    tpu = sum(p.totals()["macs_on_tpu"] for _, p in preds)
+    total = sum(p.totals()["macs"] for _, p in preds) + (host_macs_per_token or 0)
+    record["mac_share_on_tpu"] = round(tpu / total, 4) if total else 0.0
+    record["macs_per_token"] = {"tpu": tpu, "cpu": total - tpu, "host_attention": host_macs_per_token or 0}
+    record["parameter_bytes_on_tpu"] = sum(p.totals()["parameter_bytes_on_tpu"] for _, p in preds)
+    ops = sum(p.totals()["ops"] for _, p in preds)
+    mapped = sum(p.totals()["ops_mapped"] for _, p in preds)
+    log(f"    Edge TPU prediction: {mapped}/{ops} ops in {len(models)} file(s), "
+        f"{100 * record['mac_share_on_tpu']:.1f}% of multiply-accumulates on the TPU"
+        + (" (host attention counted)" if host_macs_per_token else ""))
     path = find_compiler(compiler)
-    cmd = compile_command(Path(model.name), Path("."))
     if path is None:
+        names = " ".join(shlex.quote(m.name) for m in models)
         record["compiler"] = {"compiled": False, "pending": True,
-                              "command": f"cd BUNDLE && {shlex.join(cmd)}",
+                              "command": f"cd BUNDLE && for f in {names}; do edgetpu_compiler -s -o . $f; done",
                               "note": "edgetpu_compiler was not found on PATH; the bundle holds the CPU-runnable "
-                                      "full-int8 model. Run the command on an x86-64 Linux machine with Coral's "
-                                      "edgetpu-compiler package, or rebuild there with --compiler PATH."}
+                                      "full-int8 model. Run `edgekit coral compile BUNDLE` on an x86-64 Linux "
+                                      "machine with Coral's edgetpu-compiler package, or rebuild there."}
         log("    edgetpu_compiler not found: compile step pending (see `edgekit inspect`)")
         return record
-    run = subprocess.run(compile_command(model, out_dir, path), capture_output=True, text=True, timeout=timeout)
-    text = run.stdout + "\n" + run.stderr
-    (out_dir / "edgetpu_compiler.log").write_text(text)
-    parsed = parse_compiler_log(text)
-    parsed["exit_code"] = run.returncode
-    compiled = out_dir / (model.stem + "_edgetpu.tflite")
-    if run.returncode != 0 or not compiled.is_file():
-        parsed["compiled"] = False
-        record["compiler"] = parsed
-        log(f"    edgetpu_compiler failed (exit {run.returncode}); the CPU model is packaged, log recorded")
-        return record
-    predicted = Counter((o.op, o.status) for p in preds for o in p.ops)
-    parsed["disagreements"] = compare(predicted, parsed["operations"])
-    parsed["file"] = compiled.name
-    record["compiler"] = parsed
-    for d in parsed["disagreements"]:
+    logs, files, failed = [], [], []
+    for m in models:
+        run = subprocess.run(compile_command(m, out_dir, path), capture_output=True, text=True, timeout=timeout)
+        text = run.stdout + "\n" + run.stderr
+        (out_dir / (m.stem + "_edgetpu_compiler.log")).write_text(text)
+        parsed = parse_compiler_log(text)
+        parsed["exit_code"], parsed["model"] = run.returncode, m.name
+        compiled = out_dir / (m.stem + "_edgetpu.tflite")
+        if run.returncode != 0 or not compiled.is_file():
+            failed.append(m.name)
+            parsed["compiled"] = False
+        else:
+            files.append(compiled.name)
+        logs.append(parsed)
+    actual = [row for lg in logs for row in lg["operations"]]
+    predicted = Counter((o.op, o.status) for _, p in preds for o in p.ops)
+    comp = {"compiled": not failed, "files": files, "failed": failed, "logs": logs,
+            "version": logs[0].get("version") if logs else None,
+            "ops_on_tpu": sum(lg.get("ops_on_tpu", 0) for lg in logs),
+            "ops_on_cpu": sum(lg.get("ops_on_cpu", 0) for lg in logs),
+            "disagreements": compare(predicted, actual)}
+    record["compiler"] = comp
+    if failed:
+        log(f"    edgetpu_compiler failed on {', '.join(failed)}; those run on the CPU, logs recorded")
+    for d in comp["disagreements"]:
         log(f"    prediction vs compiler: {d['op']} '{d['status']}': predicted {d['predicted']}, compiler {d['compiler']}")
     return record
 

@@ -86,7 +86,7 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
         if q.need_calibration:
             if not calibration:
                 raise BuildError(f"precision '{precision}' needs calibration data")
-            result = q.calibrate(calibration, num_threads=1)
+            result = _global_min_max(q, calibration)
         q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
     params = {"method": "ai-edge-quantizer", "recipe": precision, **host}
     if precision == "int8-full":
@@ -96,6 +96,20 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
     if calibration:
         params["calibration_samples"] = {k: len(v) for k, v in calibration.items()}
     return params
+
+
+def _global_min_max(q, calibration: dict) -> dict:
+    """Calibrate with the true min/max over all samples. Quantizer.calibrate() keeps a moving
+    average of per-sample ranges, which clips the largest values: for an LM head that is the
+    predicted token's logit (measured on stories260k: perplexity 5.97 -> 7.47 from the head alone).
+    Uses the Calibrator directly because Quantizer.calibrate() does not expose the update rule
+    (ai-edge-quantizer 0.10; the private attributes below are that version's)."""
+    from ai_edge_quantizer import calibrator
+    from ai_edge_quantizer.utils import qsv_utils
+
+    calib = calibrator.Calibrator(q._float_model_buffer, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    calib.calibrate(calibration, q._recipe_manager)
+    return calib.get_model_qsvs()
 
 
 class _Recorder:

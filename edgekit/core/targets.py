@@ -79,6 +79,10 @@ SCHEMA = Table(
                                             doc="encoders: STS-B Spearman of the export / of the fp32 student"),
             }
         ),
+        "export": Table(
+            {"layout": Field(str, default="single", choices=("single", "tpu-segments"),
+                             doc="single = one model file; tpu-segments = Edge TPU segments + host attention")}
+        ),
         "compile": Table(
             {"tool": Field(str, default="none", choices=("none", "edgetpu"),
                            doc="accelerator compiler run after verify (edgetpu: predictor + edgetpu_compiler)")}

@@ -187,10 +187,11 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
     model = manifest["model"]
     accel = "injected"
     if session is None:
-        compiled = model.get("accelerated_file")
+        compiled = Path(model_path).stem + "_edgetpu.tflite"
+        has_compiled = compiled in (model.get("accelerated_files") or [])
         session, accel = make_interpreter(model_path, threads, model.get("delegate", "none"),
                                           model.get("delegate_library", ""), model.get("delegate_options"),
-                                          Path(model_path).parent / compiled if compiled else None)
+                                          Path(model_path).parent / compiled if has_compiled else None)
     sig = manifest["signature"]
     with np.load(str(Path(model_path).parent / sig["host_file"])) as z:
         tables = {k: z[k] for k in z.files}

@@ -1,0 +1,187 @@
+"""Edge TPU friendly export of a Llama-family decoder: TPU segments for the matrix work,
+norms, residual adds, rotary embedding and attention on the host.
+
+The Edge TPU maps only listed int8 ops, one segment per model, FullyConnected with a
+one-dimensional output, tensors with at most 3 non-unit dims; attention's activation x activation
+BATCH_MATMUL and the KV-cache update are not listed. And a fully int8 residual stream and RMSNorm
+chain lose too much (measured on stories260k: perplexity 5.97 -> 20.4 with segments that carried
+the residual and norm in int8). So every TPU segment is a purely linear map (FULLY_CONNECTED only: listed, and practically all
+of the multiply-accumulates), one token per call:
+
+  l{i}_qkv:   h (RMSNorm on the host)    -> q, k, v
+  l{i}_o:     a (attention output)       -> o_proj(a)
+  l{i}_up:    h2 (RMSNorm on the host)   -> gate, up
+  l{i}_down:  m = silu(gate) * up        -> down_proj(m)
+  head:       final normalised h         -> logits [1,vocab]
+
+Because each segment is linear with no bias, the host divides its input by the input's largest
+|value| and multiplies the outputs back (per token): the int8 input always spans its full range,
+which is what dynamic-range quantization does on a CPU. Measured on stories260k (fp32 perplexity
+5.97): residual stream and RMSNorm inside int8 segments 20.4; norms on the host 9.74; linear
+segments with per-token input scaling: see docs/coral.md. The host keeps the residual stream in
+float32 and does the O(hidden) work: RMSNorm without weight, residual adds, SiLU x up, rotary
+embedding, KV cache and attention (edgekit/device/segmented_model.py). Each segment is its own .tflite (co-compiled for the TPU),
+quantized to full int8 with calibration feeds recorded while the fp32 segments read real text.
+May import: stdlib, numpy, torch, transformers, litert_torch, edgekit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.build.tflite_export import SUPPORTED, quiet, rotary_tables
+from edgekit.core.errors import BuildError
+
+HOST_FILE = "host_tables.npz"
+
+
+class QKV(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        a = layer.self_attn
+        self.q, self.k, self.v = a.q_proj, a.k_proj, a.v_proj
+
+    def forward(self, h):
+        return self.q(h), self.k(h), self.v(h)
+
+
+class Out(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.o = layer.self_attn.o_proj
+
+    def forward(self, a):
+        return self.o(a)
+
+
+class Up(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.gate, self.up = layer.mlp.gate_proj, layer.mlp.up_proj
+
+    def forward(self, h):
+        return self.gate(h), self.up(h)
+
+
+class Down(torch.nn.Module):
+    def __init__(self, layer):
+        super().__init__()
+        self.down = layer.mlp.down_proj
+
+    def forward(self, m):
+        return self.down(m)
+
+
+class Head(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.head = model.lm_head
+
+    def forward(self, h):
+        return self.head(h)
+
+
+def segment_modules(model) -> list[tuple[str, str, torch.nn.Module]]:
+    """[(file name, role, module)] in execution order."""
+    cfg = model.config
+    if cfg.model_type not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
+        raise BuildError(f"Edge TPU segments support {', '.join(SUPPORTED)} decoders with SiLU MLPs; "
+                         f"got '{cfg.model_type}' ({getattr(cfg, 'hidden_act', '?')})")
+    if any(hasattr(layer.self_attn, "q_norm") for layer in model.model.layers):
+        raise BuildError("Edge TPU segments do not support per-head q/k norms (qwen3) yet")
+    if any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Linear)):
+        raise BuildError("Edge TPU segments need bias-free projections (host-side input scaling relies on "
+                         "linearity); this model has biases")
+    out = []
+    for i, layer in enumerate(model.model.layers):
+        out += [(f"l{i:02d}_qkv.tflite", "qkv", QKV(layer)), (f"l{i:02d}_o.tflite", "o", Out(layer)),
+                (f"l{i:02d}_up.tflite", "up", Up(layer)), (f"l{i:02d}_down.tflite", "down", Down(layer))]
+    return out + [("head.tflite", "head", Head(model))]
+
+
+def export_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 1) -> dict:
+    """Write every segment (fp32) and the host tables into out_path's folder. `out_path`
+    (model.tflite) is written as the first segment's file, so the bundle's model file is the
+    entry point. Returns the signature record the device runner needs."""
+    import litert_torch
+
+    model = model.float().eval()
+    cfg = model.config
+    hidden = cfg.hidden_size
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    d = out_path.parent
+    segments = []
+    for k, (name, role, module) in enumerate(segment_modules(model)):
+        name = out_path.name if k == 0 else name
+        width = {"o": heads * head_dim, "down": cfg.intermediate_size}.get(role, hidden)
+        with quiet(), torch.no_grad():
+            litert_torch.convert(module.eval(), (torch.zeros(1, width),)).export(str(d / name))
+        segments.append({"file": name, "role": role})
+    cos, sin = rotary_tables(model, max_sequence_length)
+    layers = model.model.layers
+
+    def w(norm):
+        return norm.weight.detach().float().numpy()
+
+    np.savez(d / HOST_FILE, embed=model.model.embed_tokens.weight.detach().float().numpy(),
+             cos=cos.numpy(), sin=sin.numpy(), input_norm=np.stack([w(x.input_layernorm) for x in layers]),
+             post_norm=np.stack([w(x.post_attention_layernorm) for x in layers]), final_norm=w(model.model.norm))
+    return {"layout": "tpu-segments", "segments": segments, "host_file": HOST_FILE,
+            "cache_length": max_sequence_length, "layers": cfg.num_hidden_layers, "hidden_size": hidden,
+            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "rms_norm_eps": float(cfg.rms_norm_eps),
+            "scaling": float(model.model.layers[0].self_attn.scaling)}
+
+
+def quantize_segments(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
+    """Quantize every segment file (same recipe for all); calibration = {file name: {signature: feeds}}."""
+    from edgekit.build.tflite_quantize import quantize_host_tables, quantize_tflite
+
+    params: dict = {}
+    for f in sorted(src.parent.glob("*.tflite")):  # every segment file of the export folder
+        feeds = (calibration or {}).get(f.name)
+        p = quantize_tflite(f, dst.parent / f.name, precision, feeds)
+        params = {k: v for k, v in p.items() if k not in ("calibration_samples", "signature_update")}
+        if feeds:
+            params["calibration_samples_per_segment"] = sum(len(v) for v in feeds.values())
+    params.update(quantize_host_tables(src.parent / HOST_FILE, dst.parent / HOST_FILE, precision))
+    return params
+
+
+def calibration_feeds_segments(fp32_path: Path, signature: dict, token_windows: list[list[int]]) -> dict:
+    """{segment file: {"serving_default": [feeds]}} recorded while the fp32 segments read real text."""
+    from edgekit.device.segmented_model import SegmentedCausalLM, open_segment_runners
+
+    with np.load(fp32_path.parent / HOST_FILE) as z:
+        tables = {k: z[k] for k in z.files}
+    runners = open_segment_runners(fp32_path.parent, signature, record=True)
+    lm = SegmentedCausalLM(runners, signature, tables)
+    for window in token_windows:
+        lm.forward(window[: lm.cache_length], lm.new_cache())
+    return {seg["file"]: {"serving_default": r.recorded} for seg, r in zip(signature["segments"], runners)}
+
+
+def describe_segments(path: Path) -> dict:
+    """Input/output dtypes and shapes of the first segment (all segments share the int8 form)."""
+    from edgekit.build.tflite_export import describe
+
+    return {"first_segment_signature": describe(path)["signatures"]}
+
+
+def summary(path: Path) -> dict:
+    """Op and tensor-dtype counts over every segment file beside `path`."""
+    from collections import Counter
+
+    from edgekit.device.tflite_inspect import summary as one
+
+    ops: Counter = Counter()
+    types: Counter = Counter()
+    files = sorted(path.parent.glob("*.tflite"))
+    for f in files:
+        s = one(f)
+        ops.update(s["ops"])
+        types.update(s["tensor_dtypes"])
+    return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(types.items())), "segment_files": len(files)}

@@ -1,0 +1,165 @@
+"""Run an Edge TPU segmented decoder (see edgekit/build/coral_segments.py): TPU segments for the
+projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV cache and attention
+here in numpy (float32).
+
+One token per step (the segments have [1, n] inputs: FullyConnected maps to the Edge TPU only with
+a one-dimensional output), so a prompt of n tokens costs n steps. Same forward() contract as the
+other runners: forward(token_ids, cache) -> logits [len(token_ids), vocab].
+Interpreters are opened per segment (injectable for tests). May import: stdlib, numpy, edgekit.device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.device.tflite_model import _Sig, make_interpreter
+
+
+@dataclass
+class SegmentCache:
+    keys: list[np.ndarray] = field(default_factory=list)  # per layer [kv_heads, C, head_dim]
+    values: list[np.ndarray] = field(default_factory=list)
+    length: int = 0
+
+
+class _Recorder:
+    def __init__(self, runner):
+        self.runner, self.recorded = runner, []
+
+    def get_input_details(self):
+        return self.runner.get_input_details()
+
+    def get_output_details(self):
+        return self.runner.get_output_details()
+
+    def __call__(self, **feeds):
+        self.recorded.append({k: v.copy() for k, v in feeds.items()})
+        return self.runner(**feeds)
+
+
+def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record: bool = False,
+                         model: dict | None = None) -> list:
+    """One callable per segment: takes [x] or [x, a] float arrays, returns float outputs.
+    With `record`, each keeps the raw feeds it saw in `.recorded` (calibration)."""
+    model = model or {}
+    runners, accel = [], "cpu (xnnpack)"
+    compiled = set(model.get("accelerated_files") or [])
+    for seg in signature["segments"]:
+        name = seg["file"]
+        tpu_name = name.replace(".tflite", "_edgetpu.tflite")
+        interp, accel = make_interpreter(folder / name, threads, model.get("delegate", "none"),
+                                         model.get("delegate_library", ""), model.get("delegate_options"),
+                                         folder / tpu_name if tpu_name in compiled else None)
+        raw = interp.get_signature_runner()
+        rec = _Recorder(raw) if record else None
+        sig = _Sig(rec or raw, length_input=0, length_axis=0)
+        sig.recorded = rec.recorded if rec else None
+        sig.accelerator = accel
+        runners.append(sig)
+    return runners
+
+
+class SegmentedCausalLM:
+    def __init__(self, runners: list, signature: dict, host_tables: dict):
+        self.runners = runners
+        self.layers = int(signature["layers"])
+        self.heads, self.kv_heads = int(signature["heads"]), int(signature["kv_heads"])
+        self.head_dim = int(signature["head_dim"])
+        self.scaling = float(signature["scaling"])
+        self.eps = float(signature["rms_norm_eps"])
+        roles = [s["role"] for s in signature["segments"]]
+        if roles != ["qkv", "o", "up", "down"] * self.layers + ["head"]:
+            raise ValueError(f"unexpected segment layout: {roles}")
+        self.cache_length = self.max_sequence_length = int(signature["cache_length"])
+        self.embed = np.asarray(host_tables["embed"])
+        scale = host_tables.get("embed_scale")
+        self.embed_scale = None if scale is None else np.asarray(scale, np.float32)
+        self.cos = np.asarray(host_tables["cos"], np.float32)
+        self.sin = np.asarray(host_tables["sin"], np.float32)
+        self.input_norm = np.asarray(host_tables["input_norm"], np.float32)
+        self.post_norm = np.asarray(host_tables["post_norm"], np.float32)
+        self.final_norm = np.asarray(host_tables["final_norm"], np.float32)
+        self.accelerator = getattr(runners[0], "accelerator", "cpu") if runners else "cpu"
+
+    def new_cache(self) -> SegmentCache:
+        shape = (self.kv_heads, self.cache_length, self.head_dim)
+        return SegmentCache([np.zeros(shape, np.float32) for _ in range(self.layers)],
+                            [np.zeros(shape, np.float32) for _ in range(self.layers)], 0)
+
+    def _rope(self, t: np.ndarray, pos: int) -> np.ndarray:
+        half = self.head_dim // 2
+        rotated = np.concatenate([-t[:, half:], t[:, :half]], axis=-1)
+        return t * self.cos[pos] + rotated * self.sin[pos]
+
+    def _attention(self, layer: int, q, k, v, pos: int, cache: SegmentCache) -> np.ndarray:
+        q = self._rope(q.reshape(self.heads, self.head_dim), pos)
+        cache.keys[layer][:, pos] = self._rope(k.reshape(self.kv_heads, self.head_dim), pos)
+        cache.values[layer][:, pos] = v.reshape(self.kv_heads, self.head_dim)
+        keys = cache.keys[layer][:, : pos + 1]  # [kv, t, d]
+        vals = cache.values[layer][:, : pos + 1]
+        g = self.heads // self.kv_heads
+        scores = np.einsum("kgd,ktd->kgt", q.reshape(self.kv_heads, g, self.head_dim), keys) * self.scaling
+        scores -= scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        return np.einsum("kgt,ktd->kgd", probs, vals).reshape(1, self.heads * self.head_dim)
+
+    def _row(self, token: int) -> np.ndarray:
+        row = self.embed[token].astype(np.float32)
+        if self.embed_scale is not None:
+            row = row * self.embed_scale[token]
+        return row[None, :]
+
+    def _scaled(self, k: int, x: np.ndarray) -> list[np.ndarray]:
+        """Segment k on x scaled to max |x| = 1 (segments are linear without bias, so scaling the
+        outputs back is exact): the int8 input uses its whole range for every token."""
+        s = float(np.abs(x).max()) or 1.0
+        return [o * s for o in self.runners[k]([x / s])]
+
+    def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps))
+
+    def forward(self, token_ids: list[int], cache: SegmentCache) -> np.ndarray:
+        n = len(token_ids)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        if cache.length + n > self.cache_length:
+            raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
+        out = []
+        run = self._scaled
+        for i, token in enumerate(token_ids):
+            pos = cache.length + i
+            x = self._row(token)
+            for layer in range(self.layers):
+                q, k, v = run(4 * layer, self._norm(x, self.input_norm[layer]))
+                a = self._attention(layer, q, k, v, pos, cache)
+                x = x + run(4 * layer + 1, a)[0]
+                gate, up = run(4 * layer + 2, self._norm(x, self.post_norm[layer]))
+                x = x + run(4 * layer + 3, gate / (1.0 + np.exp(-gate)) * up)[0]
+            out.append(run(4 * self.layers, self._norm(x, self.final_norm))[0][0])
+        cache.length += n
+        return np.stack(out)
+
+
+def host_macs(signature: dict, context: int | None = None) -> int:
+    """Multiply-accumulates per token that run on the host (attention scores + weighted sum), at
+    `context` cached tokens (default: half the cache, the average over a full-length sequence)."""
+    ctx = context if context is not None else int(signature["cache_length"]) // 2
+    return int(signature["layers"]) * 2 * int(signature["heads"]) * int(signature["head_dim"]) * ctx
+
+
+def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedCausalLM:
+    """A SegmentedCausalLM for a bundle; `session` = list of injected segment runners (tests)."""
+    sig = manifest["signature"]
+    folder = Path(model_path).parent
+    runners = session if session is not None else open_segment_runners(folder, sig, threads,
+                                                                        model=manifest.get("model", {}))
+    with np.load(str(folder / sig["host_file"])) as z:
+        tables = {k: z[k] for k in z.files}
+    return SegmentedCausalLM(runners, sig, tables)
+
+
+open_segmented.host_macs = host_macs
