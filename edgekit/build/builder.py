@@ -329,7 +329,7 @@ def run_build(ctx: BuildContext) -> Bundle:
     if encoder:
         from edgekit.build.encoder_build import architecture, encoder_support
 
-        ctx.support = encoder_support(ctx.target.format)
+        ctx.support = encoder_support(ctx.target.format, ctx.target.data["export"]["layout"])
     elif ctx.target.data["export"]["layout"] in LAYOUTS:
         ctx.support = LAYOUTS[ctx.target.data["export"]["layout"]]()
     else:

@@ -14,8 +14,8 @@ of the multiply-accumulates), one token per call:
   l{i}_down:  m = silu(gate) * up        -> down_proj(m)
   head:       final normalised h         -> logits [1,vocab]
 
-Because each segment is linear with no bias, the host divides its input by the input's largest
-|value| and multiplies the outputs back (per token): the int8 input always spans its full range,
+Because each segment is linear (biases are added on the host), the host divides its input by
+the input's largest |value| and multiplies the outputs back (per token): the int8 input always spans its full range,
 which is what dynamic-range quantization does on a CPU. Measured on stories260k (fp32 perplexity
 5.97): residual stream and RMSNorm inside int8 segments 20.4; norms on the host 9.74; linear
 segments with per-token input scaling: see docs/coral.md. The host keeps the residual stream in
@@ -38,89 +38,85 @@ from edgekit.core.errors import BuildError
 HOST_FILE = "host_tables.npz"
 
 
-class QKV(torch.nn.Module):
-    def __init__(self, layer):
+class LinearSegment(torch.nn.Module):
+    """Bias-free copies of one or more Linear layers applied to the same input (their biases are
+    added on the host, after the per-token rescaling)."""
+
+    def __init__(self, linears: list[torch.nn.Linear]):
         super().__init__()
-        a = layer.self_attn
-        self.q, self.k, self.v = a.q_proj, a.k_proj, a.v_proj
+        self.maps = torch.nn.ModuleList()
+        for lin in linears:
+            m = torch.nn.Linear(lin.in_features, lin.out_features, bias=False)
+            with torch.no_grad():
+                m.weight.copy_(lin.weight)
+            self.maps.append(m)
+        self.biases = [None if lin.bias is None else lin.bias.detach().float().numpy() for lin in linears]
+        self.width = linears[0].in_features
 
-    def forward(self, h):
-        return self.q(h), self.k(h), self.v(h)
-
-
-class Out(torch.nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.o = layer.self_attn.o_proj
-
-    def forward(self, a):
-        return self.o(a)
+    def forward(self, x):
+        outs = tuple(m(x) for m in self.maps)
+        return outs if len(outs) > 1 else outs[0]
 
 
-class Up(torch.nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.gate, self.up = layer.mlp.gate_proj, layer.mlp.up_proj
-
-    def forward(self, h):
-        return self.gate(h), self.up(h)
-
-
-class Down(torch.nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.down = layer.mlp.down_proj
-
-    def forward(self, m):
-        return self.down(m)
-
-
-class Head(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.head = model.lm_head
-
-    def forward(self, h):
-        return self.head(h)
-
-
-def segment_modules(model) -> list[tuple[str, str, torch.nn.Module]]:
-    """[(file name, role, module)] in execution order."""
+def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
+    """[(file name, role, segment)] in execution order for a Llama-family decoder."""
     cfg = model.config
     if cfg.model_type not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
         raise BuildError(f"Edge TPU segments support {', '.join(SUPPORTED)} decoders with SiLU MLPs; "
                          f"got '{cfg.model_type}' ({getattr(cfg, 'hidden_act', '?')})")
     if any(hasattr(layer.self_attn, "q_norm") for layer in model.model.layers):
         raise BuildError("Edge TPU segments do not support per-head q/k norms (qwen3) yet")
-    if any(m.bias is not None for m in model.modules() if isinstance(m, torch.nn.Linear)):
-        raise BuildError("Edge TPU segments need bias-free projections (host-side input scaling relies on "
-                         "linearity); this model has biases")
     out = []
     for i, layer in enumerate(model.model.layers):
-        out += [(f"l{i:02d}_qkv.tflite", "qkv", QKV(layer)), (f"l{i:02d}_o.tflite", "o", Out(layer)),
-                (f"l{i:02d}_up.tflite", "up", Up(layer)), (f"l{i:02d}_down.tflite", "down", Down(layer))]
-    return out + [("head.tflite", "head", Head(model))]
+        a, m = layer.self_attn, layer.mlp
+        out += [(f"l{i:02d}_qkv.tflite", "qkv", LinearSegment([a.q_proj, a.k_proj, a.v_proj])),
+                (f"l{i:02d}_o.tflite", "o", LinearSegment([a.o_proj])),
+                (f"l{i:02d}_up.tflite", "up", LinearSegment([m.gate_proj, m.up_proj])),
+                (f"l{i:02d}_down.tflite", "down", LinearSegment([m.down_proj]))]
+    return out + [("head.tflite", "head", LinearSegment([model.lm_head]))]
+
+
+def encoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
+    """The same cut for a BERT-family encoder (LayerNorms, GELU, attention, pooling on the host)."""
+    if model.config.model_type != "bert":
+        raise BuildError(f"Edge TPU encoder segments support BERT-family encoders; got '{model.config.model_type}'")
+    out = []
+    for i, layer in enumerate(model.encoder.layer):
+        at = layer.attention
+        out += [(f"l{i:02d}_qkv.tflite", "qkv", LinearSegment([at.self.query, at.self.key, at.self.value])),
+                (f"l{i:02d}_o.tflite", "o", LinearSegment([at.output.dense])),
+                (f"l{i:02d}_up.tflite", "up", LinearSegment([layer.intermediate.dense])),
+                (f"l{i:02d}_down.tflite", "down", LinearSegment([layer.output.dense]))]
+    return out
+
+
+def _write_segments(segments, out_path: Path) -> tuple[list[dict], dict]:
+    """Convert each segment (fp32); returns the segment records and the bias tables."""
+    import litert_torch
+
+    records, biases = [], {}
+    for k, (name, role, seg) in enumerate(segments):
+        name = out_path.name if k == 0 else name
+        with quiet(), torch.no_grad():
+            litert_torch.convert(seg.eval(), (torch.zeros(1, seg.width),)).export(str(out_path.parent / name))
+        records.append({"file": name, "role": role, "outputs": len(seg.maps)})
+        for j, b in enumerate(seg.biases):
+            if b is not None:
+                biases[f"bias:{name}:{j}"] = b
+    return records, biases
 
 
 def export_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 1) -> dict:
     """Write every segment (fp32) and the host tables into out_path's folder. `out_path`
     (model.tflite) is written as the first segment's file, so the bundle's model file is the
     entry point. Returns the signature record the device runner needs."""
-    import litert_torch
-
     model = model.float().eval()
     cfg = model.config
     hidden = cfg.hidden_size
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // heads
     d = out_path.parent
-    segments = []
-    for k, (name, role, module) in enumerate(segment_modules(model)):
-        name = out_path.name if k == 0 else name
-        width = {"o": heads * head_dim, "down": cfg.intermediate_size}.get(role, hidden)
-        with quiet(), torch.no_grad():
-            litert_torch.convert(module.eval(), (torch.zeros(1, width),)).export(str(d / name))
-        segments.append({"file": name, "role": role})
+    segments, biases = _write_segments(decoder_segments(model), out_path)
     cos, sin = rotary_tables(model, max_sequence_length)
     layers = model.model.layers
 
@@ -129,7 +125,8 @@ def export_segments(model, out_path: Path, max_sequence_length: int, prefill_len
 
     np.savez(d / HOST_FILE, embed=model.model.embed_tokens.weight.detach().float().numpy(),
              cos=cos.numpy(), sin=sin.numpy(), input_norm=np.stack([w(x.input_layernorm) for x in layers]),
-             post_norm=np.stack([w(x.post_attention_layernorm) for x in layers]), final_norm=w(model.model.norm))
+             post_norm=np.stack([w(x.post_attention_layernorm) for x in layers]), final_norm=w(model.model.norm),
+             **biases)
     return {"layout": "tpu-segments", "segments": segments, "host_file": HOST_FILE,
             "cache_length": max_sequence_length, "layers": cfg.num_hidden_layers, "hidden_size": hidden,
             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "rms_norm_eps": float(cfg.rms_norm_eps),
@@ -185,3 +182,39 @@ def summary(path: Path) -> dict:
         ops.update(s["ops"])
         types.update(s["tensor_dtypes"])
     return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(types.items())), "segment_files": len(files)}
+
+
+def export_encoder_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
+    """Encoder variant of export_segments: host tables hold the embedding tables, every LayerNorm's
+    weight and bias, and the segment biases."""
+    from edgekit.build.encoder_export import host_tables
+
+    model = model.float().eval()
+    cfg = model.config
+    segments, biases = _write_segments(encoder_segments(model), out_path)
+
+    def ln(m):
+        return m.weight.detach().float().numpy(), m.bias.detach().float().numpy()
+
+    tables = dict(host_tables(model), **biases)
+    tables["embed_ln_w"], tables["embed_ln_b"] = ln(model.embeddings.LayerNorm)
+    for i, layer in enumerate(model.encoder.layer):
+        tables[f"attn_ln_w:{i}"], tables[f"attn_ln_b:{i}"] = ln(layer.attention.output.LayerNorm)
+        tables[f"out_ln_w:{i}"], tables[f"out_ln_b:{i}"] = ln(layer.output.LayerNorm)
+    np.savez(out_path.parent / HOST_FILE, **tables)
+    return {"layout": "tpu-segments", "segments": segments, "host_file": HOST_FILE,
+            "max_sequence_length": max_sequence_length, "layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size, "heads": cfg.num_attention_heads,
+            "head_dim": cfg.hidden_size // cfg.num_attention_heads, "layer_norm_eps": float(cfg.layer_norm_eps),
+            "activation": cfg.hidden_act}
+
+
+def calibration_feeds_encoder_segments(fp32_path: Path, signature: dict, sentence_ids: list[list[int]]) -> dict:
+    from edgekit.device.segmented_model import SegmentedEncoder, open_segment_runners
+
+    with np.load(fp32_path.parent / HOST_FILE) as z:
+        tables = {k: z[k] for k in z.files}
+    runners = open_segment_runners(fp32_path.parent, signature, record=True)
+    SegmentedEncoder(runners, signature, tables).embed([ids[: signature["max_sequence_length"]]
+                                                         for ids in sentence_ids])
+    return {seg["file"]: {"serving_default": r.recorded} for seg, r in zip(signature["segments"], runners)}

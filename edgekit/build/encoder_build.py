@@ -28,12 +28,21 @@ class EncoderFormat:
     describe: Callable | None
     calibrate: Callable | None
     extra_files: tuple[str, ...] = ("host_tables.npz",)
+    extra_glob: str = ""
 
 
-def encoder_support(fmt: str) -> EncoderFormat:
+def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
     from edgekit.build import encoder_export
     from edgekit.device import encoder_model
 
+    if layout == "tpu-segments":
+        from edgekit.build import coral_segments
+        from edgekit.device.segmented_model import open_segmented_encoder
+
+        return EncoderFormat("model.tflite", "litert-segments", coral_segments.export_encoder_segments,
+                             coral_segments.quantize_segments, open_segmented_encoder, coral_segments.summary,
+                             coral_segments.describe_segments, coral_segments.calibration_feeds_encoder_segments,
+                             extra_glob="*.tflite")
     if fmt == "onnx":
         from edgekit.build.onnx_export import op_counts
         from edgekit.build.onnx_quantize import quantize_onnx

@@ -13,13 +13,14 @@ from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
 from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
-from edgekit.device.segmented_model import open_segmented
+from edgekit.device.segmented_model import open_segmented, open_segmented_encoder
 from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
 
 RUNNERS = {
     "text-generation": {"onnxruntime": open_onnx, "litert": open_tflite, "litert-segments": open_segmented},
-    "feature-extraction": {"onnxruntime": open_onnx_encoder, "litert": open_tflite_encoder},
+    "feature-extraction": {"onnxruntime": open_onnx_encoder, "litert": open_tflite_encoder,
+                           "litert-segments": open_segmented_encoder},
 }
 
 

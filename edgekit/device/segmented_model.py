@@ -62,9 +62,26 @@ def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record
     return runners
 
 
+class _LinearSegments:
+    """Calls segment k with its input scaled to max |x| = 1, scales the outputs back and adds the
+    biases kept on the host (segments are bias-free linear maps, so this is exact in fp32 and uses the
+    whole int8 input range for every token)."""
+
+    def __init__(self, runners: list, signature: dict, host_tables: dict):
+        self.runners = runners
+        self.biases = [[host_tables.get(f"bias:{seg['file']}:{j}") for j in range(seg.get("outputs", 1))]
+                       for seg in signature["segments"]]
+
+    def __call__(self, k: int, x: np.ndarray) -> list[np.ndarray]:
+        s = float(np.abs(x).max()) or 1.0
+        outs = [o * s for o in self.runners[k]([x / s])]
+        return [o if b is None else o + b for o, b in zip(outs, self.biases[k])]
+
+
 class SegmentedCausalLM:
     def __init__(self, runners: list, signature: dict, host_tables: dict):
         self.runners = runners
+        self._scaled = _LinearSegments(runners, signature, host_tables)
         self.layers = int(signature["layers"])
         self.heads, self.kv_heads = int(signature["heads"]), int(signature["kv_heads"])
         self.head_dim = int(signature["head_dim"])
@@ -113,11 +130,6 @@ class SegmentedCausalLM:
             row = row * self.embed_scale[token]
         return row[None, :]
 
-    def _scaled(self, k: int, x: np.ndarray) -> list[np.ndarray]:
-        """Segment k on x scaled to max |x| = 1 (segments are linear without bias, so scaling the
-        outputs back is exact): the int8 input uses its whole range for every token."""
-        s = float(np.abs(x).max()) or 1.0
-        return [o * s for o in self.runners[k]([x / s])]
 
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps))
@@ -144,6 +156,71 @@ class SegmentedCausalLM:
         return np.stack(out)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and the device layer has no scipy."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+
+
+class SegmentedEncoder:
+    """BERT-family encoder over TPU segments: embeddings, LayerNorms, GELU, attention and mean
+    pooling on the host; embed() returns unit vectors like SentenceEncoder."""
+
+    def __init__(self, runners: list, signature: dict, host_tables: dict):
+        self.run = _LinearSegments(runners, signature, host_tables)
+        self.t = {k: np.asarray(v) for k, v in host_tables.items()}
+        self.layers, self.heads = int(signature["layers"]), int(signature["heads"])
+        self.head_dim = int(signature["head_dim"])
+        self.eps = float(signature["layer_norm_eps"])
+        self.max_sequence_length = int(signature["max_sequence_length"])
+        self.accelerator = getattr(runners[0], "accelerator", "cpu") if runners else "cpu"
+        if signature.get("activation", "gelu") != "gelu":
+            raise ValueError(f"activation {signature.get('activation')} is not supported by the segmented encoder")
+
+    def _ln(self, x, w, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + self.eps) * self.t[w] + self.t[b]
+
+    def _per_token(self, k: int, x: np.ndarray) -> list[np.ndarray]:
+        rows = [self.run(k, x[i:i + 1]) for i in range(x.shape[0])]
+        return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))]
+
+    def _one(self, ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        word = self.t["embed"][ids].astype(np.float32)
+        if "embed_scale" in self.t:
+            word *= self.t["embed_scale"][ids][:, None]
+        x = self._ln(word + self.t["position"][:n] + self.t["token_type"][0], "embed_ln_w", "embed_ln_b")
+        for i in range(self.layers):
+            q, k, v = self._per_token(4 * i, x)
+            split = (n, self.heads, self.head_dim)
+            q, k, v = (t.reshape(split).transpose(1, 0, 2) for t in (q, k, v))
+            scores = q @ k.transpose(0, 2, 1) / np.sqrt(self.head_dim)
+            scores -= scores.max(-1, keepdims=True)
+            p = np.exp(scores)
+            p /= p.sum(-1, keepdims=True)
+            ctx = (p @ v).transpose(1, 0, 2).reshape(n, -1)
+            x = self._ln(self._per_token(4 * i + 1, ctx)[0] + x, f"attn_ln_w:{i}", f"attn_ln_b:{i}")
+            h = _gelu(self._per_token(4 * i + 2, x)[0])
+            x = self._ln(self._per_token(4 * i + 3, h)[0] + x, f"out_ln_w:{i}", f"out_ln_b:{i}")
+        return x.mean(0)
+
+    def embed(self, batch_ids: list[list[int]]) -> np.ndarray:
+        out = []
+        for ids in batch_ids:
+            if len(ids) > self.max_sequence_length:
+                raise ValueError(f"input of {len(ids)} tokens exceeds the model's {self.max_sequence_length}")
+            v = self._one(ids)
+            out.append(v / max(float(np.linalg.norm(v)), 1e-12))
+        return np.stack(out)
+
+
 def host_macs(signature: dict, context: int | None = None) -> int:
     """Multiply-accumulates per token that run on the host (attention scores + weighted sum), at
     `context` cached tokens (default: half the cache, the average over a full-length sequence)."""
@@ -163,3 +240,22 @@ def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -
 
 
 open_segmented.host_macs = host_macs
+
+
+def open_segmented_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedEncoder:
+    sig = manifest["signature"]
+    folder = Path(model_path).parent
+    runners = session if session is not None else open_segment_runners(folder, sig, threads,
+                                                                        model=manifest.get("model", {}))
+    with np.load(str(folder / sig["host_file"])) as z:
+        tables = {k: z[k] for k in z.files}
+    return SegmentedEncoder(runners, sig, tables)
+
+
+def encoder_host_macs(signature: dict, tokens: int = 32) -> int:
+    """Host multiply-accumulates per token of a segmented encoder (attention over `tokens` tokens;
+    32 is about the length of an STS-B sentence pair member plus special tokens, rounded up)."""
+    return int(signature["layers"]) * 2 * int(signature["hidden_size"]) * min(tokens, int(signature["max_sequence_length"]))
+
+
+open_segmented_encoder.host_macs = encoder_host_macs
