@@ -79,3 +79,20 @@ def test_openai_client_embeddings_match_pytorch(encoder_builds, target):
         wrong = httpx.post(base + "/v1/completions", json={"prompt": "hi"}, timeout=30)
         assert wrong.status_code == 400 and "/v1/embeddings" in wrong.json()["error"]["message"]
         assert httpx.get(base + "/props", timeout=10).json()["task"] == "feature-extraction"
+
+
+def test_fp32_encoder_segments_equal_pytorch(encoder_builds, tmp_path):
+    """Edge TPU encoder layout: linear segments + host LayerNorm/GELU/attention = the same function."""
+    from edgekit.build.coral_segments import export_encoder_segments
+    from edgekit.build.encoder import load_encoder
+    from edgekit.device.segmented_model import open_segmented_encoder
+    from edgekit.device.tokenizer import TextTokenizer
+
+    model, _ = load_encoder(encoder_builds["student"])
+    sig = export_encoder_segments(model, tmp_path / "model.tflite", 128)
+    assert [s["role"] for s in sig["segments"]] == ["qkv", "o", "up", "down"] * 3
+    enc = open_segmented_encoder(tmp_path / "model.tflite", {"signature": sig})
+    tok = TextTokenizer.from_file(encoder_builds["student"] / "tokenizer.json", [])
+    got = enc.embed([tok.encode(s) for s in SENTENCES])
+    expected = _torch_embeddings(encoder_builds["student"], SENTENCES)
+    assert (got * expected).sum(-1).min() > 0.9999
