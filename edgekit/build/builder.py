@@ -215,7 +215,7 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
 
 def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
-    from edgekit.build.verify import gate_failures, verify_causal
+    from edgekit.build.verify import apply_gate, gate_failures, verify_causal
     from edgekit.device.tokenizer import TextTokenizer
 
     distill = outs["distill"]
@@ -235,11 +235,7 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     if skipped:
         metrics["eval_text_missing"] = [str(s) for s in skipped]
     fails = gate_failures(metrics, limits)
-    metrics["gate"] = {"passed": not fails, "enforced": ctx.gate, "failures": fails, "limits": limits}
-    if fails and ctx.gate:
-        raise BuildError("quality gate failed: " + "; ".join(fails) + " (use --no-gate to package anyway)")
-    for f in fails:
-        ctx.log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")
+    apply_gate(metrics, fails, limits, ctx.gate, ctx.log)
     return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
 
 

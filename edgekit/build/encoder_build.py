@@ -166,6 +166,7 @@ def encoder_gate_failures(metrics: dict, limits: dict) -> list[str]:
 def stage_verify(ctx, d: Path, outs: dict) -> StageOutput:
     from edgekit.build import textdata
     from edgekit.build.encoder import read_sts
+    from edgekit.build.verify import apply_gate
     from edgekit.device.tokenizer import TextTokenizer
 
     distill = outs["distill"]
@@ -180,11 +181,7 @@ def stage_verify(ctx, d: Path, outs: dict) -> StageOutput:
                              sentences, rows)
     limits = ctx.target.verify
     fails = encoder_gate_failures(metrics, limits)
-    metrics["gate"] = {"passed": not fails, "enforced": ctx.gate, "failures": fails, "limits": limits}
-    if fails and ctx.gate:
-        raise BuildError("quality gate failed: " + "; ".join(fails) + " (use --no-gate to package anyway)")
-    for f in fails:
-        ctx.log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")
+    apply_gate(metrics, fails, limits, ctx.gate, ctx.log)
     return StageOutput(metrics=metrics, parameters={"sentences": len(sentences)})
 
 

@@ -112,30 +112,15 @@ def _global_min_max(q, calibration: dict) -> dict:
     return calib.get_model_qsvs()
 
 
-class _Recorder:
-    """Wraps a signature runner and keeps a copy of every feed (calibration samples)."""
-
-    def __init__(self, runner, sink: list):
-        self.runner, self.sink = runner, sink
-
-    def get_input_details(self):
-        return self.runner.get_input_details()
-
-    def get_output_details(self):
-        return self.runner.get_output_details()
-
-    def __call__(self, **feeds):
-        self.sink.append({k: v.copy() for k, v in feeds.items()})
-        return self.runner(**feeds)
-
-
 class _RecordingInterpreter:
     def __init__(self, interpreter):
         self.interpreter = interpreter
         self.samples: dict[str, list] = {}
 
     def get_signature_runner(self, name):
-        return _Recorder(self.interpreter.get_signature_runner(name), self.samples.setdefault(name, []))
+        from edgekit.device.tflite_model import RecordingRunner
+
+        return RecordingRunner(self.interpreter.get_signature_runner(name), self.samples.setdefault(name, []))
 
 
 def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list[int]],

@@ -143,3 +143,14 @@ def gate_failures(metrics: dict, limits: dict) -> list[str]:
             f"> allowed {limits['max_perplexity_ratio']:.4f}x"
         )
     return fails
+
+
+def apply_gate(metrics: dict, fails: list[str], limits: dict, enforced: bool, log) -> None:
+    """Record the gate in `metrics`; raise BuildError when it fails and is enforced, else warn."""
+    from edgekit.core.errors import BuildError
+
+    metrics["gate"] = {"passed": not fails, "enforced": enforced, "failures": fails, "limits": limits}
+    if fails and enforced:
+        raise BuildError("quality gate failed: " + "; ".join(fails) + " (use --no-gate to package anyway)")
+    for f in fails:
+        log(f"warning: quality gate not met (packaged anyway, --no-gate): {f}")

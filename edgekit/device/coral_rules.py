@@ -40,7 +40,7 @@ CONSTANT_DTYPES = ("INT8", "UINT8", "INT32")  # weights 8-bit; biases and shape/
 OPS: dict[str, tuple[tuple[str, ...], str]] = {
     # elementwise and activations [ops]: no listed limitations
     "ADD": ((), "[ops]"), "SUB": ((), "[ops]"), "MUL": ((), "[ops]"), "MAXIMUM": ((), "[ops]"),
-    "MINIMUM": ((), "[ops]"), "SQUARED_DIFFERENCE": ((), "[ops]"), "RSQRT": ((), "[ops]"),
+    "MINIMUM": ((), "[ops]"),
     "LOGISTIC": ((), "[ops]"), "TANH": ((), "[ops]"), "RELU": ((), "[ops]"), "RELU6": ((), "[ops]"),
     "RELU_N1_TO_1": ((), "[ops]"), "PRELU": ((), "[ops] alpha 1-D (innermost dim only)"),
     "L2_NORMALIZATION": ((), "[ops]"), "QUANTIZE": ((), "[ops] requantization between 8-bit scales"),

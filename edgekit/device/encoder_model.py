@@ -58,12 +58,9 @@ def _tables(model_path, signature) -> dict:
 
 def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
     if session is None:
-        import onnxruntime as ort
+        from edgekit.device.onnx_model import ort_session
 
-        opts = ort.SessionOptions()
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort_session(model_path, threads)
 
     def run(embeds, mask):
         return session.run(["embedding"], {"embeds": embeds, "mask": mask})[0]

@@ -64,15 +64,20 @@ class OnnxCausalLM:
         return outputs[0][0]
 
 
+def ort_session(model_path, threads: int = 0):
+    """An onnxruntime CPU session (threads 0 = onnxruntime's default)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> OnnxCausalLM:
     """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests)."""
     if session is None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        session = ort_session(model_path, threads)
     lm = OnnxCausalLM(session, manifest["model"]["max_sequence_length"])
     lm.accelerator = "cpu (onnxruntime)"
     return lm

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.device.tflite_model import _Sig, make_interpreter
+from edgekit.device.tflite_model import RecordingRunner, _Sig, make_interpreter
 
 
 @dataclass
@@ -23,21 +23,6 @@ class SegmentCache:
     keys: list[np.ndarray] = field(default_factory=list)  # per layer [kv_heads, C, head_dim]
     values: list[np.ndarray] = field(default_factory=list)
     length: int = 0
-
-
-class _Recorder:
-    def __init__(self, runner):
-        self.runner, self.recorded = runner, []
-
-    def get_input_details(self):
-        return self.runner.get_input_details()
-
-    def get_output_details(self):
-        return self.runner.get_output_details()
-
-    def __call__(self, **feeds):
-        self.recorded.append({k: v.copy() for k, v in feeds.items()})
-        return self.runner(**feeds)
 
 
 def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record: bool = False,
@@ -54,9 +39,9 @@ def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record
                                          model.get("delegate_library", ""), model.get("delegate_options"),
                                          folder / tpu_name if tpu_name in compiled else None)
         raw = interp.get_signature_runner()
-        rec = _Recorder(raw) if record else None
+        rec = RecordingRunner(raw, []) if record else None
         sig = _Sig(rec or raw, length_input=0, length_axis=0)
-        sig.recorded = rec.recorded if rec else None
+        sig.recorded = rec.sink if rec else None
         sig.accelerator = accel
         runners.append(sig)
     return runners
@@ -228,28 +213,27 @@ def host_macs(signature: dict, context: int | None = None) -> int:
     return int(signature["layers"]) * 2 * int(signature["heads"]) * int(signature["head_dim"]) * ctx
 
 
-def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedCausalLM:
-    """A SegmentedCausalLM for a bundle; `session` = list of injected segment runners (tests)."""
+def _open(cls, model_path, manifest: dict, threads: int, session):
     sig = manifest["signature"]
     folder = Path(model_path).parent
     runners = session if session is not None else open_segment_runners(folder, sig, threads,
                                                                         model=manifest.get("model", {}))
     with np.load(str(folder / sig["host_file"])) as z:
         tables = {k: z[k] for k in z.files}
-    return SegmentedCausalLM(runners, sig, tables)
+    return cls(runners, sig, tables)
+
+
+def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedCausalLM:
+    """A SegmentedCausalLM for a bundle; `session` = list of injected segment runners (tests)."""
+    return _open(SegmentedCausalLM, model_path, manifest, threads, session)
 
 
 open_segmented.host_macs = host_macs
 
 
 def open_segmented_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedEncoder:
-    sig = manifest["signature"]
-    folder = Path(model_path).parent
-    runners = session if session is not None else open_segment_runners(folder, sig, threads,
-                                                                        model=manifest.get("model", {}))
-    with np.load(str(folder / sig["host_file"])) as z:
-        tables = {k: z[k] for k in z.files}
-    return SegmentedEncoder(runners, sig, tables)
+    """A SegmentedEncoder for a bundle; `session` = list of injected segment runners (tests)."""
+    return _open(SegmentedEncoder, model_path, manifest, threads, session)
 
 
 def encoder_host_macs(signature: dict, tokens: int = 32) -> int:

@@ -87,6 +87,23 @@ def _from_output(a: np.ndarray, d) -> np.ndarray:
     return (a.astype(np.float32) - zp) * scale
 
 
+class RecordingRunner:
+    """Wraps a signature runner and keeps a copy of every feed in `sink` (calibration samples)."""
+
+    def __init__(self, runner, sink: list):
+        self.runner, self.sink = runner, sink
+
+    def get_input_details(self):
+        return self.runner.get_input_details()
+
+    def get_output_details(self):
+        return self.runner.get_output_details()
+
+    def __call__(self, **feeds):
+        self.sink.append({k: v.copy() for k, v in feeds.items()})
+        return self.runner(**feeds)
+
+
 class TfliteCausalLM:
     """prefill/decode steps of an exported decoder; same forward() contract as OnnxCausalLM."""
 
