@@ -18,12 +18,16 @@ def coral():
     """Coral Edge TPU tools."""
 
 
-def _model_path(path: Path) -> Path:
+def _model_paths(path: Path) -> list[Path]:
+    """The .tflite file itself, or every model file of a bundle folder (segments included)."""
     if path.is_dir():
-        path = path / "model.tflite"
+        found = sorted(p for p in path.glob("*.tflite") if not p.name.endswith("_edgetpu.tflite"))
+        if not found:
+            raise ConfigError(f"no .tflite model in {path}")
+        return found
     if not path.is_file():
         raise ConfigError(f"no .tflite model at {path}")
-    return path
+    return [path]
 
 
 @coral.command()
@@ -31,7 +35,8 @@ def _model_path(path: Path) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every op, statuses, totals).")
 @click.option("--subgraph", default=None, help="Only this subgraph (signature), e.g. decode.")
 def check(model, as_json, subgraph):
-    """Predict which ops of MODEL (.tflite file or bundle folder) the Edge TPU compiler maps.
+    """Predict which ops of MODEL (a .tflite file, or every model file of a bundle folder) the Edge
+    TPU compiler maps.
 
     \b
     Each op gets the compiler's own status words and a plain-language reason, from Coral's
@@ -42,20 +47,25 @@ def check(model, as_json, subgraph):
     """
     from edgekit.device.coral_check import predict, report
 
-    path = _model_path(model)
-    try:
-        preds = predict(path)
-    except Exception as exc:  # a non-flatbuffer file makes the schema reader fail in various ways
-        raise ConfigError(f"{path}: not a readable .tflite model ({type(exc).__name__}: {exc})") from None
-    if subgraph is not None:
-        names = [p.name for p in preds]
-        preds = [p for p in preds if p.name == subgraph]
-        if not preds:
-            raise ConfigError(f"{path} has no subgraph '{subgraph}'; it has: {', '.join(names)}")
+    results = []
+    for path in _model_paths(model):
+        try:
+            preds = predict(path)
+        except Exception as exc:  # a non-flatbuffer file makes the schema reader fail in various ways
+            raise ConfigError(f"{path}: not a readable .tflite model ({type(exc).__name__}: {exc})") from None
+        if subgraph is not None:
+            names = [p.name for p in preds]
+            preds = [p for p in preds if p.name == subgraph]
+            if not preds:
+                raise ConfigError(f"{path} has no subgraph '{subgraph}'; it has: {', '.join(names)}")
+        results.append((path, preds))
     if as_json:
-        click.echo(json.dumps({"model": str(path), "subgraphs": [p.to_dict() for p in preds]}, indent=2))
+        click.echo(json.dumps([{"model": str(p), "subgraphs": [x.to_dict() for x in preds]} for p, preds in results]
+                              if len(results) > 1 else
+                              {"model": str(results[0][0]), "subgraphs": [x.to_dict() for x in results[0][1]]},
+                              indent=2))
     else:
-        click.echo(report(preds))
+        click.echo("\n".join(f"== {p.name}\n{report(preds)}" for p, preds in results))
 
 
 @coral.command("compile")
