@@ -26,6 +26,8 @@ DEVICE = [
     "tokenizers>=0.20",  # pulls huggingface_hub (pure Python); no torch
     "starlette>=0.40",
     "uvicorn>=0.30",
+    "jinja2>=3.1",  # chat templates (rendered in a sandbox, like transformers does)
+    "prometheus-client>=0.20",  # GET /metrics
 ]
 BUILD = [
     # litert-torch 0.10 requires torch<2.15; a "+cpu" pin would not resolve on users' machines,
@@ -42,7 +44,7 @@ BUILD = [
     "scipy>=1.10",  # Spearman correlation for STS-B
 ]
 TF = ["tensorflow-cpu>=2.19"]
-TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40"]
+TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100"]
 BENCH = ["matplotlib>=3.8"]
 
 setup(

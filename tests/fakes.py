@@ -17,8 +17,8 @@ class FakeTokenizer:
 
     eos_token_ids = frozenset({1})
 
-    def encode(self, text: str) -> list[int]:
-        return [0] + [2 + LETTERS.index(c) for c in text if c in LETTERS]
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [0] * add_special_tokens + [2 + LETTERS.index(c) for c in text if c in LETTERS]
 
     def decode(self, ids: list[int]) -> str:
         return "".join(LETTERS[i - 2] for i in ids if i >= 2)

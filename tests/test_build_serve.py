@@ -29,10 +29,10 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(bundle: Path):
+def serving(bundle: Path, *extra: str):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(bundle), "--port", str(port),
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--log-level", "warning", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -135,6 +135,40 @@ def test_openai_client_works_unchanged(stories_bundle):
         streamed = "".join(c.choices[0].text for c in client.completions.create(
             model="stories260k", prompt=PROMPT, max_tokens=8, temperature=0, stream=True))
         assert streamed == res.choices[0].text
+        chat = client.chat.completions.create(model="stories260k", max_tokens=8, temperature=0,
+                                              messages=[{"role": "user", "content": "Tell me a story."}])
+        assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 8
+        chunks = list(client.chat.completions.create(model="stories260k", max_tokens=8, temperature=0, stream=True,
+                                                     messages=[{"role": "user", "content": "Tell me a story."}]))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+
+
+def test_sigterm_finishes_cleanly_and_the_request_log_is_whole(stories_bundle, tmp_path):
+    import signal
+
+    log = tmp_path / "requests.jsonl"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(stories_bundle), "--port", str(port),
+                             "--request-log", str(log), "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    for _ in range(3):
+        assert httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=30).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "on http://127.0.0.1:" in err  # bound to loopback unless --host says otherwise
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r["status"] for r in recs] == [200, 200, 200] and all(r["completion_tokens"] == 4 for r in recs)
 
 
 def test_tampered_bundle_is_refused_by_serve_and_inspect(stories_bundle, tmp_path):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from edgekit.core.bundle import Bundle
@@ -64,7 +67,7 @@ def test_stop_and_stream(client):
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["usage"]["completion_tokens"] == 3
 
 
-@pytest.mark.parametrize("body,param", [
+@pytest.mark.parametrize("body,param,route", [(c + ("completions",))[:3] for c in [
     ({"prompt": 5}, "prompt"),
     ({"prompt": ""}, "prompt"),
     ({}, "prompt"),
@@ -78,9 +81,21 @@ def test_stop_and_stream(client):
     ({"prompt": "a", "stream": "yes"}, "stream"),
     ({"prompt": "a", "bogus": 1}, "bogus"),
     ({"prompt": "abcdefghij" * 4}, "prompt"),  # 41 tokens > 32 context
-])
-def test_bad_requests_are_400_naming_the_field(client, body, param):
-    r = client.post("/v1/completions", json=body)
+    ({"prompt": "a", "seed": 1.5}, "seed"),
+    ({"prompt": "a", "top_k": -1}, "top_k"),
+    ({"prompt": "a", "max_tokens": True}, "max_tokens"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"messages": []}, "messages", "chat"),
+    ({"messages": [{"role": "robot", "content": "a"}]}, "messages", "chat"),
+    ({"messages": [{"role": "user", "content": 3}]}, "messages", "chat"),
+    ({"messages": [{"role": "user"}]}, "messages", "chat"),
+    ({"messages": "hi"}, "messages", "chat"),
+    ({"messages": [{"role": "user", "content": "a"}], "prompt": "a"}, "prompt", "chat"),
+    ({"messages": [{"role": "user", "content": "a"}], "temperature": 9}, "temperature", "chat"),
+    ({"messages": [{"role": "user", "content": "abcdefghij" * 4}]}, "messages", "chat"),
+]])
+def test_bad_requests_are_400_naming_the_field(client, body, param, route):
+    r = client.post("/v1/chat/completions" if route == "chat" else "/v1/completions", json=body)
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
@@ -91,3 +106,108 @@ def test_malformed_bodies(client):
     assert client.post("/v1/completions", content=b"\xff\xfe").status_code == 400
     assert client.post("/v1/completions", content=b"[1]").status_code == 400
     assert client.post("/v1/completions", content=b"x" * (1 << 21)).status_code == 413
+
+
+def test_chat_completion_uses_the_default_template_and_chat_shapes(client):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "ab"}], "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    msg = body["choices"][0]["message"]
+    assert msg["role"] == "assistant" and len(msg["content"]) == 2
+    # "User: ab\nAssistant:" has letters u,s,e,r,a,b,a,s,s,i,s,t,a,n,t -> only a..j count, no BOS (template text)
+    assert body["usage"]["prompt_tokens"] == 1 + len([c for c in "User: ab\nAssistant:" if c in "abcdefghij"])
+    with client.stream("POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}],
+                                                              "max_tokens": 3, "stream": True}) as s:
+        events = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
+    assert events[0]["object"] == "chat.completion.chunk" and events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "role" not in events[1]["choices"][0]["delta"] and events[-1]["usage"]["completion_tokens"] == 3
+
+
+def _toy(**kw):
+    manifest = {"name": "toy", "task": "text-generation", "target": {"name": "fake"},
+                "model": {"max_sequence_length": 32, "format": "onnx", "precision": "fp32", "runtime": "fake"}}
+    return LoadedModel(bundle=Bundle(Path("."), manifest), model=ScriptedModel([2, 3, 4, 5]),
+                       tokenizer=FakeTokenizer(), generation={"max_new_tokens": 5, "temperature": 0.0}, **kw)
+
+
+def test_api_key_is_required_except_for_health():
+    c = TestClient(create_app(_toy(), api_key="s3cret"))
+    assert c.get("/health").status_code == 200
+    r = c.post("/v1/completions", json={"prompt": "a"})
+    assert r.status_code == 401 and r.json()["error"]["message"].startswith("missing or wrong API key")
+    assert c.post("/v1/completions", json={"prompt": "a"}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    ok = c.post("/v1/completions", json={"prompt": "a"}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_health_is_503_while_loading_then_200():
+    import threading
+
+    release = threading.Event()
+
+    def loader():
+        release.wait(10)
+        return _toy()
+
+    with TestClient(create_app(loader=loader)) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading" and r.headers["retry-after"] == "1"
+        assert c.post("/v1/completions", json={"prompt": "a"}).status_code == 503
+        release.set()
+        for _ in range(100):
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def test_admission_bounds_the_queue():
+    from edgekit.device.serving import Admission, QueueFull
+
+    a = Admission(max_queue=1)
+    a.acquire()
+    a.acquire()
+    assert a.waiting == 1
+    with pytest.raises(QueueFull):
+        a.acquire()
+    a.release()
+    a.acquire()
+
+
+def test_metrics_and_request_log(tmp_path):
+    from edgekit.device.serving import RequestLog
+
+    log = RequestLog(tmp_path / "log" / "requests.jsonl")
+    c = TestClient(create_app(_toy(), request_log=log))
+    c.post("/v1/completions", json={"prompt": "a", "max_tokens": 2})
+    c.post("/v1/completions", json={"prompt": 5})
+    text = c.get("/metrics").text
+    assert 'edgekit_requests_total{route="/v1/completions",status="200"} 1.0' in text
+    assert 'edgekit_requests_total{route="/v1/completions",status="400"} 1.0' in text
+    assert 'edgekit_tokens_total{kind="completion"} 2.0' in text and "edgekit_queue_depth 0.0" in text
+    lines = (tmp_path / "log" / "requests.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert [(r["route"], r["status"]) for r in recs] == [("/v1/completions", 200), ("/v1/completions", 400)]
+    assert recs[0]["completion_tokens"] == 2 and "prefill_ms" in recs[0] and "'prompt' must be" in recs[1]["error"]
+    # a torn last line (kill -9 mid-write) leaves every earlier line intact
+    with open(tmp_path / "log" / "requests.jsonl", "ab") as fh:
+        fh.write(b'{"time": "2026')
+    log2 = RequestLog(tmp_path / "log" / "requests.jsonl")
+    log2.write({"route": "/x", "status": 200})
+    good = [ln for ln in (tmp_path / "log" / "requests.jsonl").read_text().splitlines()[:2]]
+    assert [json.loads(x)["status"] for x in good] == [200, 400]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                             st.sampled_from(["prompt", "messages", "max_tokens", "temperature", "top_p", "stop",
+                                              "seed", "stream", "role", "content", "input", "x"]), inner, max_size=5),
+                         max_leaves=12),
+       route=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/embeddings"]))
+def test_random_json_bodies_never_break_the_server(client, body, route):
+    r = client.post(route, json=body)
+    assert 200 <= r.status_code < 500, (body, r.status_code, r.text)
+    assert isinstance(r.json(), dict)
+    assert client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200

@@ -286,7 +286,11 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         if ctx.recipe.task == "text-generation":
             g = ctx.recipe.data["generation"]
             eos = distill.values["eos"]
-            (staging / "generation.json").write_text(json.dumps({**g, "eos_token_ids": eos}, indent=2) + "\n")
+            tok = distill.values["tokenizer"]
+            chat = {"chat_template": tok.chat_template} if getattr(tok, "chat_template", None) else {}
+            specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token") if isinstance(getattr(tok, k, None), str)}
+            (staging / "generation.json").write_text(
+                json.dumps({**g, "eos_token_ids": eos, **specials, **chat}, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

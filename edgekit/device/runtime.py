@@ -63,6 +63,18 @@ class LoadedModel:
         return self.bundle.manifest["model"]["max_sequence_length"]
 
 
+def runner_for(bundle: Bundle):
+    """The open function for the bundle's task and runtime, or BundleError saying what is missing."""
+    m = bundle.manifest
+    if m["task"] not in RUNNERS:
+        raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
+    runners = RUNNERS[m["task"]]
+    runtime = m["model"]["runtime"]
+    if runtime not in runners:
+        raise BundleError(f"{bundle.root}: runtime '{runtime}' is not available; known: {', '.join(runners)}")
+    return runners[runtime]
+
+
 def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None,
                delegate_options: dict | None = None) -> LoadedModel:
     """Build the runner for an already verified bundle. `session` injects a fake runtime session;
@@ -76,13 +88,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         if delegate_options:
             model["delegate_options"] = delegate_options
         m = dict(m, model=model)
-    if m["task"] not in RUNNERS:
-        raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
-    runners = RUNNERS[m["task"]]
-    runtime = m["model"]["runtime"]
-    if runtime not in runners:
-        raise BundleError(f"{bundle.root}: runtime '{runtime}' is not available; known: {', '.join(runners)}")
-    model = runners[runtime](bundle.model_file, m, threads=threads, session=session)
+    model = runner_for(bundle)(bundle.model_file, m, threads=threads, session=session)
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.path(tok_info["file"]), tok_info["eos_token_ids"])
     generation = {}

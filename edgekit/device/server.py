@@ -1,11 +1,15 @@
-"""The device HTTP server: OpenAI-shaped completions over Starlette (run by uvicorn).
+"""The device HTTP server: OpenAI-shaped API over Starlette (run by uvicorn).
 
-Routes: GET /health, GET /v1/models, GET /props (bundle, runtime, accelerator in use),
-POST /v1/completions (text-generation bundles; optionally streamed as server-sent events),
-POST /v1/embeddings (feature-extraction bundles). One model session; requests take turns on it (a lock), generation runs in a worker
-thread so the event loop keeps answering /health. Errors use OpenAI's error shape.
-Timings in `usage` are milliseconds (prefill_ms) and tokens per second.
-May import: stdlib, edgekit.core, edgekit.device, starlette, numpy.
+Routes: GET /health (503 while loading, 200 ready), GET /v1/models, GET /props (bundle, runtime,
+accelerator in use), GET /metrics (Prometheus text), POST /v1/completions and
+/v1/chat/completions (text-generation bundles; `stream` = server-sent events, one chunk per
+token, a final chunk with usage), POST /v1/embeddings (feature-extraction bundles).
+One model session: requests take turns (a lock); at most `max_queue` wait, more get 503 with
+Retry-After. Generation runs in a worker thread so the event loop keeps answering /health; a
+client that disconnects mid-stream stops its generation at the next token. Optional bearer-token
+auth (all routes but /health). Every request is logged as one JSONL line and counted in /metrics.
+Timings in `usage`: prefill_ms (milliseconds) and decode_tokens_per_second.
+May import: stdlib, edgekit.core, edgekit.device, starlette, numpy, prometheus_client.
 """
 
 from __future__ import annotations
@@ -15,230 +19,248 @@ import json
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from edgekit.device.api import MAX_BODY_BYTES, RequestError, _usage, error_response, parse_completion_request
 from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
-from edgekit.device.generate import GenerationResult, generate
-from edgekit.device.runtime import LoadedModel
+from edgekit.device.generate import generate
 from edgekit.device.sampling import Sampler
-
-MAX_BODY_BYTES = 1 << 20
-# OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
-_IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty",
-                   "logit_bias", "suffix", "stream_options"}
+from edgekit.device.serving import Admission, Metrics, QueueFull, RequestLog, authorized, log_record
 
 
-class RequestError(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400):
-        super().__init__(message)
-        self.param, self.status = param, status
-
-
-def error_response(message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
-
-
-def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool = False):
-    value = body.get(name, default)
-    if value is None:
-        return default
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        raise RequestError(f"'{name}' must be {'an integer' if integer else 'a number'}", name)
-    if not lo <= value <= hi:
-        raise RequestError(f"'{name}' must be between {lo} and {hi}, got {value}", name)
-    return value
-
-
-def parse_completion_request(body, loaded: LoadedModel) -> dict:
-    """Validate a /v1/completions body; returns normalised parameters or raises RequestError."""
-    if not isinstance(body, dict):
-        raise RequestError("request body must be a JSON object")
-    known = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream"}
-    unknown = sorted(set(body) - known - _IGNORED_FIELDS)
-    if unknown:
-        raise RequestError(f"unknown field '{unknown[0]}'", unknown[0])
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise RequestError("'prompt' must be a string", "prompt")
-    if not prompt:
-        raise RequestError("'prompt' must not be empty", "prompt")
-    gen = loaded.generation
-    ctx_len = loaded.max_sequence_length
-    params = {
-        "prompt": prompt,
-        "max_tokens": _number(body, "max_tokens", gen.get("max_new_tokens", 128), 1, ctx_len, integer=True),
-        "temperature": _number(body, "temperature", gen.get("temperature", 0.0), 0.0, 2.0),
-        "top_p": _number(body, "top_p", gen.get("top_p", 1.0), 0.0, 1.0),
-        "top_k": _number(body, "top_k", gen.get("top_k", 0), 0, 1 << 20, integer=True),
-        "seed": _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
-        "n": _number(body, "n", 1, 1, 1, integer=True),
-        "stream": body.get("stream", False),
-    }
-    if params["top_p"] == 0:
-        raise RequestError("'top_p' must be greater than 0", "top_p")
-    if not isinstance(params["stream"], bool):
-        raise RequestError("'stream' must be true or false", "stream")
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise RequestError("'stop' must be a string or a list of at most 4 strings", "stop")
-    params["stop"] = stop
-    if params["seed"] is not None:
-        params["seed"] = params["seed"] % (1 << 64)
-    ids = loaded.tokenizer.encode(prompt)
-    if len(ids) >= ctx_len:
-        raise RequestError(f"prompt is {len(ids)} tokens; this model's context is {ctx_len}", "prompt")
-    params["prompt_ids"] = ids
-    return params
-
-
-def _usage(res: GenerationResult) -> dict:
-    return {
-        "prompt_tokens": res.prompt_tokens,
-        "completion_tokens": res.completion_tokens,
-        "total_tokens": res.prompt_tokens + res.completion_tokens,
-        "prefill_ms": round(res.prefill_seconds * 1000, 3),
-        "decode_tokens_per_second": round(res.decode_tokens_per_second, 2),
-    }
-
-
-def create_app(loaded: LoadedModel) -> Starlette:
-    """The ASGI app serving `loaded`."""
+def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
+               request_log: RequestLog | None = None) -> Starlette:
+    """The ASGI app serving `loaded`, or the result of `loader()` run in a thread at startup (so
+    /health answers 503 "loading" at once and 200 when the model is ready)."""
+    state = {"loaded": loaded, "error": None}
     lock = threading.Lock()
     created = int(time.time())
+    admission = Admission(max_queue)
+    metrics = Metrics(admission)
+    log = request_log or RequestLog(None)
 
-    def run_generation(params: dict, should_stop=None):
-        sampler = Sampler(params["temperature"], params["top_p"], params["top_k"], params["seed"])
-        return generate(loaded.model, loaded.tokenizer, params["prompt_ids"], params["max_tokens"], sampler,
-                        params["stop"], should_stop=should_stop)
+    def model():
+        return state["loaded"]
 
-    def completion_body(cid: str, text: str, finish: str | None, usage: dict | None) -> dict:
-        body = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": loaded.name,
-                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
-        if usage is not None:
-            body["usage"] = usage
-        return body
+    def finish(route: str, status: int, started: float, usage=None, error=None):
+        metrics.observe(route, status, time.time() - started, usage)
+        log.write(log_record(route, status, started, usage, error))
 
-    def generate_locked(params: dict) -> tuple[str, GenerationResult]:
-        with lock:
-            gen = run_generation(params)
-            parts = []
-            while True:
-                try:
-                    parts.append(next(gen))
-                except StopIteration as stop:
-                    return "".join(parts), stop.value
+    def fail(route: str, started: float, message: str, param=None, status=400, headers=None):
+        finish(route, status, started, error=message)
+        resp = error_response(message, param, status)
+        resp.headers.update(headers or {})
+        return resp
 
-    async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": loaded.name})
+    async def gate(request: Request, route: str, started: float):
+        """None when the request may proceed, else the error response."""
+        if not authorized(request.headers.get("authorization"), api_key):
+            return fail(route, started, "missing or wrong API key (Authorization: Bearer ...)", status=401)
+        if model() is None:
+            message = state["error"] or "model is loading"
+            return fail(route, started, message, status=503, headers={"Retry-After": "1"})
+        return None
 
-    async def props(request: Request):
-        return JSONResponse(loaded.props())
-
-    async def models(request: Request):
-        return JSONResponse({"object": "list", "data": [
-            {"id": loaded.name, "object": "model", "created": created, "owned_by": "edgekit"}]})
-
-    async def read_json(request: Request):
-        """(body, None) or (None, error response)."""
+    async def read_json(request: Request, route: str, started: float):
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return None, error_response(f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
+            return None, fail(route, started, f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
         try:
             return json.loads(raw.decode("utf-8")), None
-        except (UnicodeDecodeError, ValueError):
-            return None, error_response("request body is not valid JSON (UTF-8)")
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None, fail(route, started, "request body is not valid JSON (UTF-8)")
 
-    def wrong_task(route: str):
-        other = "/v1/embeddings" if loaded.task == "feature-extraction" else "/v1/completions"
-        return error_response(f"model '{loaded.name}' is a {loaded.task} model: {route} is not available; "
-                              f"use {other}", "model")
+    async def health(request: Request):
+        if model() is None:
+            return JSONResponse({"status": "error" if state["error"] else "loading", "error": state["error"]},
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok", "model": model().name})
+
+    async def props(request: Request):
+        started = time.time()
+        err = await gate(request, "/props", started)
+        return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting))
+
+    async def metrics_route(request: Request):
+        started = time.time()
+        err = await gate(request, "/metrics", started) if api_key else None
+        return err or Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    async def models(request: Request):
+        started = time.time()
+        err = await gate(request, "/v1/models", started)
+        return err or JSONResponse({"object": "list", "data": [
+            {"id": model().name, "object": "model", "created": created, "owned_by": "edgekit"}]})
+
+    def wrong_task(route: str, started: float):
+        m = model()
+        other = "/v1/embeddings" if m.task == "feature-extraction" else "/v1/completions"
+        return fail(route, started, f"model '{m.name}' is a {m.task} model: {route} is not available; use {other}",
+                    "model")
 
     async def embeddings(request: Request):
-        if loaded.task != "feature-extraction":
-            return wrong_task("/v1/embeddings")
-        body, err = await read_json(request)
-        if err is not None:
+        route, started = "/v1/embeddings", time.time()
+        err = await gate(request, route, started)
+        if err:
+            return err
+        if model().task != "feature-extraction":
+            return wrong_task(route, started)
+        body, err = await read_json(request, route, started)
+        if err:
             return err
         try:
-            ids, fmt = parse_embeddings_request(body, loaded)
+            ids, fmt = parse_embeddings_request(body, model())
         except EmbeddingRequestError as exc:
-            return error_response(str(exc), exc.param)
-
-        def run():
-            with lock:
-                return loaded.model.embed(ids)
-
-        vectors = await run_in_threadpool(run)
-        return JSONResponse(embeddings_body(vectors, fmt, loaded.name, sum(map(len, ids))))
-
-    async def completions(request: Request):
-        if loaded.task != "text-generation":
-            return wrong_task("/v1/completions")
-        body, err = await read_json(request)
-        if err is not None:
-            return err
+            return fail(route, started, str(exc), exc.param)
         try:
-            params = parse_completion_request(body, loaded)
-        except RequestError as exc:
-            return error_response(str(exc), exc.param, exc.status)
-        cid = "cmpl-" + uuid.uuid4().hex[:24]
-        if not params["stream"]:
-            text, res = await run_in_threadpool(generate_locked, params)
-            return JSONResponse(completion_body(cid, text, res.finish_reason, _usage(res)))
+            admission.acquire()
+        except QueueFull as exc:
+            return fail(route, started, str(exc), status=503, headers={"Retry-After": "1"})
+        try:
+            def run():
+                with lock:
+                    return model().embed(ids)
 
-        cancelled = threading.Event()
-        loop = asyncio.get_running_loop()
-        items: asyncio.Queue = asyncio.Queue()
+            vectors = await run_in_threadpool(run)
+        finally:
+            admission.release()
+        tokens = sum(map(len, ids))
+        finish(route, 200, started, {"prompt_tokens": tokens, "completion_tokens": 0})
+        return JSONResponse(embeddings_body(vectors, fmt, model().name, tokens))
 
-        def worker():
-            # Runs to completion in its own thread (cancel is cooperative), so the lock is always released.
-            put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
-            with lock:
-                gen = run_generation(params, should_stop=cancelled.is_set)
+    def body_for(chat: bool, cid: str, text: str, finish_reason, usage, delta: bool, first: bool = False) -> dict:
+        now = int(time.time())
+        if chat:
+            key = "delta" if delta else "message"
+            msg = {"content": text} if delta and not first else {"role": "assistant", "content": text}
+            out = {"id": cid, "object": "chat.completion.chunk" if delta else "chat.completion", "created": now,
+                   "model": model().name, "choices": [{"index": 0, key: msg, "finish_reason": finish_reason}]}
+        else:
+            out = {"id": cid, "object": "text_completion", "created": now, "model": model().name,
+                   "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def generation(params: dict, should_stop=None):
+        m = model()
+        sampler = Sampler(params["temperature"], params["top_p"], params["top_k"], params["seed"])
+        return generate(m.model, m.tokenizer, params["prompt_ids"], params["max_tokens"], sampler, params["stop"],
+                        should_stop=should_stop)
+
+    def completion_route(chat: bool):
+        route = "/v1/chat/completions" if chat else "/v1/completions"
+
+        async def handler(request: Request):
+            started = time.time()
+            err = await gate(request, route, started)
+            if err:
+                return err
+            if model().task != "text-generation":
+                return wrong_task(route, started)
+            body, err = await read_json(request, route, started)
+            if err:
+                return err
+            try:
+                params = parse_completion_request(body, model(), chat=chat)
+            except RequestError as exc:
+                return fail(route, started, str(exc), exc.param, exc.status)
+            try:
+                admission.acquire()
+            except QueueFull as exc:
+                return fail(route, started, str(exc), status=503, headers={"Retry-After": "1"})
+            cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+            cancelled = threading.Event()
+            loop = asyncio.get_running_loop()
+            items: asyncio.Queue = asyncio.Queue()
+
+            def worker():
+                # Runs to completion in its own thread (cancel is cooperative), so the lock is always released.
+                put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
+                try:
+                    with lock:
+                        gen = generation(params, should_stop=cancelled.is_set)
+                        try:
+                            while True:
+                                put(("delta", next(gen)))
+                        except StopIteration as stop:
+                            put(("done", stop.value))
+                            if params["stream"]:  # logged here: a disconnected client never reads "done"
+                                res = stop.value
+                                finish(route, 499 if res.finish_reason == "cancelled" else 200, started, _usage(res))
+                except Exception as exc:  # reported to the client; the server keeps running
+                    put(("error", exc))
+                    if params["stream"]:
+                        finish(route, 500, started, error=str(exc))
+                finally:
+                    admission.release()
+
+            threading.Thread(target=worker, name=f"gen-{cid}", daemon=True).start()
+            if not params["stream"]:
+                parts = []
                 try:
                     while True:
-                        put(("delta", next(gen)))
-                except StopIteration as stop:
-                    put(("done", stop.value))
-                except Exception as exc:  # reported to the client as a final error event
-                    put(("error", exc))
+                        kind, value = await items.get()
+                        if kind == "delta":
+                            parts.append(value)
+                        elif kind == "done":
+                            usage = _usage(value)
+                            finish(route, 200, started, usage)
+                            return JSONResponse(body_for(chat, cid, "".join(parts), value.finish_reason, usage, False))
+                        else:
+                            return fail(route, started, f"generation failed: {value}", status=500)
+                finally:
+                    cancelled.set()
 
-        threading.Thread(target=worker, name=f"gen-{cid}", daemon=True).start()
+            async def stream():
+                first = True
+                try:
+                    while True:
+                        kind, value = await items.get()
+                        if kind == "delta":
+                            yield "data: " + json.dumps(body_for(chat, cid, value, None, None, True, first)) + "\n\n"
+                            first = False
+                        elif kind == "done":
+                            yield "data: " + json.dumps(body_for(chat, cid, "", value.finish_reason, _usage(value), True,
+                                                                 first)) + "\n\n"
+                            yield "data: [DONE]\n\n"
+                            return
+                        else:
+                            yield "data: " + json.dumps({"error": {"message": str(value), "type": "server_error"}}) \
+                                + "\n\n"
+                            return
+                finally:
+                    cancelled.set()  # a disconnected client stops generation at the next token
 
-        async def stream():
-            try:
-                while True:
-                    kind, value = await items.get()
-                    if kind == "delta":
-                        yield "data: " + json.dumps(completion_body(cid, value, None, None)) + "\n\n"
-                    elif kind == "done":
-                        yield "data: " + json.dumps(completion_body(cid, "", value.finish_reason, _usage(value))) + "\n\n"
-                        yield "data: [DONE]\n\n"
-                        return
-                    else:
-                        yield "data: " + json.dumps({"error": {"message": str(value), "type": "server_error"}}) + "\n\n"
-                        return
-            finally:
-                cancelled.set()  # a disconnected client stops generation at the next token
+            return StreamingResponse(stream(), media_type="text/event-stream")
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        return handler
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if state["loaded"] is None and loader is not None:
+            def load():
+                try:
+                    state["loaded"] = loader()
+                except Exception as exc:  # reported by /health; the process keeps answering
+                    state["error"] = f"model failed to load: {exc}"
+
+            threading.Thread(target=load, name="edgekit-load", daemon=True).start()
+        yield
+        log.close()
 
     return Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/props", props, methods=["GET"]),
-        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/v1/completions", completion_route(False), methods=["POST"]),
+        Route("/v1/chat/completions", completion_route(True), methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
-    ])
+    ], lifespan=lifespan)

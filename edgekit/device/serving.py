@@ -1,0 +1,127 @@
+"""What keeps `edgekit serve` bounded and accountable: admission (a bounded queue answering 503),
+bearer-token auth, a crash-safe JSONL request log, and Prometheus metrics.
+
+Times in seconds unless a name says otherwise. May import: stdlib, prometheus_client, starlette.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Admission:
+    """At most 1 running + `max_queue` waiting requests; more get QueueFull (the server answers 503
+    with Retry-After instead of piling work up). Slots are released by `release()`."""
+
+    def __init__(self, max_queue: int):
+        self.capacity = 1 + max(0, max_queue)
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self.pending >= self.capacity:
+                raise QueueFull(f"server busy: {self.pending} requests in flight or queued")
+            self.pending += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - 1)
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.pending - 1)
+
+
+def authorized(header: str | None, api_key: str | None) -> bool:
+    """True when no key is configured or the Authorization header carries it (constant-time compare)."""
+    if not api_key:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].strip().encode(), api_key.encode())
+
+
+class RequestLog:
+    """Append-only JSONL: each record is one os.write() of a whole line to a file opened with
+    O_APPEND, so a crash (even kill -9) can lose at most the line being written and never garbles
+    earlier ones; `fsync=True` also survives power loss, at a cost per request."""
+
+    def __init__(self, path: Path | None, fsync: bool = False):
+        self.path = path
+        self.fsync = fsync
+        self._fd = None
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        if self._fd is None:
+            return
+        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, line)
+            if self.fsync:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+
+
+class Metrics:
+    """Prometheus counters/histograms for one app (own registry, so tests can build many apps)."""
+
+    def __init__(self, admission: Admission):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("edgekit_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.tokens = Counter("edgekit_tokens", "Tokens processed", ["kind"], registry=r)
+        self.latency = Histogram("edgekit_request_seconds", "Request latency (seconds)", ["route"], registry=r,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.prefill = Histogram("edgekit_prefill_seconds", "Prompt prefill time (seconds)", registry=r,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.decode_rate = Histogram("edgekit_decode_tokens_per_second", "Decode speed per request", registry=r,
+                                     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000))
+        self.queue = Gauge("edgekit_queue_depth", "Requests waiting for the model", registry=r)
+        self.queue.set_function(lambda: admission.waiting)
+
+    def observe(self, route: str, status: int, seconds: float, usage: dict | None) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if usage:
+            self.tokens.labels("prompt").inc(usage.get("prompt_tokens", 0))
+            self.tokens.labels("completion").inc(usage.get("completion_tokens", 0))
+            if "prefill_ms" in usage:
+                self.prefill.observe(usage["prefill_ms"] / 1000)
+            if usage.get("decode_tokens_per_second"):
+                self.decode_rate.observe(usage["decode_tokens_per_second"])
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def log_record(route: str, status: int, started: float, usage: dict | None, error: str | None = None) -> dict:
+    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + "Z", "route": route, "status": status,
+           "seconds": round(time.time() - started, 4)}
+    if usage:
+        rec.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "prefill_ms",
+                                          "decode_tokens_per_second") if k in usage})
+    if error:
+        rec["error"] = error[:200]
+    return rec
