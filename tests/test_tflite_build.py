@@ -50,7 +50,8 @@ def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant
         assert v["max_logit_diff"] < 0.05 and v["perplexity"]["ratio"] == pytest.approx(1.0, abs=0.002)
     if precision == "int8-dynamic":  # any disagreement is a near-tie in PyTorch itself
         assert v["greedy_agreement"] >= 0.9
-        assert all(margin < v["max_logit_diff"] for margin in v["flip_margins"])
+        # a flip needs |diff(top1)| + |diff(top2)| >= PyTorch's margin, and both are top-10 tokens
+        assert all(margin <= 2 * v["max_logit_diff"] for margin in v["flip_margins"])
 
 
 @pytest.mark.parametrize("variant", ["arm-cpu", "mobile-gpu", "coral", "coral-single"])
