@@ -1,0 +1,125 @@
+"""Server benchmark: HTTP overhead, start-up time and peak memory of `edgekit serve`.
+
+    python bench/serve.py BUNDLE [--rounds 7] [--max-tokens 64] [--threads 2]
+
+- Start-up: seconds from launching `edgekit serve` to the first `/health` 200.
+- Overhead: decode tokens/s seen by an HTTP client streaming a completion (tokens after the first
+  chunk / time from first to last chunk) vs the same bundle driven directly through edgekit's
+  device runtime in this process; rounds alternate HTTP and direct, medians and their ratio.
+- Peak RSS of the server process (VmHWM) vs the bundle's model bytes.
+Prints the numbers and writes bench/results/serve.json. Uses the stdlib HTTP client only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PROMPT = "Once upon a time, there was a little robot who"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stream_rate(base: str, max_tokens: int) -> tuple[float, int]:
+    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+    stamps, tokens = [], 0
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if chunk["choices"][0]["text"]:
+                    stamps.append(time.perf_counter())
+                if "usage" in chunk:
+                    tokens = chunk["usage"]["completion_tokens"]
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return -1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve.json")
+    args = ap.parse_args()
+
+    from edgekit.device.generate import drain, generate
+    from edgekit.device.runtime import load
+    from edgekit.device.sampling import Sampler
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(args.bundle), "--port", str(port),
+                             "--threads", str(args.threads), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"server exited: {proc.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        startup = time.perf_counter() - t0
+        direct_model = load(args.bundle, threads=args.threads)
+        ids = direct_model.tokenizer.encode(PROMPT)
+        http_rates, direct_rates = [], []
+        _stream_rate(base, 8)  # warm-up both paths once
+        drain(generate(direct_model.model, direct_model.tokenizer, ids, 8, Sampler(0.0)))
+        for _ in range(args.rounds):
+            rate, n = _stream_rate(base, args.max_tokens)
+            http_rates.append(rate)
+            res = drain(generate(direct_model.model, direct_model.tokenizer, ids, args.max_tokens, Sampler(0.0)))
+            direct_rates.append(res.decode_tokens_per_second)
+        peak = _peak_rss(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    model_bytes = sum(f["bytes"] for f in manifest["files"] if f["path"] not in ("tokenizer.json", "generation.json"))
+    result = {
+        "bundle": str(args.bundle), "target": manifest["target"]["name"], "precision": manifest["model"]["precision"],
+        "threads": args.threads, "rounds": args.rounds, "max_tokens": args.max_tokens, "completion_tokens": n,
+        "startup_seconds_to_health_200": round(startup, 3),
+        "http_decode_tokens_per_second": round(statistics.median(http_rates), 1),
+        "direct_decode_tokens_per_second": round(statistics.median(direct_rates), 1),
+        "http_vs_direct": round(statistics.median(http_rates) / statistics.median(direct_rates), 3),
+        "http_runs": [round(x, 1) for x in http_rates], "direct_runs": [round(x, 1) for x in direct_rates],
+        "server_peak_rss_bytes": peak, "model_bytes": model_bytes,
+        "peak_rss_minus_model_mb": round((peak - model_bytes) / 1e6, 1),
+    }
+    for k, v in result.items():
+        print(f"{k:34} {v}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
