@@ -78,3 +78,17 @@ def test_bad_input_over_http_gets_4xx_json_and_the_server_survives(stories_bundl
                 assert 400 <= r.status_code < 500, (route, body[:40], r.status_code, r.text[:200])
                 assert "error" in r.json()
         assert httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=30).status_code == 200
+
+
+def test_api_key_over_http_with_the_openai_client(stories_bundle):
+    openai = pytest.importorskip("openai")
+    with serving(stories_bundle, "--api-key", "k-123") as base:
+        assert httpx.get(base + "/health", timeout=10).status_code == 200  # probes need no key
+        r = httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base + "/v1", api_key="wrong").completions.create(
+                model="stories260k", prompt=PROMPT, max_tokens=2)
+        ok = openai.OpenAI(base_url=base + "/v1", api_key="k-123").completions.create(
+            model="stories260k", prompt=PROMPT, max_tokens=2)
+        assert ok.usage.completion_tokens == 2
