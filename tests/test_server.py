@@ -200,7 +200,11 @@ def test_metrics_and_request_log(tmp_path):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=20))
+
+
+@given(body=st.recursive(_SCALARS,
                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
                              st.sampled_from(["prompt", "messages", "max_tokens", "temperature", "top_p", "stop",
                                               "seed", "stream", "role", "content", "input", "x"]), inner, max_size=5),
