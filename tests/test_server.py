@@ -199,11 +199,11 @@ def test_metrics_and_request_log(tmp_path):
     assert [json.loads(x)["status"] for x in good] == [200, 400]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
             | st.text(max_size=20))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.recursive(_SCALARS,
                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
                              st.sampled_from(["prompt", "messages", "max_tokens", "temperature", "top_p", "stop",
