@@ -215,3 +215,33 @@ def test_random_json_bodies_never_break_the_server(client, body, route):
     assert 200 <= r.status_code < 500, (body, r.status_code, r.text)
     assert isinstance(r.json(), dict)
     assert client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1}).status_code == 200
+
+
+class _FakeEncoder:
+    def embed(self, batch_ids):
+        import numpy as np
+
+        out = np.array([[len(ids), 1.0, 0.0] for ids in batch_ids], np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_embeddings_route_on_a_feature_extraction_model():
+    import base64
+
+    import numpy as np
+
+    manifest = {"name": "enc", "task": "feature-extraction", "target": {"name": "fake"},
+                "model": {"max_sequence_length": 16, "format": "onnx", "precision": "fp32", "runtime": "fake",
+                          "architecture": {"hidden_size": 3, "vocab_size": 12}}}
+    loaded = LoadedModel(bundle=Bundle(Path("."), manifest), model=_FakeEncoder(), tokenizer=FakeTokenizer(),
+                         generation={})
+    c = TestClient(create_app(loaded))
+    r = c.post("/v1/embeddings", json={"input": ["ab", "abc"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == [0, 1] and body["usage"]["prompt_tokens"] == 3 + 4
+    assert abs(np.linalg.norm(body["data"][0]["embedding"]) - 1) < 1e-6
+    b64 = c.post("/v1/embeddings", json={"input": "ab", "encoding_format": "base64"}).json()["data"][0]["embedding"]
+    assert np.allclose(np.frombuffer(base64.b64decode(b64), "<f4"), body["data"][0]["embedding"])
+    assert c.post("/v1/completions", json={"prompt": "a"}).status_code == 400
+    assert 'route="/v1/embeddings",status="200"' in c.get("/metrics").text

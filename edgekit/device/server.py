@@ -125,7 +125,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         try:
             def run():
                 with lock:
-                    return model().embed(ids)
+                    return model().model.embed(ids)
 
             vectors = await run_in_threadpool(run)
         finally:
