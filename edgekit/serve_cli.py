@@ -28,10 +28,12 @@ import click
               help="Require 'Authorization: Bearer KEY' on every route but /health [env EDGEKIT_API_KEY].")
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 10_000),
               help="Requests allowed to wait for the model; more get 503 with Retry-After.")
+@click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(0.1, None),
+              help="Seconds a request may take (queue wait included); longer generations stop: 504.")
 @click.option("--request-log", type=click.Path(path_type=Path), default=None,
               help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<bundle>-requests.jsonl].")
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, api_key, max_queue,
-          request_log):
+          request_timeout, request_log):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -71,7 +73,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
         return loaded
 
     click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
-    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=RequestLog(log_path))
+    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=RequestLog(log_path),
+                     request_timeout=request_timeout)
     import signal
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handlers it

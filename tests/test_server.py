@@ -245,3 +245,15 @@ def test_embeddings_route_on_a_feature_extraction_model():
     assert np.allclose(np.frombuffer(base64.b64decode(b64), "<f4"), body["data"][0]["embedding"])
     assert c.post("/v1/completions", json={"prompt": "a"}).status_code == 400
     assert 'route="/v1/embeddings",status="200"' in c.get("/metrics").text
+
+
+def test_request_timeout_stops_generation_with_504():
+    c = TestClient(create_app(_toy(), request_timeout=0.0))  # every deadline has passed at the first check
+    r = c.post("/v1/completions", json={"prompt": "a", "max_tokens": 5})
+    assert r.status_code == 504 and "timeout" in r.json()["error"]["message"]
+    with c.stream("POST", "/v1/completions", json={"prompt": "a", "max_tokens": 5, "stream": True}) as s:
+        events = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
+    assert events[-1]["error"]["type"] == "timeout"
+    assert 'route="/v1/completions",status="504"' in c.get("/metrics").text
+    ok = TestClient(create_app(_toy(), request_timeout=60)).post("/v1/completions", json={"prompt": "a"})
+    assert ok.status_code == 200

@@ -35,9 +35,10 @@ from edgekit.device.serving import Admission, Metrics, QueueFull, RequestLog, au
 
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
-               request_log: RequestLog | None = None) -> Starlette:
+               request_log: RequestLog | None = None, request_timeout: float = 300.0) -> Starlette:
     """The ASGI app serving `loaded`, or the result of `loader()` run in a thread at startup (so
-    /health answers 503 "loading" at once and 200 when the model is ready)."""
+    /health answers 503 "loading" at once and 200 when the model is ready). A generation still
+    running `request_timeout` seconds after its request arrived stops at the next token: 504."""
     state = {"loaded": loaded, "error": None}
     lock = threading.Lock()
     created = int(time.time())
@@ -179,13 +180,22 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
             cancelled = threading.Event()
             loop = asyncio.get_running_loop()
             items: asyncio.Queue = asyncio.Queue()
+            deadline = time.monotonic() + request_timeout
+
+            def should_stop() -> bool:
+                return cancelled.is_set() or time.monotonic() > deadline
+
+            def timed_out(res) -> bool:
+                return res.finish_reason == "cancelled" and not cancelled.is_set()
+
+            timeout_message = f"request exceeded the server's {request_timeout:g} s timeout"
 
             def worker():
                 # Runs to completion in its own thread (cancel is cooperative), so the lock is always released.
                 put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
                 try:
                     with lock:
-                        gen = generation(params, should_stop=cancelled.is_set)
+                        gen = generation(params, should_stop=should_stop)
                         try:
                             while True:
                                 put(("delta", next(gen)))
@@ -193,7 +203,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                             put(("done", stop.value))
                             if params["stream"]:  # logged here: a disconnected client never reads "done"
                                 res = stop.value
-                                finish(route, 499 if res.finish_reason == "cancelled" else 200, started, _usage(res))
+                                status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200
+                                finish(route, status, started, _usage(res))
                 except Exception as exc:  # reported to the client; the server keeps running
                     put(("error", exc))
                     if params["stream"]:
@@ -209,6 +220,9 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                         kind, value = await items.get()
                         if kind == "delta":
                             parts.append(value)
+                        elif kind == "done" and timed_out(value):
+                            return fail(route, started, f"{timeout_message} ({value.completion_tokens} tokens "
+                                        "generated)", status=504)
                         elif kind == "done":
                             usage = _usage(value)
                             finish(route, 200, started, usage)
@@ -226,6 +240,10 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                         if kind == "delta":
                             yield "data: " + json.dumps(body_for(chat, cid, value, None, None, True, first)) + "\n\n"
                             first = False
+                        elif kind == "done" and timed_out(value):
+                            yield "data: " + json.dumps({"error": {"message": timeout_message, "type": "timeout"}}) \
+                                + "\n\n"
+                            return
                         elif kind == "done":
                             yield "data: " + json.dumps(body_for(chat, cid, "", value.finish_reason, _usage(value), True,
                                                                  first)) + "\n\n"
