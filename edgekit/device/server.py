@@ -105,24 +105,35 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         return fail(route, started, f"model '{m.name}' is a {m.task} model: {route} is not available; use {other}",
                     "model")
 
+    async def prologue(request: Request, route: str, started: float, task: str):
+        """Auth, readiness, task and JSON body checks shared by the POST routes: (body, None) or (None, error)."""
+        err = await gate(request, route, started)
+        if err is None and model().task != task:
+            err = wrong_task(route, started)
+        if err is not None:
+            return None, err
+        return await read_json(request, route, started)
+
+    def admit(route: str, started: float):
+        """None when a queue slot was taken (release it when done), else the 503 response."""
+        try:
+            admission.acquire()
+        except QueueFull as exc:
+            return fail(route, started, str(exc), status=503, headers={"Retry-After": "1"})
+        return None
+
     async def embeddings(request: Request):
         route, started = "/v1/embeddings", time.time()
-        err = await gate(request, route, started)
-        if err:
-            return err
-        if model().task != "feature-extraction":
-            return wrong_task(route, started)
-        body, err = await read_json(request, route, started)
+        body, err = await prologue(request, route, started, "feature-extraction")
         if err:
             return err
         try:
             ids, fmt = parse_embeddings_request(body, model())
         except EmbeddingRequestError as exc:
             return fail(route, started, str(exc), exc.param)
-        try:
-            admission.acquire()
-        except QueueFull as exc:
-            return fail(route, started, str(exc), status=503, headers={"Retry-After": "1"})
+        err = admit(route, started)
+        if err:
+            return err
         try:
             def run():
                 with lock:
@@ -160,22 +171,16 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
         async def handler(request: Request):
             started = time.time()
-            err = await gate(request, route, started)
-            if err:
-                return err
-            if model().task != "text-generation":
-                return wrong_task(route, started)
-            body, err = await read_json(request, route, started)
+            body, err = await prologue(request, route, started, "text-generation")
             if err:
                 return err
             try:
                 params = parse_completion_request(body, model(), chat=chat)
             except RequestError as exc:
                 return fail(route, started, str(exc), exc.param, exc.status)
-            try:
-                admission.acquire()
-            except QueueFull as exc:
-                return fail(route, started, str(exc), status=503, headers={"Retry-After": "1"})
+            err = admit(route, started)
+            if err:
+                return err
             cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
             cancelled = threading.Event()
             loop = asyncio.get_running_loop()
