@@ -3,9 +3,13 @@
     python bench/serve.py BUNDLE [--rounds 7] [--max-tokens 64] [--threads 2]
 
 - Start-up: seconds from launching `edgekit serve` to the first `/health` 200.
-- Overhead: decode tokens/s seen by an HTTP client streaming a completion (tokens after the first
-  chunk / time from first to last chunk) vs the same bundle driven directly through edgekit's
-  device runtime in this process; rounds alternate HTTP and direct, medians and their ratio.
+- Overhead, three ways, each vs the same bundle driven directly through edgekit's device runtime
+  in this process (rounds rotate the order of the four runs; medians and ratios):
+  streamed: decode tokens/s an HTTP client sees (tokens after the first chunk / time from first
+  to last chunk; the client parses every chunk on the same cores);
+  plain: a non-streamed request, decode tokens/s the server measured while serving it (`usage`);
+  end-to-end: completion tokens / wall seconds of the whole HTTP request vs tokens / (prefill +
+  decode) seconds direct, so request parsing, tokenization and the response are all charged.
 - Peak RSS of the server process (VmHWM) vs the bundle's model bytes.
 Prints the numbers and writes bench/results/serve.json. Uses the stdlib HTTP client only.
 """
@@ -49,6 +53,17 @@ def _stream_rate(base: str, max_tokens: int) -> tuple[float, int]:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
 
 
+def _plain_rate(base: str, max_tokens: int) -> tuple[float, float]:
+    """(server-measured decode tokens/s, completion tokens per wall second of the request)."""
+    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        usage = json.loads(resp.read())["usage"]
+    wall = time.perf_counter() - t0
+    return usage["decode_tokens_per_second"], usage["completion_tokens"] / wall
+
+
 def _peak_rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -56,10 +71,14 @@ def _peak_rss(pid: int) -> int:
     return -1
 
 
+def ratio(a: list[float], b: list[float]) -> float:
+    return round(statistics.median(a) / statistics.median(b), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/serve.json")
@@ -89,14 +108,27 @@ def main() -> None:
         startup = time.perf_counter() - t0
         direct_model = load(args.bundle, threads=args.threads)
         ids = direct_model.tokenizer.encode(PROMPT)
-        http_rates, direct_rates = [], []
+        runs = {k: [] for k in ("streamed", "plain", "end_to_end", "direct", "direct_end_to_end")}
+
+        def direct():
+            res = drain(generate(direct_model.model, direct_model.tokenizer, ids, args.max_tokens, Sampler(0.0)))
+            runs["direct"].append(res.decode_tokens_per_second)
+            runs["direct_end_to_end"].append(res.completion_tokens / (res.prefill_seconds + res.decode_seconds))
+
+        def streamed():
+            runs["streamed"].append(_stream_rate(base, args.max_tokens)[0])
+
+        def plain():
+            decode, e2e = _plain_rate(base, args.max_tokens)
+            runs["plain"].append(decode)
+            runs["end_to_end"].append(e2e)
+
         _stream_rate(base, 8)  # warm-up both paths once
         drain(generate(direct_model.model, direct_model.tokenizer, ids, 8, Sampler(0.0)))
-        for _ in range(args.rounds):
-            rate, n = _stream_rate(base, args.max_tokens)
-            http_rates.append(rate)
-            res = drain(generate(direct_model.model, direct_model.tokenizer, ids, args.max_tokens, Sampler(0.0)))
-            direct_rates.append(res.decode_tokens_per_second)
+        order = [streamed, direct, plain, direct]
+        for r in range(args.rounds):
+            for step in order[r % 4:] + order[:r % 4]:
+                step()
         peak = _peak_rss(proc.pid)
     finally:
         proc.terminate()
@@ -105,12 +137,13 @@ def main() -> None:
     model_bytes = sum(f["bytes"] for f in manifest["files"] if f["path"] not in ("tokenizer.json", "generation.json"))
     result = {
         "bundle": str(args.bundle), "target": manifest["target"]["name"], "precision": manifest["model"]["precision"],
-        "threads": args.threads, "rounds": args.rounds, "max_tokens": args.max_tokens, "completion_tokens": n,
+        "threads": args.threads, "rounds": args.rounds, "max_tokens": args.max_tokens,
         "startup_seconds_to_health_200": round(startup, 3),
-        "http_decode_tokens_per_second": round(statistics.median(http_rates), 1),
-        "direct_decode_tokens_per_second": round(statistics.median(direct_rates), 1),
-        "http_vs_direct": round(statistics.median(http_rates) / statistics.median(direct_rates), 3),
-        "http_runs": [round(x, 1) for x in http_rates], "direct_runs": [round(x, 1) for x in direct_rates],
+        **{f"{k}_tokens_per_second": round(statistics.median(v), 1) for k, v in runs.items()},
+        "streamed_vs_direct": ratio(runs["streamed"], runs["direct"]),
+        "plain_vs_direct": ratio(runs["plain"], runs["direct"]),
+        "end_to_end_vs_direct": ratio(runs["end_to_end"], runs["direct_end_to_end"]),
+        "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
         "server_peak_rss_bytes": peak, "model_bytes": model_bytes,
         "peak_rss_minus_model_mb": round((peak - model_bytes) / 1e6, 1),
     }

@@ -257,3 +257,32 @@ def test_request_timeout_stops_generation_with_504():
     assert 'route="/v1/completions",status="504"' in c.get("/metrics").text
     ok = TestClient(create_app(_toy(), request_timeout=60)).post("/v1/completions", json={"prompt": "a"})
     assert ok.status_code == 200
+
+
+def test_channel_delivers_in_order_with_one_wakeup_per_undrained_batch():
+    import asyncio
+    import threading
+
+    from edgekit.device.serving import Channel
+
+    async def run():
+        wakeups = []
+        real = asyncio.get_running_loop().call_soon_threadsafe
+        class CountingLoop:  # counts the wake-ups the channel schedules, delegates the rest
+            def call_soon_threadsafe(self, *args):
+                wakeups.append(args)
+                return real(*args)
+
+        channel = Channel(CountingLoop())
+        t = threading.Thread(target=lambda: [channel.put(i) for i in range(50)])
+        t.start()
+        t.join()  # all 50 put before the loop could drain: one wake-up
+        first = await channel.drain()
+        channel.put("late")
+        second = await channel.drain()
+        return first, second, len(wakeups)
+
+    first, second, wakeups = asyncio.run(run())
+    assert first == list(range(50))
+    assert second == ["late"]
+    assert wakeups == 2

@@ -31,7 +31,7 @@ from edgekit.device.api import MAX_BODY_BYTES, RequestError, _usage, error_respo
 from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
 from edgekit.device.generate import generate
 from edgekit.device.sampling import Sampler
-from edgekit.device.serving import Admission, Metrics, QueueFull, RequestLog, authorized, log_record
+from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, RequestLog, authorized, log_record
 
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
@@ -183,8 +183,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                 return err
             cid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
             cancelled = threading.Event()
-            loop = asyncio.get_running_loop()
-            items: asyncio.Queue = asyncio.Queue()
+            channel = Channel(asyncio.get_running_loop())
             deadline = time.monotonic() + request_timeout
 
             def should_stop() -> bool:
@@ -197,67 +196,79 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
             def worker():
                 # Runs to completion in its own thread (cancel is cooperative), so the lock is always released.
-                put = lambda item: loop.call_soon_threadsafe(items.put_nowait, item)  # noqa: E731
                 try:
                     with lock:
                         gen = generation(params, should_stop=should_stop)
+                        parts = []
                         try:
                             while True:
-                                put(("delta", next(gen)))
+                                piece = next(gen)
+                                if params["stream"]:
+                                    channel.put(("delta", piece))
+                                else:  # nothing to send before the end: no per-token wake-ups
+                                    parts.append(piece)
                         except StopIteration as stop:
-                            put(("done", stop.value))
+                            channel.put(("done", (stop.value, "".join(parts))))
                             if params["stream"]:  # logged here: a disconnected client never reads "done"
                                 res = stop.value
                                 status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200
                                 finish(route, status, started, _usage(res))
                 except Exception as exc:  # reported to the client; the server keeps running
-                    put(("error", exc))
+                    channel.put(("error", exc))
                     if params["stream"]:
                         finish(route, 500, started, error=str(exc))
                 finally:
                     admission.release()
 
             threading.Thread(target=worker, name=f"gen-{cid}", daemon=True).start()
+
+            async def items():
+                while True:
+                    for item in await channel.drain():
+                        yield item
+
             if not params["stream"]:
-                parts = []
                 try:
-                    while True:
-                        kind, value = await items.get()
-                        if kind == "delta":
-                            parts.append(value)
-                        elif kind == "done" and timed_out(value):
-                            return fail(route, started, f"{timeout_message} ({value.completion_tokens} tokens "
-                                        "generated)", status=504)
-                        elif kind == "done":
-                            usage = _usage(value)
+                    async for kind, value in items():
+                        if kind == "done":
+                            res, text = value
+                            if timed_out(res):
+                                return fail(route, started, f"{timeout_message} ({res.completion_tokens} tokens "
+                                            "generated)", status=504)
+                            usage = _usage(res)
                             finish(route, 200, started, usage)
-                            return JSONResponse(body_for(chat, cid, "".join(parts), value.finish_reason, usage, False))
-                        else:
+                            return JSONResponse(body_for(chat, cid, text, res.finish_reason, usage, False))
+                        if kind == "error":
                             return fail(route, started, f"generation failed: {value}", status=500)
                 finally:
                     cancelled.set()
 
+            def sse(kind: str, value, first: bool) -> str:
+                if kind == "delta":
+                    body = body_for(chat, cid, value, None, None, True, first)
+                elif kind == "done" and timed_out(value[0]):
+                    body = {"error": {"message": timeout_message, "type": "timeout"}}
+                elif kind == "done":
+                    body = body_for(chat, cid, "", value[0].finish_reason, _usage(value[0]), True, first)
+                    return "data: " + json.dumps(body) + "\n\ndata: [DONE]\n\n"
+                else:
+                    body = {"error": {"message": str(value), "type": "server_error"}}
+                return "data: " + json.dumps(body) + "\n\n"
+
             async def stream():
+                # One SSE event per token; the events that arrived together go out in one write.
                 first = True
                 try:
                     while True:
-                        kind, value = await items.get()
-                        if kind == "delta":
-                            yield "data: " + json.dumps(body_for(chat, cid, value, None, None, True, first)) + "\n\n"
+                        out = []
+                        for kind, value in await channel.drain():
+                            out.append(sse(kind, value, first))
                             first = False
-                        elif kind == "done" and timed_out(value):
-                            yield "data: " + json.dumps({"error": {"message": timeout_message, "type": "timeout"}}) \
-                                + "\n\n"
-                            return
-                        elif kind == "done":
-                            yield "data: " + json.dumps(body_for(chat, cid, "", value.finish_reason, _usage(value), True,
-                                                                 first)) + "\n\n"
-                            yield "data: [DONE]\n\n"
-                            return
-                        else:
-                            yield "data: " + json.dumps({"error": {"message": str(value), "type": "server_error"}}) \
-                                + "\n\n"
-                            return
+                            if kind != "delta":
+                                yield "".join(out)
+                                return
+                        if out:
+                            yield "".join(out)
                 finally:
                     cancelled.set()  # a disconnected client stops generation at the next token
 
