@@ -54,10 +54,11 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["edgekit", "edgekit.core", "edgekit.device", "edgekit.build", "edgekit._targets", "edgekit._models"],
-    # The top-level targets/ and models/ folders ship inside the package as data-only packages.
-    package_dir={"edgekit._targets": "targets", "edgekit._models": "models"},
-    package_data={"edgekit._targets": ["*.toml"], "edgekit._models": ["*.toml"]},
+    packages=["edgekit", "edgekit.core", "edgekit.device", "edgekit.device.power", "edgekit.build", "edgekit._targets", "edgekit._models",
+              "edgekit._boards"],
+    # The top-level targets/, models/ and boards/ folders ship inside the package as data-only packages.
+    package_dir={"edgekit._targets": "targets", "edgekit._models": "models", "edgekit._boards": "boards"},
+    package_data={"edgekit._targets": ["*.toml"], "edgekit._models": ["*.toml"], "edgekit._boards": ["*.toml"]},
     install_requires=DEVICE,
     extras_require={"build": BUILD, "tf": TF, "test": TEST, "bench": BENCH, "all": BUILD + TEST + BENCH},
     entry_points={"console_scripts": ["edgekit = edgekit.cli:main"]},

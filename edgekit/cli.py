@@ -317,9 +317,13 @@ def inspect(bundle, as_json):
 
 from edgekit.coral_cli import coral as _coral  # noqa: E402  (command groups in their own modules)
 from edgekit.serve_cli import serve as _serve  # noqa: E402
+from edgekit.power_cli import power as _power  # noqa: E402
+from edgekit.report_cli import report as _report  # noqa: E402
 
 cli.add_command(_coral)
 cli.add_command(_serve)
+cli.add_command(_power)
+cli.add_command(_report)
 
 
 def main(argv: list[str] | None = None) -> None:

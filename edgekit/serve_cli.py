@@ -32,20 +32,43 @@ import click
               help="Seconds a request may take (queue wait included); longer generations stop: 504.")
 @click.option("--request-log", type=click.Path(path_type=Path), default=None,
               help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<bundle>-requests.jsonl].")
+@click.option("--power", "power", default="auto", show_default=True,
+              type=click.Choice(["auto", "none", "rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]),
+              help="Power source for per-request energy. auto probes the target's preferred sources, then the "
+                   "rest, and falls back to an estimate (measured: false); it logs why each source was skipped.")
+@click.option("--power-channel", "power_channels", multiple=True, metavar="LABEL",
+              help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail).")
+@click.option("--board", default=None, metavar="NAME",
+              help="Board profile for --power estimate (see boards/); default: detected from the device tree.")
+@click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
+              help="Power sampling rate.")
+@click.option("--power-log", type=click.Path(path_type=Path), default=None,
+              help="JSONL power log (one line per reading) [default: $EDGEKIT_HOME/logs/<bundle>-power.jsonl].")
+@click.option("--power-log-max-mb", default=50.0, show_default=True, type=click.FloatRange(0.01, None),
+              help="Rotate the power log past this size (keeps 3 old files).")
+@click.option("--subtract-idle", is_flag=True,
+              help="Measure idle power for 3 s after loading and subtract it from every request (stated in usage).")
+@click.option("--grid-intensity", type=click.FloatRange(0, None), default=None, metavar="G_PER_KWH",
+              help="Grid carbon intensity for CO2 figures [default: 475, world average].")
+@click.option("--country", default=None, metavar="ISO3", help="Use this country's approximate grid intensity.")
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, api_key, max_queue,
-          request_timeout, request_log):
+          request_timeout, request_log, power, power_channels, board, power_hz, power_log, power_log_max_mb,
+          subtract_idle, grid_intensity, country):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
     GET  /health               503 while the model loads, 200 when ready (no auth)
     GET  /v1/models            the served model
     GET  /props                bundle, target, runtime, accelerator actually in use, threads, queue
-    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth
+    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
     POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream
     POST /v1/chat/completions  messages (chat template from the bundle), same sampling fields
     POST /v1/embeddings        input (feature-extraction bundles), encoding_format
     The bundle is verified (sha256 of every file) before it is loaded. SIGTERM / Ctrl-C finish the
     requests in flight (up to 10 s), flush the request log and exit 0.
+
+    Every response's usage carries energy: joules, watts, joules per token, the power source and
+    whether it was measured (false for an estimate), and CO2 at the stated grid intensity.
     """
     import uvicorn
 
@@ -53,7 +76,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     from edgekit.core.paths import edgekit_home
     from edgekit.device.runtime import open_model, runner_for
     from edgekit.device.server import create_app
-    from edgekit.device.serving import RequestLog
+    from edgekit.device.serving import JsonlLog
 
     options = {}
     for item in delegate_options:
@@ -72,14 +95,61 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
                    f"{b.manifest['model']['runtime']} on {loaded.accelerator})", err=True)
         return loaded
 
+    session = _power_session(b, name, power, list(power_channels), board, power_hz, power_log, power_log_max_mb,
+                             grid_intensity, country)
+    if session is not None and subtract_idle:
+        plain_loader = loader
+
+        def loader():
+            loaded = plain_loader()
+            watts = session.measure_idle(3.0)
+            click.echo(f"edgekit serve: idle baseline {watts:.3f} W ({session.source.name}) is subtracted from "
+                       "every request", err=True)
+            return loaded
+
     click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
-    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=RequestLog(log_path),
-                     request_timeout=request_timeout)
+    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=JsonlLog(log_path),
+                     request_timeout=request_timeout, meter=session and session.meter,
+                     intensity=session and session.intensity)
     import signal
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handlers it
     # found; these no-op handlers make that a normal exit (status 0) after the log is flushed.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: None)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    finally:
+        if session is not None:
+            session.stop()
     click.echo("edgekit serve: stopped", err=True)
+
+
+def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country):
+    """The started PowerSession for `--power`, or None for `--power none`."""
+    from edgekit.core.errors import ConfigError
+    from edgekit.core.paths import edgekit_home
+    from edgekit.device.power.base import SourceUnavailable
+    from edgekit.device.power.co2 import grid_intensity
+    from edgekit.device.power.probe import Machine, choose
+    from edgekit.device.power.session import PowerSession
+    from edgekit.device.power.supply import battery_percent
+
+    try:
+        intensity = grid_intensity(grams_per_kwh, country)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--country") from None
+    prefer = b.manifest.get("target", {}).get("power", {}).get("prefer", [])
+    machine = Machine()
+    try:
+        source = choose(power, machine, prefer=prefer, channels=channels or None, board=board,
+                        log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
+    except (SourceUnavailable, ConfigError) as exc:
+        raise click.ClickException(f"--power {power}: {exc}") from None
+    if source is None:
+        return None
+    path = log_path or edgekit_home() / "logs" / f"{name}-power.jsonl"
+    session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
+                           battery=lambda: battery_percent(machine.power_supply, machine.battery_info)).start()
+    click.echo(f"edgekit serve: power log {path} ({hz:g} Hz); CO2 at {intensity.label()}", err=True)
+    return session

@@ -135,3 +135,37 @@ class FakeInterpreter:
 def fake_host_tables(vocab: int = VOCAB, hidden: int = 4, cache_length: int = 16) -> dict:
     return {"embed": np.arange(vocab * hidden, dtype=np.float32).reshape(vocab, hidden),
             "cos": np.ones((cache_length, 2), np.float32), "sin": np.zeros((cache_length, 2), np.float32)}
+
+
+class FakeClock:
+    """A monotonic clock tests advance by hand (seconds)."""
+
+    def __init__(self, start: float = 0.0):
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class TraceSource:
+    """A power source following `watts_at(t)` on `clock`; with `energy_at(t)` it is a counter
+    source (cumulative joules), like RAPL."""
+
+    def __init__(self, clock, watts_at=None, energy_at=None, name="fake", measured=True):
+        from edgekit.device.power.base import PowerSource
+
+        self.clock, self.watts_at, self.energy_at = clock, watts_at, energy_at
+        self.name, self.measured, self.scope, self.detail = name, measured, "a test trace", ""
+        self.describe = lambda: PowerSource.describe(self)
+        self.reads = 0
+
+    def read(self):
+        from edgekit.device.power.base import Sample
+
+        self.reads += 1
+        t = self.clock()
+        return Sample(watts=None if self.watts_at is None else self.watts_at(t),
+                      joules=None if self.energy_at is None else self.energy_at(t))

@@ -176,9 +176,9 @@ def test_admission_bounds_the_queue():
 
 
 def test_metrics_and_request_log(tmp_path):
-    from edgekit.device.serving import RequestLog
+    from edgekit.device.serving import JsonlLog
 
-    log = RequestLog(tmp_path / "log" / "requests.jsonl")
+    log = JsonlLog(tmp_path / "log" / "requests.jsonl")
     c = TestClient(create_app(_toy(), request_log=log))
     c.post("/v1/completions", json={"prompt": "a", "max_tokens": 2})
     c.post("/v1/completions", json={"prompt": 5})
@@ -193,7 +193,7 @@ def test_metrics_and_request_log(tmp_path):
     # a torn last line (kill -9 mid-write) leaves every earlier line intact
     with open(tmp_path / "log" / "requests.jsonl", "ab") as fh:
         fh.write(b'{"time": "2026')
-    log2 = RequestLog(tmp_path / "log" / "requests.jsonl")
+    log2 = JsonlLog(tmp_path / "log" / "requests.jsonl")
     log2.write({"route": "/x", "status": 200})
     good = [ln for ln in (tmp_path / "log" / "requests.jsonl").read_text().splitlines()[:2]]
     assert [json.loads(x)["status"] for x in good] == [200, 400]

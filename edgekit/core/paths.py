@@ -1,9 +1,10 @@
 """Where edgekit finds its data files and caches. Stdlib only.
 
-- Target and recipe TOML files: directories named in EDGEKIT_TARGETS_PATH / EDGEKIT_MODELS_PATH
-  (os.pathsep-separated, searched first, so a user adds a board by adding a file), then the
-  source checkout's top-level `targets/` and `models/`, then the copies installed inside the
-  package (`edgekit/_targets/`, `edgekit/_models/`).
+- Target, recipe and board-power-profile TOML files: directories named in EDGEKIT_TARGETS_PATH /
+  EDGEKIT_MODELS_PATH / EDGEKIT_BOARDS_PATH (os.pathsep-separated, searched first, so a user adds a
+  board by adding a file), then the source checkout's top-level `targets/`, `models/` and
+  `boards/`, then the copies installed inside the package (`edgekit/_targets/`, `edgekit/_models/`,
+  `edgekit/_boards/`).
 - EDGEKIT_HOME (default ~/.cache/edgekit): downloaded teachers and other caches.
 - The shared reference folder (`../shared` beside a checkout, or EDGEKIT_SHARED): real models and
   text used by default recipes, tests and benchmarks. Never required by a device at run time.
@@ -19,11 +20,15 @@ from edgekit.core.errors import ConfigError
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SOURCE_ROOT = PACKAGE_DIR.parent
 
-_ENV_FOR_KIND = {"targets": "EDGEKIT_TARGETS_PATH", "models": "EDGEKIT_MODELS_PATH"}
+_ENV_FOR_KIND = {
+    "targets": "EDGEKIT_TARGETS_PATH",
+    "models": "EDGEKIT_MODELS_PATH",
+    "boards": "EDGEKIT_BOARDS_PATH",
+}
 
 
 def data_dirs(kind: str) -> list[Path]:
-    """Directories holding `kind` ("targets" or "models") TOML files, highest priority first."""
+    """Directories holding `kind` ("targets", "models" or "boards") TOML files, highest priority first."""
     dirs = [Path(p) for p in os.environ.get(_ENV_FOR_KIND[kind], "").split(os.pathsep) if p]
     for candidate in (SOURCE_ROOT / kind, PACKAGE_DIR / f"_{kind}"):
         if candidate.is_dir() and candidate not in dirs:

@@ -31,20 +31,53 @@ from edgekit.device.api import MAX_BODY_BYTES, RequestError, _usage, error_respo
 from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
 from edgekit.device.generate import generate
 from edgekit.device.sampling import Sampler
-from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, RequestLog, authorized, log_record
+from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, JsonlLog, authorized, log_record
 
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
-               request_log: RequestLog | None = None, request_timeout: float = 300.0) -> Starlette:
+               request_log: JsonlLog | None = None, request_timeout: float = 300.0, meter=None,
+               intensity=None) -> Starlette:
     """The ASGI app serving `loaded`, or the result of `loader()` run in a thread at startup (so
     /health answers 503 "loading" at once and 200 when the model is ready). A generation still
-    running `request_timeout` seconds after its request arrived stops at the next token: 504."""
+    running `request_timeout` seconds after its request arrived stops at the next token: 504.
+    With an EnergyMeter `meter`, each request's model work is one energy window: `usage.energy`
+    (joules, watts, J/token, source, measured, CO2 at `intensity`, a co2.GridIntensity)."""
     state = {"loaded": loaded, "error": None}
     lock = threading.Lock()
     created = int(time.time())
     admission = Admission(max_queue)
     metrics = Metrics(admission)
-    log = request_log or RequestLog(None)
+    log = request_log or JsonlLog(None)
+    if meter is not None:
+        from edgekit.device.power.co2 import grid_intensity
+        from edgekit.device.power.meter import energy_usage
+
+        intensity = intensity or grid_intensity()
+        metrics.watch_power(meter)
+
+    def metered(name: str, work):
+        """(work(), the energy window of running it, or None without a meter)."""
+        if meter is None:
+            return work(), None
+        try:
+            meter.begin(name)
+        except OSError:  # a sensor read failing must not fail the request: no energy for this one
+            return work(), None
+        try:
+            result = work()
+        except BaseException:
+            meter.cancel(name)
+            raise
+        try:
+            return result, meter.end(name)
+        except OSError:
+            return result, None
+
+    def usage_of(res, window) -> dict:
+        usage = _usage(res)
+        if window is not None:
+            usage["energy"] = energy_usage(window, res.completion_tokens, intensity)
+        return usage
 
     def model():
         return state["loaded"]
@@ -86,7 +119,9 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
     async def props(request: Request):
         started = time.time()
         err = await gate(request, "/props", started)
-        return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting))
+        power = None if meter is None else dict(meter.source.describe(), idle_watts_subtracted=meter.idle_watts,
+                                                grid=intensity.label())
+        return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power))
 
     async def metrics_route(request: Request):
         started = time.time()
@@ -137,13 +172,16 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         try:
             def run():
                 with lock:
-                    return model().model.embed(ids)
+                    return metered(uuid.uuid4().hex, lambda: model().model.embed(ids))
 
-            vectors = await run_in_threadpool(run)
+            vectors, window = await run_in_threadpool(run)
         finally:
             admission.release()
         tokens = sum(map(len, ids))
-        finish(route, 200, started, {"prompt_tokens": tokens, "completion_tokens": 0})
+        usage = {"prompt_tokens": tokens, "completion_tokens": 0}
+        if window is not None:
+            usage["energy"] = energy_usage(window, tokens, intensity)
+        finish(route, 200, started, usage)
         return JSONResponse(embeddings_body(vectors, fmt, model().name, tokens))
 
     def body_for(chat: bool, cid: str, text: str, finish_reason, usage, delta: bool, first: bool = False) -> dict:
@@ -196,23 +234,28 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
             def worker():
                 # Runs to completion in its own thread (cancel is cooperative), so the lock is always released.
+                parts = []
+
+                def run():
+                    gen = generation(params, should_stop=should_stop)
+                    while True:
+                        try:
+                            piece = next(gen)
+                        except StopIteration as stop:
+                            return stop.value
+                        if params["stream"]:
+                            channel.put(("delta", piece))
+                        else:  # nothing to send before the end: no per-token wake-ups
+                            parts.append(piece)
+
                 try:
                     with lock:
-                        gen = generation(params, should_stop=should_stop)
-                        parts = []
-                        try:
-                            while True:
-                                piece = next(gen)
-                                if params["stream"]:
-                                    channel.put(("delta", piece))
-                                else:  # nothing to send before the end: no per-token wake-ups
-                                    parts.append(piece)
-                        except StopIteration as stop:
-                            channel.put(("done", (stop.value, "".join(parts))))
-                            if params["stream"]:  # logged here: a disconnected client never reads "done"
-                                res = stop.value
-                                status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200
-                                finish(route, status, started, _usage(res))
+                        res, window = metered(cid, run)
+                    usage = usage_of(res, window)
+                    channel.put(("done", (res, "".join(parts), usage)))
+                    if params["stream"]:  # logged here: a disconnected client never reads "done"
+                        status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200
+                        finish(route, status, started, usage)
                 except Exception as exc:  # reported to the client; the server keeps running
                     channel.put(("error", exc))
                     if params["stream"]:
@@ -231,11 +274,10 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                 try:
                     async for kind, value in items():
                         if kind == "done":
-                            res, text = value
+                            res, text, usage = value
                             if timed_out(res):
                                 return fail(route, started, f"{timeout_message} ({res.completion_tokens} tokens "
                                             "generated)", status=504)
-                            usage = _usage(res)
                             finish(route, 200, started, usage)
                             return JSONResponse(body_for(chat, cid, text, res.finish_reason, usage, False))
                         if kind == "error":
@@ -249,7 +291,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                 elif kind == "done" and timed_out(value[0]):
                     body = {"error": {"message": timeout_message, "type": "timeout"}}
                 elif kind == "done":
-                    body = body_for(chat, cid, "", value[0].finish_reason, _usage(value[0]), True, first)
+                    body = body_for(chat, cid, "", value[0].finish_reason, value[2], True, first)
                     return "data: " + json.dumps(body) + "\n\ndata: [DONE]\n\n"
                 else:
                     body = {"error": {"message": str(value), "type": "server_error"}}

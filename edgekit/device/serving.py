@@ -87,25 +87,46 @@ def authorized(header: str | None, api_key: str | None) -> bool:
     return hmac.compare_digest(header[7:].strip().encode(), api_key.encode())
 
 
-class RequestLog:
+class JsonlLog:
     """Append-only JSONL: each record is one os.write() of a whole line to a file opened with
     O_APPEND, so a crash (even kill -9) can lose at most the line being written and never garbles
-    earlier ones; `fsync=True` also survives power loss, at a cost per request."""
+    earlier ones; `fsync=True` also survives power loss, at a cost per line. With `max_bytes`, a
+    line that would take the file past it first rotates it (path -> path.1 -> ... path.N, renames
+    are atomic), keeping `backups` old files."""
 
-    def __init__(self, path: Path | None, fsync: bool = False):
+    def __init__(self, path: Path | None, fsync: bool = False, max_bytes: int | None = None, backups: int = 3):
         self.path = path
         self.fsync = fsync
+        self.max_bytes = max_bytes
+        self.backups = max(1, backups)
         self._fd = None
         self._lock = threading.Lock()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        self._open()
 
     def write(self, record: dict) -> None:
         if self._fd is None:
             return
         line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
         with self._lock:
+            if self._fd is None:
+                return
+            if self.max_bytes and 0 < os.fstat(self._fd).st_size and \
+                    os.fstat(self._fd).st_size + len(line) > self.max_bytes:
+                self._rotate()
             os.write(self._fd, line)
             if self.fsync:
                 os.fsync(self._fd)
@@ -116,6 +137,7 @@ class RequestLog:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+
 
 
 class Metrics:
@@ -134,6 +156,20 @@ class Metrics:
                                      buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000))
         self.queue = Gauge("edgekit_queue_depth", "Requests waiting for the model", registry=r)
         self.queue.set_function(lambda: admission.waiting)
+        self.joules = Counter("edgekit_energy_joules", "Energy of requests (joules), by power source and whether "
+                              "measured or estimated", ["source", "measured"], registry=r)
+        self.joules_per_token = Histogram("edgekit_joules_per_token", "Energy per generated token (joules)",
+                                          ["source", "measured"], registry=r,
+                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+        self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
+
+    def watch_power(self, meter) -> None:
+        """Export the meter's last reading as edgekit_power_watts."""
+        def last() -> float:
+            readings = meter.readings
+            return readings[-1].watts if readings and readings[-1].watts is not None else float("nan")
+
+        self.watts.labels(meter.source.name, str(meter.source.measured).lower()).set_function(last)
 
     def observe(self, route: str, status: int, seconds: float, usage: dict | None) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -145,17 +181,23 @@ class Metrics:
                 self.prefill.observe(usage["prefill_ms"] / 1000)
             if usage.get("decode_tokens_per_second"):
                 self.decode_rate.observe(usage["decode_tokens_per_second"])
+            energy = usage.get("energy")
+            if energy:
+                labels = (energy["source"], str(energy["measured"]).lower())
+                self.joules.labels(*labels).inc(energy["joules"])
+                if energy["joules_per_token"] is not None:
+                    self.joules_per_token.labels(*labels).observe(energy["joules_per_token"])
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
 
 
 def log_record(route: str, status: int, started: float, usage: dict | None, error: str | None = None) -> dict:
-    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + "Z", "route": route, "status": status,
-           "seconds": round(time.time() - started, 4)}
+    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + "Z", "start_unix": round(started, 3),
+           "route": route, "status": status, "seconds": round(time.time() - started, 4)}
     if usage:
         rec.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "prefill_ms",
-                                          "decode_tokens_per_second") if k in usage})
+                                          "decode_tokens_per_second", "energy") if k in usage})
     if error:
         rec["error"] = error[:200]
     return rec

@@ -1,0 +1,77 @@
+"""The `estimate` power source: watts guessed from CPU utilisation and a board power profile.
+
+watts = idle_watts + (full_load_watts - idle_watts) x cpu_fraction, where cpu_fraction is the
+share of all CPU cores busy (0..1, clamped) and the two wattages come from a board profile
+(boards/*.toml, edgekit.core.boards): whole-board watts (W) at the power input, approximate
+published figures. This is never a measurement: `measured` is always False and `scope` says
+so, naming the profile and where its figures come from. It has no energy counter; the meter
+integrates its watts over time into joules (J).
+
+May import: stdlib, psutil, edgekit.core.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from edgekit.core.boards import FALLBACK_BOARD, Board, detect_board, load_board, read_device_model
+from edgekit.device.power.base import PowerSource, Sample
+
+
+def _psutil_cpu_fraction() -> Callable[[], float]:
+    import psutil
+
+    psutil.cpu_percent(interval=None)  # the first call only starts the measurement window
+    return lambda: psutil.cpu_percent(interval=None) / 100.0
+
+
+class EstimateSource(PowerSource):
+    """Board idle/full-load watts scaled by CPU utilisation; `cpu_fraction` returns 0..1
+    (default: psutil's system-wide CPU percent since the previous call / 100)."""
+
+    name = "estimate"
+    measured = False
+
+    def __init__(self, board: Board, cpu_fraction: Callable[[], float] | None = None, *, how: str = ""):
+        self.board = board
+        self._cpu_fraction = cpu_fraction if cpu_fraction is not None else _psutil_cpu_fraction()
+        self.scope = (
+            f"estimate: CPU utilisation x {board.name} profile ({board.idle_watts:g} W idle, "
+            f"{board.full_load_watts:g} W full load; {board.source}) - not a measurement"
+        )
+        self.detail = f"board profile {board.name}: {board.description}" + (f"; {how}" if how else "")
+
+    def read(self) -> Sample:
+        fraction = min(1.0, max(0.0, float(self._cpu_fraction())))
+        b = self.board
+        return Sample(watts=b.idle_watts + (b.full_load_watts - b.idle_watts) * fraction)
+
+
+def _boards_in(directory: str | Path) -> list[Board]:
+    return [load_board(str(p)) for p in sorted(Path(directory).glob("*.toml"))]
+
+
+def estimate_for_this_machine(
+    boards_dir_root: str | Path | None = None,
+    model_text: str | None = None,
+    *,
+    device_tree_root: str | Path = "/proc/device-tree",
+    cpu_fraction: Callable[[], float] | None = None,
+) -> EstimateSource:
+    """An EstimateSource for the board this runs on: the profile whose match.model_contains
+    occurs in the device-tree model, else the generic-x86 profile.
+
+    boards_dir_root: a directory of board TOML files to choose from instead of the usual search
+    path (EDGEKIT_BOARDS_PATH, boards/, the installed copies). model_text: the device-tree model
+    text; None reads it from `device_tree_root`/model.
+    """
+    boards = None if boards_dir_root is None else _boards_in(boards_dir_root)
+    if model_text is None:
+        model_text = read_device_model(device_tree_root)
+    board = detect_board(model_text, boards)
+    if board is not None:
+        clean = model_text.replace("\x00", "").strip()
+        return EstimateSource(board, cpu_fraction, how=f"detected from device-tree model {clean!r}")
+    fallback = next((b for b in boards or () if b.name == FALLBACK_BOARD), None) or load_board(FALLBACK_BOARD)
+    return EstimateSource(fallback, cpu_fraction, how=f"no board detected; {FALLBACK_BOARD} profile")
