@@ -319,11 +319,13 @@ from edgekit.coral_cli import coral as _coral  # noqa: E402  (command groups in 
 from edgekit.serve_cli import serve as _serve  # noqa: E402
 from edgekit.power_cli import power as _power  # noqa: E402
 from edgekit.report_cli import report as _report  # noqa: E402
+from edgekit.bench_cli import bench as _bench  # noqa: E402
 
 cli.add_command(_coral)
 cli.add_command(_serve)
 cli.add_command(_power)
 cli.add_command(_report)
+cli.add_command(_bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -217,3 +217,51 @@ def test_failed_gate_leaves_previous_bundle_untouched(stories_build, stories_bun
     assert res.returncode == 0, res.stderr[-2000:]
     gate = json.loads((tmp_path / "forced" / "manifest.json").read_text())["gate"]
     assert gate["passed"] is False and gate["enforced"] is False and "perplexity" in gate["failures"][0]
+
+
+def test_served_energy_power_log_and_report(stories_bundle, tmp_path):
+    """Real server, estimate source (this CI box has no power sensor): every response carries
+    energy marked measured: false, the power log fills, and `edgekit report` reads both logs."""
+    import signal
+
+    req_log, power_log = tmp_path / "requests.jsonl", tmp_path / "power.jsonl"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(stories_bundle), "--port", str(port),
+                             "--request-log", str(req_log), "--power", "estimate", "--board", "rpi5",
+                             "--power-log", str(power_log), "--power-hz", "20", "--subtract-idle",
+                             "--country", "FRA", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1] if proc.poll() else ""
+        time.sleep(0.1)
+    usages = [httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}, timeout=30).json()["usage"]
+              for _ in range(3)]
+    props = httpx.get(base + "/props").json()
+    metrics = httpx.get(base + "/metrics").text
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "power: using estimate (ESTIMATE, not measured)" in err and "idle baseline" in err
+    for u in usages:
+        e = u["energy"]
+        assert e["source"] == "estimate" and e["measured"] is False
+        assert e["joules"] >= 0 and e["idle_watts_subtracted"] is not None
+        assert e["grid_g_per_kwh"] == 60
+    assert props["power"]["source"] == "estimate" and props["power"]["measured"] is False
+    assert 'edgekit_energy_joules_total{measured="false",source="estimate"}' in metrics
+    samples = [json.loads(x) for x in power_log.read_text().splitlines()]
+    assert len(samples) >= 20 and all(s["measured"] is False and 2.7 <= s["watts"] <= 7.0 for s in samples)
+
+    out = tmp_path / "report"
+    r = run_cli("report", str(req_log), str(power_log), "--out", str(out), no_torch=True)
+    assert r.returncode == 0, r.stderr
+    assert "ESTIMATE" in r.stdout and (out / "report.json").is_file() and (out / "report.html").is_file()
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["requests"]["total"] == 3

@@ -56,13 +56,15 @@ def test_device_never_imports_build_packages_or_build_layer():
 def test_device_cli_runs_with_torch_and_tensorflow_blocked():
     code = ("import sys; sys.argv=['x']; exec(open(%r).read().split('if __name__')[0]);"
             "import edgekit.device.server, edgekit.device.runtime, edgekit.device.generate, edgekit.cli;"
+            "import edgekit.device.power.probe, edgekit.device.power.session, edgekit.report;"
             "import importlib.util;"
             "exec('try:\\n import torch\\n print(\"torch importable\")\\nexcept ImportError: print(\"blocked\")')"
             % str(ROOT / "tests" / "no_torch.py"))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "blocked"
-    for cmd in (["serve", "--help"], ["inspect", "--help"], ["targets"]):
+    for cmd in (["serve", "--help"], ["inspect", "--help"], ["targets"], ["power", "--seconds", "0.2"],
+                ["report", "--help"]):
         res = run_cli(*cmd, no_torch=True)
         assert res.returncode == 0, (cmd, res.stderr)
         assert "Traceback" not in res.stderr

@@ -101,12 +101,12 @@ def choose(choice: str = "auto", machine: Machine | None = None, prefer=(), chan
     machine = machine or Machine()
     if choice == "none":
         return None
-    if choice != "auto":
-        return make(choice, machine, channels, board)
-    for name in auto_order(prefer):
+    for name in auto_order(prefer) if choice == "auto" else [choice]:
         try:
             source = make(name, machine, channels, board)
         except SourceUnavailable as exc:
+            if choice != "auto":
+                raise
             log(f"power: skipped {name}: {exc}")
             continue
         log(f"power: using {name} ({'measured' if source.measured else 'ESTIMATE, not measured'}): {source.scope}")

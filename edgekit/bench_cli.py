@@ -1,0 +1,174 @@
+"""`edgekit bench`: benchmark text-generation bundles on this device (speed, memory, energy/token).
+
+May import: stdlib, click, edgekit.core, edgekit.device (torch never).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import click
+
+POWER_CHOICES = ["auto", "none", "rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]
+
+
+def _say(msg: str) -> None:
+    click.echo(f"edgekit bench: {msg}", err=True)
+
+
+def _load(path: Path, threads: int):
+    """Verify (sha256 of every file) and open a text-generation bundle; ClickException otherwise."""
+    from edgekit.core.bundle import load_bundle
+    from edgekit.core.errors import EdgekitError
+    from edgekit.device.runtime import open_model, runner_for
+
+    try:
+        b = load_bundle(path)
+        task = b.manifest["task"]
+        if task != "text-generation":
+            raise click.ClickException(f"{path}: a '{task}' bundle; edgekit bench benchmarks text-generation "
+                                       "bundles only")
+        runner_for(b)
+        return open_model(b, threads=threads)
+    except EdgekitError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ImportError as exc:
+        raise click.ClickException(f"{path}: its runtime is not installed here ({exc})") from None
+
+
+def _power_session(prefer, power: str, channels, board, hz: float):
+    """The started PowerSession for `--power` (no power log), or None for `--power none`."""
+    from edgekit.core.errors import ConfigError
+    from edgekit.device.power.base import SourceUnavailable
+    from edgekit.device.power.probe import Machine, choose
+    from edgekit.device.power.session import PowerSession
+
+    try:
+        source = choose(power, Machine(), prefer=prefer, channels=channels or None, board=board, log=_say)
+    except (SourceUnavailable, ConfigError) as exc:
+        raise click.ClickException(f"--power {power}: {exc}") from None
+    return None if source is None else PowerSession(source, hz=hz).start()
+
+
+def _label(loaded) -> str:
+    m = loaded.bundle.manifest
+    return f"{m['name']} [{m['target']['name']} {m['model']['precision']}]"
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), metavar="BUNDLE",
+              help="Another bundle to run side by side (repeatable). Runs are interleaved A B C A B C ...")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Timed passes over the prompt set per bundle.")
+@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 100_000),
+              help="Tokens generated per prompt (greedy; fewer if the model stops).")
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0, 1000),
+              help="Untimed generations per bundle before timing.")
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Runtime intra-op threads (0 = the runtime's default).")
+@click.option("--power", default="auto", show_default=True, type=click.Choice(POWER_CHOICES),
+              help="Power source for energy. auto probes the first bundle target's preferred sources, then the "
+                   "rest, and falls back to an estimate (measured: false).")
+@click.option("--power-channel", "power_channels", multiple=True, metavar="LABEL",
+              help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail).")
+@click.option("--board", default=None, metavar="NAME",
+              help="Board profile for --power estimate (see boards/); default: detected from the device tree.")
+@click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
+              help="Power sampling rate.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("edgekit-bench.json"),
+              show_default=True, help="Write every figure (and each generation's record) here as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PNG of J/token vs quality [default with --compare: the --out path with .png].")
+def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_channels, board, power_hz, out, plot):
+    """Benchmark text-generation bundles on this device: speed, memory and energy per token.
+
+    \b
+    Each bundle is verified (sha256), loaded, warmed up, then generates greedily from a fixed set
+    of 5 prompts, --runs times. All bundles share one process and one power session; with
+    --compare, all are loaded first and runs are interleaved (A B C A B C ...) for fairness.
+    \b
+    Numbers (timings: median over every generation, (min-max) beside it):
+      model MB           bytes of the model files in the bundle (not tokenizer/generation config)
+      decode tok/s       generated tokens after the first / decode seconds; 'vs first' = ratio
+                         to the first bundle's median (>1 is faster)
+      decode ms/token    decode seconds per token after the first
+      prefill ms         time to process the prompt and produce the first token's logits
+      prompt tok/s       prompt tokens / prefill seconds
+      peak RSS MB        peak resident memory (VmHWM) of this whole process, all bundles loaded
+      energy J           joules over all timed generations (prefill + decode) from the power source
+      J/token            energy J / generated tokens; 'vs first' = ratio (<1 uses less energy)
+      avg W              energy J / seconds inside the generation windows
+      power source       where watts came from. ESTIMATE marks a figure modelled from CPU
+                         utilisation and a board profile: it is NOT a measurement, and the JSON
+                         says measured: false (it follows system-wide CPU load, so other busy
+                         processes inflate it). Measured sources cover what they see (e.g. RAPL:
+                         CPU package + DRAM, not the wall), stated as scope in the JSON.
+      perplexity ratio * exported / reference perplexity, perplexity *, greedy agreement * and
+      gate passed *      are copied from the build's verify stage (manifest); bench does not
+                         measure quality on the device.
+    """
+    from edgekit.device.benchmark import (PROMPTS, PlotUnavailable, format_bench_table, peak_rss_bytes, plot_compare,
+                                          run_once, summarize, warm_up)
+
+    paths = [bundle, *compare]
+    for p in paths:
+        if not p.exists():
+            raise click.ClickException(f"bundle not found: {p}")
+    loaded = []
+    for p in paths:
+        _say(f"loading {p}")
+        loaded.append(_load(p, threads))
+    prefer = loaded[0].bundle.manifest.get("target", {}).get("power", {}).get("prefer", [])
+    session = _power_session(prefer, power, list(power_channels), board, power_hz)
+    meter = session and session.meter
+    samples: list[list[dict]] = [[] for _ in loaded]
+    try:
+        for m in loaded:
+            warm_up(m, warmup, max_tokens)
+        for r in range(runs):
+            for i, m in enumerate(loaded):
+                t0 = time.perf_counter()
+                recs = run_once(m, meter, PROMPTS, max_tokens, run=r)
+                samples[i] += recs
+                tokens = sum(s["completion_tokens"] for s in recs)
+                decode = sum(s["decode_seconds"] for s in recs)
+                steps = sum(max(s["completion_tokens"] - 1, 0) for s in recs)
+                line = f"run {r + 1}/{runs} {_label(m)}: {tokens} tokens in " \
+                       f"{time.perf_counter() - t0:.2f} s, decode {steps / decode if decode > 0 else 0:.1f} tok/s"
+                windows = [s["energy"] for s in recs if s["energy"] is not None]
+                if windows and tokens:
+                    jpt = sum(w["joules"] for w in windows) / tokens
+                    line += f", {jpt:.4g} J/token" + ("" if windows[0]["measured"] else " ESTIMATE")
+                _say(line)
+    finally:
+        if session is not None:
+            session.stop()
+    results = [summarize(m, s, rss=peak_rss_bytes, max_tokens=max_tokens) for m, s in zip(loaded, samples)]
+    click.echo(format_bench_table(results))
+    from edgekit import __version__
+
+    doc = {"edgekit_version": __version__, "created_unix": round(time.time(), 3),
+           "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+                    "node": platform.node()},
+           "settings": {"runs": runs, "max_tokens": max_tokens, "warmup": warmup, "threads": threads,
+                        "interleaved": len(loaded) > 1, "prompts": list(PROMPTS), "sampling": "greedy"},
+           "power": session.describe() if session is not None else None, "bundles": results}
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    _say(f"wrote {out}")
+    if compare or plot is not None:
+        target = plot or out.with_suffix(".png")
+        try:
+            written = plot_compare(results, target, note=_say)
+        except PlotUnavailable as exc:
+            _say(f"plot skipped: {exc}")
+        else:
+            if written is not None:
+                _say(f"wrote {written}")
