@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-POWER_CHOICES = ["auto", "none", "rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]
+from edgekit.power_cli import pick_source, power_options
+
 
 
 def _say(msg: str) -> None:
@@ -41,15 +42,9 @@ def _load(path: Path, threads: int):
 
 def _power_session(prefer, power: str, channels, board, hz: float):
     """The started PowerSession for `--power` (no power log), or None for `--power none`."""
-    from edgekit.core.errors import ConfigError
-    from edgekit.device.power.base import SourceUnavailable
-    from edgekit.device.power.probe import Machine, choose
     from edgekit.device.power.session import PowerSession
 
-    try:
-        source = choose(power, Machine(), prefer=prefer, channels=channels or None, board=board, log=_say)
-    except (SourceUnavailable, ConfigError) as exc:
-        raise click.ClickException(f"--power {power}: {exc}") from None
+    source = pick_source(power, prefer, channels, board, log=_say)
     return None if source is None else PowerSession(source, hz=hz).start()
 
 
@@ -70,15 +65,7 @@ def _label(loaded) -> str:
               help="Untimed generations per bundle before timing.")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
               help="Runtime intra-op threads (0 = the runtime's default).")
-@click.option("--power", default="auto", show_default=True, type=click.Choice(POWER_CHOICES),
-              help="Power source for energy. auto probes the first bundle target's preferred sources, then the "
-                   "rest, and falls back to an estimate (measured: false).")
-@click.option("--power-channel", "power_channels", multiple=True, metavar="LABEL",
-              help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail).")
-@click.option("--board", default=None, metavar="NAME",
-              help="Board profile for --power estimate (see boards/); default: detected from the device tree.")
-@click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
-              help="Power sampling rate.")
+@power_options
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("edgekit-bench.json"),
               show_default=True, help="Write every figure (and each generation's record) here as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -111,8 +98,8 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
       gate passed *      are copied from the build's verify stage (manifest); bench does not
                          measure quality on the device.
     """
-    from edgekit.device.benchmark import (PROMPTS, PlotUnavailable, format_bench_table, peak_rss_bytes, plot_compare,
-                                          run_once, summarize, warm_up)
+    from edgekit.device.benchmark import PROMPTS, format_bench_table, peak_rss_bytes, run_once, summarize, warm_up
+    from edgekit.plots import PlotUnavailable, plot_compare
 
     paths = [bundle, *compare]
     for p in paths:

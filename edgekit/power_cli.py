@@ -12,6 +12,39 @@ import time
 import click
 
 SOURCES = ["rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]
+POWER_CHOICES = ["auto", "none", *SOURCES]
+
+
+def power_options(command):
+    """The --power, --power-channel, --board and --power-hz options shared by serve and bench."""
+    for option in reversed([
+        click.option("--power", default="auto", show_default=True, type=click.Choice(POWER_CHOICES),
+                     help="Power source for energy figures. auto probes the bundle target's preferred sources, "
+                          "then the rest, logging why each is skipped, and falls back to an estimate "
+                          "(measured: false); none turns energy off."),
+        click.option("--power-channel", "power_channels", multiple=True, metavar="LABEL",
+                     help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail)."),
+        click.option("--board", default=None, metavar="NAME",
+                     help="Board profile for --power estimate (see boards/); default: detected from the device "
+                          "tree, else generic-x86."),
+        click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
+                     help="Power sampling rate."),
+    ]):
+        command = option(command)
+    return command
+
+
+def pick_source(power: str, prefer, channels, board, log, machine=None):
+    """The PowerSource for --power (None for "none"); a source that cannot work is a click error."""
+    from edgekit.core.errors import ConfigError
+    from edgekit.device.power.base import SourceUnavailable
+    from edgekit.device.power.probe import Machine, choose
+
+    try:
+        return choose(power, machine or Machine(), prefer=prefer, channels=list(channels) or None, board=board,
+                      log=log)
+    except (SourceUnavailable, ConfigError) as exc:
+        raise click.ClickException(f"--power {power}: {exc}") from None
 
 
 def sample_for(source, seconds: float, hz: float = 10.0) -> dict:

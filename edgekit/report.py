@@ -21,14 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgekit.core.errors import EdgekitError
 from edgekit.device.power.co2 import GridIntensity
+from edgekit.plots import pyplot
 
 GAP_SECONDS = 30.0  # power samples further apart than this (and 10x the median interval) are not bridged
-
-
-class PlotUnavailable(EdgekitError):
-    """matplotlib is not installed: the table and JSON are still written."""
 
 
 @dataclass
@@ -256,14 +252,7 @@ def _save(plt, fig, path: Path) -> Path:
 def plot(logs: Logs, out_dir, note=None) -> list[Path]:
     """Write power.png and joules_per_token.png into out_dir; a plot without data is skipped and
     `note(message)` is called. Raises PlotUnavailable if matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotUnavailable("plots need matplotlib: pip install matplotlib (the table and report.json "
-                              "are written without it)") from None
+    plt = pyplot("plots need matplotlib: pip install matplotlib (the table and report.json are written without it)")
     note = note or (lambda msg: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,8 @@ def report(logs, out, grid_intensity, country, no_plots):
     a self-contained report.html (plots embedded) into --out.
     """
     from edgekit.device.power.co2 import grid_intensity as make_intensity
-    from edgekit.report import PlotUnavailable, format_table, plot, read_logs, summarize, write_html, write_json
+    from edgekit.plots import PlotUnavailable
+    from edgekit.report import format_table, plot, read_logs, summarize, write_html, write_json
 
     try:
         intensity = make_intensity(grid_intensity, country)

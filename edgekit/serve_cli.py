@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.power_cli import pick_source, power_options
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -32,16 +34,7 @@ import click
               help="Seconds a request may take (queue wait included); longer generations stop: 504.")
 @click.option("--request-log", type=click.Path(path_type=Path), default=None,
               help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<bundle>-requests.jsonl].")
-@click.option("--power", "power", default="auto", show_default=True,
-              type=click.Choice(["auto", "none", "rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]),
-              help="Power source for per-request energy. auto probes the target's preferred sources, then the "
-                   "rest, and falls back to an estimate (measured: false); it logs why each source was skipped.")
-@click.option("--power-channel", "power_channels", multiple=True, metavar="LABEL",
-              help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail).")
-@click.option("--board", default=None, metavar="NAME",
-              help="Board profile for --power estimate (see boards/); default: detected from the device tree.")
-@click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
-              help="Power sampling rate.")
+@power_options
 @click.option("--power-log", type=click.Path(path_type=Path), default=None,
               help="JSONL power log (one line per reading) [default: $EDGEKIT_HOME/logs/<bundle>-power.jsonl].")
 @click.option("--power-log-max-mb", default=50.0, show_default=True, type=click.FloatRange(0.01, None),
@@ -127,11 +120,9 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
 
 def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country):
     """The started PowerSession for `--power`, or None for `--power none`."""
-    from edgekit.core.errors import ConfigError
     from edgekit.core.paths import edgekit_home
-    from edgekit.device.power.base import SourceUnavailable
     from edgekit.device.power.co2 import grid_intensity
-    from edgekit.device.power.probe import Machine, choose
+    from edgekit.device.power.probe import Machine
     from edgekit.device.power.session import PowerSession
     from edgekit.device.power.supply import battery_percent
 
@@ -141,11 +132,8 @@ def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, gr
         raise click.BadParameter(str(exc), param_hint="--country") from None
     prefer = b.manifest.get("target", {}).get("power", {}).get("prefer", [])
     machine = Machine()
-    try:
-        source = choose(power, machine, prefer=prefer, channels=channels or None, board=board,
-                        log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
-    except (SourceUnavailable, ConfigError) as exc:
-        raise click.ClickException(f"--power {power}: {exc}") from None
+    source = pick_source(power, prefer, channels, board, machine=machine,
+                         log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
     if source is None:
         return None
     path = log_path or edgekit_home() / "logs" / f"{name}-power.jsonl"
