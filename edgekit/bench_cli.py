@@ -48,6 +48,15 @@ def _power_session(prefer, power: str, channels, board, hz: float):
     return None if source is None else PowerSession(source, hz=hz).start()
 
 
+def _target_power_prefer(path: Path) -> list[str]:
+    """The bundle target's preferred power sources, read from its manifest (no checksum yet)."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        return list(manifest.get("target", {}).get("power", {}).get("prefer", []))
+    except (OSError, ValueError, AttributeError):
+        return []  # not a bundle: loading it will say so
+
+
 def _label(loaded) -> str:
     m = loaded.bundle.manifest
     return f"{m['name']} [{m['target']['name']} {m['model']['precision']}]"
@@ -93,7 +102,7 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
                          utilisation and a board profile: it is NOT a measurement, and the JSON
                          says measured: false (it follows system-wide CPU load, so other busy
                          processes inflate it). Measured sources cover what they see (e.g. RAPL:
-                         CPU package + DRAM, not the wall), stated as scope in the JSON.
+                         the CPU package, not the wall), stated as scope in the JSON.
       perplexity ratio * exported / reference perplexity, perplexity *, greedy agreement * and
       gate passed *      are copied from the build's verify stage (manifest); bench does not
                          measure quality on the device.
@@ -105,12 +114,17 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
     for p in paths:
         if not p.exists():
             raise click.ClickException(f"bundle not found: {p}")
+    prefer = _target_power_prefer(paths[0])
+    session = _power_session(prefer, power, list(power_channels), board, power_hz)  # fails fast, before loading
     loaded = []
-    for p in paths:
-        _say(f"loading {p}")
-        loaded.append(_load(p, threads))
-    prefer = loaded[0].bundle.manifest.get("target", {}).get("power", {}).get("prefer", [])
-    session = _power_session(prefer, power, list(power_channels), board, power_hz)
+    try:
+        for p in paths:
+            _say(f"loading {p}")
+            loaded.append(_load(p, threads))
+    except BaseException:
+        if session is not None:
+            session.stop()
+        raise
     meter = session and session.meter
     samples: list[list[dict]] = [[] for _ in loaded]
     try:

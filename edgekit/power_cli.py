@@ -95,6 +95,7 @@ def power(seconds, channels, board, target, as_json):
         found = probe_all(Machine(), prefer=prefer, channels=list(channels) or None, board=board)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    chosen = next((name for name, source, _ in found if source is not None), None)  # what auto would pick
     rows = []
     for name, source, reason in found:
         row = {"source": name, "available": source is not None}
@@ -110,7 +111,6 @@ def power(seconds, channels, board, target, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    chosen = next((r["source"] for r in rows if r["available"]), None)
     for r in rows:
         if not r["available"]:
             click.echo(f"  {r['source']:13} skipped: {r['reason']}")

@@ -135,8 +135,11 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
     with_e = [(r, _energy(r)) for r in reqs if _energy(r) is not None]
     joules = sum(e["joules"] for _, e in with_e)
     measured_j = sum(e["joules"] for _, e in with_e if e.get("measured") is True)
-    e_tokens = sum(_num(r.get("completion_tokens")) or 0 for r, _ in with_e)
-    e_seconds = sum(_num(r.get("seconds")) or 0 for r, _ in with_e)
+    generating = [(r, e) for r, e in with_e if (_num(r.get("completion_tokens")) or 0) > 0]
+    e_tokens = sum(_num(r.get("completion_tokens")) or 0 for r, _ in generating)
+    gen_joules = sum(e["joules"] for _, e in generating)
+    # seconds inside the energy windows (model work), not the request's wall time with queueing
+    e_seconds = sum(_num(e.get("seconds")) or _num(r.get("seconds")) or 0 for r, e in with_e)
     share = None
     if with_e:  # share of joules; with 0 J logged, whether every request was measured
         share = measured_j / joules if joules > 0 else float(all(e.get("measured") is True for _, e in with_e))
@@ -144,7 +147,8 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
                      | {(s["source"], s["measured"]) for s in logs.power})
     energy = {
         "requests": len(with_e), "joules": joules, "completion_tokens": int(e_tokens),
-        "joules_per_token": joules / e_tokens if with_e and e_tokens > 0 else None,
+        "joules_per_token": gen_joules / e_tokens if generating and e_tokens > 0 else None,
+        "generation_requests": len(generating),
         "seconds": e_seconds, "avg_watts": joules / e_seconds if with_e and e_seconds > 0 else None,
         "measured_share": share, "measured_label": _share_label(share),
         "sources": sorted({str(e.get("source", "?")) for _, e in with_e}),
@@ -167,7 +171,8 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
         peak = {"watts": top["watts"], "from": "power log samples", "sources": [top["source"]],
                 "measured": top["measured"]}
     else:
-        avg = [(e["joules"] / s, e) for r, e in with_e if (s := _num(r.get("seconds")) or 0) > 0]
+        avg = [(e["joules"] / s, e) for r, e in with_e
+               if (s := _num(e.get("seconds")) or _num(r.get("seconds")) or 0) > 0]
         w, e = max(avg, key=lambda t: t[0]) if avg else (None, {})
         peak = {"watts": w, "from": "highest per-request average (no power log)" if avg else "no data",
                 "sources": [str(e.get("source", "?"))] if avg else [], "measured": e.get("measured") is True}
@@ -211,8 +216,8 @@ def format_table(summary: dict) -> str:
         rows += [("energy (requests)", f"{_f(e['joules'], '.4g', 'J')}  over {e['requests']} requests with "
                   f"energy  {etag}"),
                  ("energy per token", f"{_f(e['joules_per_token'], '.4g', 'J/token')}  "
-                  f"({e['completion_tokens']} completion tokens)  {etag}"),
-                 ("average power", f"{_f(e['avg_watts'], '.4g', 'W')}  (J / {e['seconds']:.4g} s in requests)  "
+                  f"({e['completion_tokens']} tokens generated in {e['generation_requests']} requests)  {etag}"),
+                 ("average power", f"{_f(e['avg_watts'], '.4g', 'W')}  (J / {e['seconds']:.4g} s of model work)  "
                   f"{etag}"),
                  ("measured share", e["measured_label"])]
         if e["idle_watts_subtracted"]:

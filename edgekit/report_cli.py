@@ -31,7 +31,8 @@ def report(logs, out, grid_intensity, country, no_plots):
         edgekit report logs/model-requests.jsonl.1 logs/model-requests.jsonl logs/model-power.jsonl
 
     Each watt and joule figure names its source and says whether it was measured or is an
-    ESTIMATE. CO2 is recomputed from the joules at the intensity shown. Torn lines (a crash
+    ESTIMATE. CO2 is recomputed from the joules at the intensity shown: the one the server logged
+    (when every request agrees), else --grid-intensity / --country, else 475 g/kWh. Torn lines (a crash
     mid-write) are skipped and counted. Writes report.json, power.png, joules_per_token.png and
     a self-contained report.html (plots embedded) into --out.
     """
@@ -40,13 +41,18 @@ def report(logs, out, grid_intensity, country, no_plots):
     from edgekit.report import format_table, plot, read_logs, summarize, write_html, write_json
 
     try:
-        intensity = make_intensity(grid_intensity, country)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
         data = read_logs(logs)
     except OSError as exc:  # unreadable, or a .gz that is not gzip
         raise click.ClickException(f"cannot read {exc.filename or 'log'}: {exc.strerror or exc}") from None
+    try:
+        intensity = make_intensity(grid_intensity, country)
+        logged = {(r.get("energy") or {}).get("grid_g_per_kwh") for r in data.requests if r.get("energy")}
+        if grid_intensity is None and country is None and len(logged) == 1 and None not in logged:
+            from edgekit.device.power.co2 import GridIntensity
+
+            intensity = GridIntensity(float(logged.pop()), "as logged by the server")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     for path, valid in data.files.items():
         if valid == 0:
             click.echo(f"warning: {path}: no request or power lines", err=True)

@@ -88,6 +88,12 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
                    f"{b.manifest['model']['runtime']} on {loaded.accelerator})", err=True)
         return loaded
 
+    if subtract_idle and power == "none":
+        raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
+    try:
+        request_log_file = JsonlLog(log_path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the request log {log_path}: {exc.strerror or exc}") from None
     session = _power_session(b, name, power, list(power_channels), board, power_hz, power_log, power_log_max_mb,
                              grid_intensity, country)
     if session is not None and subtract_idle:
@@ -96,12 +102,13 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
         def loader():
             loaded = plain_loader()
             watts = session.measure_idle(3.0)
-            click.echo(f"edgekit serve: idle baseline {watts:.3f} W ({session.source.name}) is subtracted from "
-                       "every request", err=True)
+            kind = "measured" if session.source.measured else "ESTIMATE"
+            click.echo(f"edgekit serve: idle baseline {watts:.3f} W ({session.source.name}, {kind}) is subtracted "
+                       "from every request", err=True)
             return loaded
 
     click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
-    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=JsonlLog(log_path),
+    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=request_log_file,
                      request_timeout=request_timeout, meter=session and session.meter,
                      intensity=session and session.intensity)
     import signal
@@ -137,7 +144,10 @@ def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, gr
     if source is None:
         return None
     path = log_path or edgekit_home() / "logs" / f"{name}-power.jsonl"
-    session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
-                           battery=lambda: battery_percent(machine.power_supply, machine.battery_info)).start()
+    try:
+        session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
+                               battery=lambda: battery_percent(machine.power_supply, machine.battery_info)).start()
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the power log {path}: {exc.strerror or exc}") from None
     click.echo(f"edgekit serve: power log {path} ({hz:g} Hz); CO2 at {intensity.label()}", err=True)
     return session

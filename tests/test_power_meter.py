@@ -157,3 +157,54 @@ def test_auto_probe_prefers_the_targets_order_and_a_forced_source_must_work(tmp_
     assert choose("none", machine) is None
     with pytest.raises(SourceUnavailable):
         choose("hwmon", machine)
+
+
+def test_counter_watts_come_from_readings_far_enough_apart():
+    """A RAPL-like counter ticking every millisecond: a request's begin reading 0.4 ms after a
+    sampler reading must not turn into a 0 W or 100 W spike in the power log."""
+    clock = FakeClock(1.0004)
+    meter = EnergyMeter(TraceSource(clock, energy_at=lambda t: 10.0 * math.floor(t * 1000) / 1000), clock=clock)
+    for step in (0.0, 0.0004, 0.0995, 0.0004, 0.0004, 0.1, 0.0996):
+        clock.advance(step)
+        meter.sample()
+    rates = [r.watts for r in meter.readings if r.watts is not None]
+    assert rates and all(9.5 <= w <= 10.5 for w in rates)
+    assert sum(r.watts is None for r in meter.readings) >= 3  # the close readings carry no rate
+
+
+def test_windows_longer_than_the_kept_readings_still_integrate_everything():
+    clock = FakeClock()
+    meter = EnergyMeter(TraceSource(clock, watts_at=lambda t: 5.0), clock=clock, max_readings=10)
+    meter.begin("long")
+    for _ in range(200):
+        clock.advance(0.01)
+        meter.sample()
+    w = meter.end("long")
+    assert len(meter.readings) == 10
+    assert w.joules == pytest.approx(5.0 * 2.0) and w.samples == 201  # end() reads at the last sample's instant
+
+
+def test_measure_survives_a_failing_sensor_and_counts_it():
+    clock = FakeClock()
+    source = TraceSource(clock, watts_at=lambda t: 1.0)
+    meter = EnergyMeter(source, clock=clock)
+
+    def broken():
+        raise OSError("i2c timeout")
+
+    result, window = meter.measure("ok", lambda: 42)
+    assert result == 42 and window is not None and meter.errors == 0
+    source.read = broken
+    result, window = meter.measure("bad", lambda: 43)
+    assert result == 43 and window is None and meter.errors == 1 and meter.last_error == "i2c timeout"
+
+
+def test_rotation_after_the_live_log_was_deleted_keeps_writing_to_it(tmp_path):
+    path = tmp_path / "p.jsonl"
+    log = JsonlLog(path, max_bytes=100)
+    log.write({"a": "x" * 60})
+    path.unlink()  # someone removed the live file; its descriptor still points at the deleted inode
+    log.write({"b": "y" * 60})  # would pass max_bytes: rotates, and the rename source is gone
+    log.write({"c": 1})
+    log.close()
+    assert [json.loads(x) for x in path.read_text().splitlines()][-1] == {"c": 1}

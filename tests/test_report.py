@@ -15,7 +15,7 @@ from edgekit.report_cli import report
 
 
 def _energy(joules, seconds, tokens, source="rapl", measured=True):
-    return {"joules": joules, "watts": joules / seconds, "joules_per_token": joules / tokens if tokens else None,
+    return {"joules": joules, "seconds": seconds, "watts": joules / seconds, "joules_per_token": joules / tokens if tokens else None,
             "source": source, "measured": measured, "method": "counter" if measured else "trapezoid",
             "idle_watts_subtracted": None, "co2_grams": joules / 3.6e6 * 475, "grid_g_per_kwh": 475}
 
@@ -37,9 +37,11 @@ def _write(path, records, tail=""):
 @pytest.fixture
 def logs(tmp_path):
     """A rotated request log pair (the second with a torn last line) and a power log.
-    Energy: 10 J measured + 5 J estimate + 3 J measured = 18 J over 4 s and 75 completion tokens."""
+    Energy: 10 J measured + 5 J estimate + 3 J measured = 18 J over 4 s of energy windows (the
+    first request's wall time, 2.5 s, includes 0.5 s of queueing); the 3 J request generated no
+    tokens, so J/token is 15 J / 75 tokens."""
     old = _write(tmp_path / "requests.jsonl.1", [
-        _req(1000.0, 2.0, 10, 50, energy=_energy(10.0, 2.0, 50)),
+        _req(1000.0, 2.5, 10, 50, energy=_energy(10.0, 2.0, 50)),
         _req(1003.0, 1.0, 5, 25, energy=_energy(5.0, 1.0, 25, source="estimate", measured=False)),
     ])
     new = _write(tmp_path / "requests.jsonl", [
@@ -65,7 +67,7 @@ def test_summary_figures(logs):
     assert s["tokens"] == {"prompt": 19, "completion": 75}
     e = s["energy"]
     assert e["requests"] == 3 and e["joules"] == pytest.approx(18.0)
-    assert e["joules_per_token"] == pytest.approx(18.0 / 75)
+    assert e["joules_per_token"] == pytest.approx(15.0 / 75) and e["generation_requests"] == 2
     assert e["avg_watts"] == pytest.approx(18.0 / 4.0)
     assert e["co2_grams"] == pytest.approx(18.0 / 3.6e6 * 475)
     assert e["grid_intensity"]["grams_per_kwh"] == 475

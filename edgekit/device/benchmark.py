@@ -74,15 +74,11 @@ def run_once(loaded, meter=None, prompts=PROMPTS, max_tokens: int = 64, clock: C
     for p, prompt in enumerate(prompts):
         ids = loaded.tokenizer.encode(prompt)
         name = f"bench-{next(_windows)}"
-        if meter is not None:
-            meter.begin(name)
-        try:
-            res = drain(generate(loaded.model, loaded.tokenizer, ids, max_tokens, Sampler(0.0), clock=clock))
-        except BaseException:
-            if meter is not None:
-                meter.cancel(name)
-            raise
-        window = meter.end(name).as_dict() if meter is not None else None
+        def work():
+            return drain(generate(loaded.model, loaded.tokenizer, ids, max_tokens, Sampler(0.0), clock=clock))
+
+        res, measured = (work(), None) if meter is None else meter.measure(name, work)
+        window = measured.as_dict() if measured is not None else None
         if window is not None:
             window["scope"] = getattr(meter.source, "scope", "")
         out.append({"run": run, "prompt": p, "prompt_tokens": res.prompt_tokens,

@@ -57,21 +57,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
     def metered(name: str, work):
         """(work(), the energy window of running it, or None without a meter)."""
-        if meter is None:
-            return work(), None
-        try:
-            meter.begin(name)
-        except OSError:  # a sensor read failing must not fail the request: no energy for this one
-            return work(), None
-        try:
-            result = work()
-        except BaseException:
-            meter.cancel(name)
-            raise
-        try:
-            return result, meter.end(name)
-        except OSError:
-            return result, None
+        return (work(), None) if meter is None else meter.measure(name, work)
 
     def usage_of(res, window) -> dict:
         usage = _usage(res)
@@ -86,8 +72,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         metrics.observe(route, status, time.time() - started, usage)
         log.write(log_record(route, status, started, usage, error))
 
-    def fail(route: str, started: float, message: str, param=None, status=400, headers=None):
-        finish(route, status, started, error=message)
+    def fail(route: str, started: float, message: str, param=None, status=400, headers=None, usage=None):
+        finish(route, status, started, usage, error=message)
         resp = error_response(message, param, status)
         resp.headers.update(headers or {})
         return resp
@@ -120,7 +106,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         started = time.time()
         err = await gate(request, "/props", started)
         power = None if meter is None else dict(meter.source.describe(), idle_watts_subtracted=meter.idle_watts,
-                                                grid=intensity.label())
+                                                grid=intensity.label(), read_errors=meter.errors,
+                                                last_error=meter.last_error)
         return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power))
 
     async def metrics_route(request: Request):
@@ -277,7 +264,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                             res, text, usage = value
                             if timed_out(res):
                                 return fail(route, started, f"{timeout_message} ({res.completion_tokens} tokens "
-                                            "generated)", status=504)
+                                            "generated)", status=504, usage=usage)
                             finish(route, 200, started, usage)
                             return JSONResponse(body_for(chat, cid, text, res.finish_reason, usage, False))
                         if kind == "error":

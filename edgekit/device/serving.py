@@ -109,13 +109,17 @@ class JsonlLog:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
-        for i in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
-        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        self._open()
+        fd, self._fd = self._fd, None
+        os.close(fd)
+        try:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            if self.path.exists():
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        finally:
+            self._open()  # a failed rename (say, the log was deleted) still leaves a valid file to append to
 
     def write(self, record: dict) -> None:
         if self._fd is None:
@@ -158,8 +162,9 @@ class Metrics:
         self.queue.set_function(lambda: admission.waiting)
         self.joules = Counter("edgekit_energy_joules", "Energy of requests (joules), by power source and whether "
                               "measured or estimated", ["source", "measured"], registry=r)
-        self.joules_per_token = Histogram("edgekit_joules_per_token", "Energy per generated token (joules)",
-                                          ["source", "measured"], registry=r,
+        self.joules_per_token = Histogram("edgekit_joules_per_token", "Energy per token (joules): generated "
+                                          "tokens for completions, input tokens for /v1/embeddings",
+                                          ["route", "source", "measured"], registry=r,
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
 
@@ -170,6 +175,9 @@ class Metrics:
             return readings[-1].watts if readings and readings[-1].watts is not None else float("nan")
 
         self.watts.labels(meter.source.name, str(meter.source.measured).lower()).set_function(last)
+        errors = Gauge("edgekit_power_read_errors", "Failed power-source reads (requests meanwhile have no energy)",
+                       registry=self.registry)
+        errors.set_function(lambda: meter.errors)
 
     def observe(self, route: str, status: int, seconds: float, usage: dict | None) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -186,7 +194,7 @@ class Metrics:
                 labels = (energy["source"], str(energy["measured"]).lower())
                 self.joules.labels(*labels).inc(energy["joules"])
                 if energy["joules_per_token"] is not None:
-                    self.joules_per_token.labels(*labels).observe(energy["joules_per_token"])
+                    self.joules_per_token.labels(route, *labels).observe(energy["joules_per_token"])
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

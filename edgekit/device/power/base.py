@@ -30,7 +30,7 @@ class Sample:
 
 class PowerSource:
     """Base class. Subclasses set `name` (one of edgekit.core.targets.POWER_SOURCES), `measured`
-    (False only for estimates), `scope` (what the figure covers, e.g. "CPU package + DRAM (RAPL)",
+    (False only for estimates), `scope` (what the figure covers, e.g. "CPU package(s) via RAPL",
     "board rails (PMIC), not wall power") and `detail` (which files/channels, for `edgekit power`)."""
 
     name = "?"

@@ -19,11 +19,25 @@ from edgekit.core.boards import FALLBACK_BOARD, Board, detect_board, load_board,
 from edgekit.device.power.base import PowerSource, Sample
 
 
-def _psutil_cpu_fraction() -> Callable[[], float]:
+def _psutil_cpu_fraction(min_seconds: float = 0.05) -> Callable[[], float]:
+    """System-wide CPU utilisation since the previous call (psutil). Calls closer than
+    `min_seconds` to the previous one (a request's begin/end reading right after a sampler
+    reading) return the previous value: psutil's figure over a few milliseconds is noise (0.0
+    within one clock tick)."""
+    import time
+
     import psutil
 
     psutil.cpu_percent(interval=None)  # the first call only starts the measurement window
-    return lambda: psutil.cpu_percent(interval=None) / 100.0
+    last = {"at": time.monotonic(), "fraction": 0.0}
+
+    def fraction() -> float:
+        now = time.monotonic()
+        if now - last["at"] >= min_seconds:
+            last["at"], last["fraction"] = now, psutil.cpu_percent(interval=None) / 100.0
+        return last["fraction"]
+
+    return fraction
 
 
 class EstimateSource(PowerSource):

@@ -14,6 +14,7 @@ May import: stdlib, edgekit.device.power.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -54,69 +55,119 @@ class EnergyWindow:
         return dict(asdict(self), watts=self.watts)
 
 
+@dataclass
+class _Open:
+    """An open window: its first reading, the last reading integrated so far, joules so far."""
+
+    start: Reading
+    last: Reading
+    joules: float = 0.0
+    readings: int = 1
+
+
 class EnergyMeter:
     """Readings of one source; windows by name. Thread-safe: the sampler thread and request
-    threads call `sample()`, `begin()` and `end()` concurrently. Keeps at most `max_readings`
-    readings (at 10 Hz, 100 000 is ~2.8 hours: a longer window loses its early samples)."""
+    threads call `sample()`, `begin()` and `end()` concurrently. Each open window integrates the
+    readings as they arrive (no history is needed, so a window can be any length); `readings`
+    keeps the last `max_readings` for /metrics and tests.
+
+    Counter sources: a reading's `watts` is the counter rate since the previous reading at least
+    `min_rate_seconds` earlier (else None), so begin/end readings taken a fraction of a
+    millisecond after a sampler reading do not yield meaningless rates from a counter that
+    updates about once a millisecond; windows still use the exact counter delta."""
 
     def __init__(self, source: PowerSource, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, idle_watts: float | None = None,
-                 on_reading: Callable[[Reading], None] | None = None, max_readings: int = 100_000):
+                 on_reading: Callable[[Reading], None] | None = None, max_readings: int = 1000,
+                 min_rate_seconds: float = 0.02):
         self.source = source
         self.clock = clock
         self.wall = wall
         self.idle_watts = idle_watts
         self.on_reading = on_reading
+        self.min_rate_seconds = min_rate_seconds
         self.readings: collections.deque[Reading] = collections.deque(maxlen=max_readings)
-        self._windows: dict[str, Reading] = {}
+        self.errors = 0
+        self.last_error: str | None = None
+        self._rate_ref: Reading | None = None
+        self._windows: dict[str, _Open] = {}
         self._lock = threading.Lock()
 
-    @property
-    def counter(self) -> bool:
-        """Whether the source has an energy counter (decided by its readings)."""
-        last = self.readings[-1] if self.readings else None
-        return last is not None and last.joules is not None
-
     def sample(self) -> Reading:
-        """Read the source now and keep the stamped reading."""
+        """Read the source now, keep the stamped reading and add it to every open window."""
         before = self.clock()
         raw: Sample = self.source.read()
         now = (before + self.clock()) / 2  # stamped at the middle of the read
         with self._lock:
             watts = raw.watts
-            if raw.joules is not None and watts is None and self.readings:
-                prev = self.readings[-1]
-                dt = now - prev.seconds
-                if prev.joules is not None and dt > 0:
-                    watts = (raw.joules - prev.joules) / dt
+            if raw.joules is not None and watts is None:
+                ref = self._rate_ref
+                if ref is None or ref.joules is None:
+                    self._rate_ref = Reading(now, 0.0, None, raw.joules)
+                elif now - ref.seconds >= self.min_rate_seconds:
+                    watts = (raw.joules - ref.joules) / (now - ref.seconds)
+                    self._rate_ref = Reading(now, 0.0, None, raw.joules)
             reading = Reading(now, self.wall(), watts, raw.joules, raw.battery_percent)
             self.readings.append(reading)
+            if raw.watts is not None:
+                for w in self._windows.values():
+                    self._add(w, reading)
         if self.on_reading is not None:
             self.on_reading(reading)
         return reading
 
+    @staticmethod
+    def _add(w: _Open, r: Reading) -> None:
+        """Trapezoid from the window's last reading to `r` (readings from concurrent threads can
+        arrive microseconds out of order: an older one is skipped)."""
+        if r.seconds <= w.last.seconds or r.watts is None or w.last.watts is None:
+            return
+        w.joules += (r.seconds - w.last.seconds) * (w.last.watts + r.watts) / 2
+        w.last = r
+        w.readings += 1
+
     def begin(self, name: str) -> None:
-        self._windows[name] = self.sample()
+        reading = self.sample()
+        with self._lock:
+            self._windows[name] = _Open(reading, reading)
 
     def end(self, name: str) -> EnergyWindow:
-        start = self._windows.pop(name)
         stop = self.sample()
+        with self._lock:
+            w = self._windows.pop(name)
+            self._add(w, stop)
+        start = w.start
         seconds = stop.seconds - start.seconds
         if start.joules is not None and stop.joules is not None:
             joules, method, n = stop.joules - start.joules, "counter", 2
         else:
-            with self._lock:
-                points = [(r.seconds, r.watts) for r in self.readings
-                          if start.seconds <= r.seconds <= stop.seconds and r.watts is not None]
-            points.sort()  # readings from concurrent threads may land a few microseconds out of order
-            joules = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(points, points[1:]))
-            method, n = "trapezoid", len(points)
+            joules, method, n = w.joules, "trapezoid", w.readings
         if self.idle_watts is not None:
             joules = max(0.0, joules - self.idle_watts * seconds)
         return EnergyWindow(joules, seconds, self.source.name, self.source.measured, method, n, self.idle_watts)
 
     def cancel(self, name: str) -> None:
-        self._windows.pop(name, None)
+        with self._lock:
+            self._windows.pop(name, None)
+
+    def measure(self, name: str, work: Callable[[], object]) -> tuple[object, EnergyWindow | None]:
+        """(work(), its energy window); the window is None when the source failed to read at
+        the start or the end (the failure is counted in `errors`, the work is never lost)."""
+        try:
+            self.begin(name)
+        except OSError as exc:
+            self.errors, self.last_error = self.errors + 1, str(exc)
+            return work(), None
+        try:
+            result = work()
+        except BaseException:
+            self.cancel(name)
+            raise
+        try:
+            return result, self.end(name)
+        except OSError as exc:
+            self.errors, self.last_error = self.errors + 1, str(exc)
+            return result, None
 
 
 class Sampler:
@@ -127,7 +178,6 @@ class Sampler:
             raise ValueError(f"sampling rate must be > 0 Hz, got {hz}")
         self.meter = meter
         self.period_seconds = 1.0 / hz
-        self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edgekit-power", daemon=True)
 
@@ -139,8 +189,12 @@ class Sampler:
         while not self._stop.is_set():
             try:
                 self.meter.sample()
-            except OSError:  # a sensor read failing now and then must not kill the sampler
-                self.errors += 1
+            except OSError as exc:  # a failing sensor read must not kill the sampler; counted, shown in /props
+                self.meter.errors += 1
+                if self.meter.last_error is None:
+                    print(f"edgekit: power source {self.meter.source.name}: read failed: {exc} (counted in "
+                          "/props power.read_errors; requests meanwhile carry no energy)", file=sys.stderr)
+                self.meter.last_error = str(exc)
             self._stop.wait(self.period_seconds)
 
     def stop(self) -> None:

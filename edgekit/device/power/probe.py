@@ -64,16 +64,13 @@ def make(name: str, machine: Machine, channels: list[str] | None = None, board: 
 
 
 def estimate_source(machine: Machine, board: str | None = None) -> PowerSource:
-    from edgekit.core.boards import detect_board, load_board, read_device_model
-    from edgekit.device.power.estimate import EstimateSource
+    """The estimate for `board` (a boards/ name or path), else for the board detected here."""
+    from edgekit.core.boards import load_board
+    from edgekit.device.power.estimate import EstimateSource, estimate_for_this_machine
 
     if board:
-        chosen, how = load_board(board), f"board '{board}' (--board)"
-    else:
-        chosen = detect_board(read_device_model(machine.device_tree))
-        how = f"detected board '{chosen.name}'" if chosen else "no board detected; generic-x86 profile"
-        chosen = chosen or load_board("generic-x86")
-    return EstimateSource(chosen, cpu_fraction=machine.cpu_fraction, how=how)
+        return EstimateSource(load_board(board), cpu_fraction=machine.cpu_fraction, how=f"board '{board}' (--board)")
+    return estimate_for_this_machine(device_tree_root=machine.device_tree, cpu_fraction=machine.cpu_fraction)
 
 
 def auto_order(prefer: list[str] | tuple[str, ...] = ()) -> list[str]:
