@@ -11,7 +11,7 @@ same token ids, the same thread count, batch 1):
   $EDGEKIT_HOME/bench; never a dependency of edgekit): the student converted to GGUF with
   llama.cpp's own converter (from the llama-cpp-python sdist), quantized to Q8_0 and Q4_0;
 - transformers `generate` (eager attention, fp32) on the student folder.
-Measured per engine: prefill tokens/s (a 128-token prompt), decode tokens/s (128 new tokens,
+Measured per engine (speed rounds first, then peak RSS, then perplexity): prefill tokens/s (a 128-token prompt), decode tokens/s (128 new tokens,
 greedy), in interleaved rounds (each round runs every engine once, in rotating order; medians);
 peak RSS of the engine's process; model bytes; perplexity on held-out text from the engine's own
 logits (llama.cpp with logits for every position); the decode roofline = memory bandwidth
@@ -318,11 +318,6 @@ def main() -> None:
         for name, py, kind, path in specs:
             say(f"starting {name}")
             workers.append(Worker(name, py, kind, path, args.threads))
-        ppl = {}
-        for w in workers:
-            t0 = time.perf_counter()
-            ppl[w.name] = w.ask(cmd="nll", windows=wins)
-            say(f"{w.name}: perplexity {ppl[w.name]['perplexity']:.3f} ({time.perf_counter() - t0:.0f} s)")
         speeds = {w.name: [] for w in workers}
         for w in workers:
             w.ask(cmd="speed", prompt=prompt, new=8)  # warm-up
@@ -332,7 +327,12 @@ def main() -> None:
                 speeds[w.name].append(w.ask(cmd="speed", prompt=prompt, new=args.new_tokens))
             say(f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {(args.new_tokens - 1) / s[-1]['decode_seconds']:.0f}" for n, s in speeds.items()))
-        rss = {w.name: w.ask(cmd="rss")["peak_rss_bytes"] for w in workers}
+        rss = {w.name: w.ask(cmd="rss")["peak_rss_bytes"] for w in workers}  # before scoring buffers exist
+        ppl = {}
+        for w in workers:
+            t0 = time.perf_counter()
+            ppl[w.name] = w.ask(cmd="nll", windows=wins)
+            say(f"{w.name}: perplexity {ppl[w.name]['perplexity']:.3f} ({time.perf_counter() - t0:.0f} s)")
     finally:
         for w in workers:
             w.close()

@@ -96,3 +96,33 @@ def test_coral_segments_map_every_op_and_keep_quality(tflite_builds):
     assert v["perplexity"]["ratio"] < 1.05 and v["greedy_agreement"] >= 0.85  # measured: 1.017, 0.92
     single = _manifest(tflite_builds["coral-single"])["metrics"]
     assert all(p["totals"]["ops_mapped"] == 0 for p in single["edgetpu"]["prediction"])  # nothing maps
+
+
+@pytest.mark.parametrize("variant", ["arm-cpu", "mobile-gpu", "coral-single"])
+def test_zero_copy_cache_gives_the_same_logits_as_the_copying_path(tflite_builds, variant):
+    """The cache kept inside the interpreter (tflite_resident) must not change a single logit,
+    across prefill chunks, decode steps and two requests taking turns; int8-I/O graphs
+    (coral-single) must fall back to the copying path."""
+    import numpy as np
+
+    from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
+
+    bundle = tflite_builds[variant]
+    m = _manifest(bundle)
+    with np.load(bundle / m["signature"]["host_file"]) as z:
+        tables = {k: z[k] for k in z.files}
+
+    def runner(zero_copy):
+        interp, _ = make_interpreter(bundle / m["model"]["file"], threads=1)
+        return TfliteCausalLM(interp, m["signature"], tables, zero_copy=zero_copy)
+
+    fast, slow = runner(None), runner(False)
+    assert (fast._resident is not None) == (variant != "coral-single")
+    outs = {}
+    for name, lm in (("fast", fast), ("slow", slow)):
+        a, b = lm.new_cache(), lm.new_cache()
+        seq = [lm.forward(list(range(3, 40)), a), lm.forward(list(range(50, 60)), b)]
+        seq += [lm.forward([t], a) for t in (7, 8, 9)] + [lm.forward([11], b), lm.forward([12, 13, 14], a)]
+        outs[name] = seq + [np.stack(lm.cache_arrays(a))[:, :, :, : a.length]]
+    for x, y in zip(outs["fast"], outs["slow"]):
+        assert x.shape == y.shape and np.array_equal(x, y)

@@ -23,15 +23,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.device import tflite_resident
+
 log = logging.getLogger("edgekit.device")
 
 
-@dataclass
+@dataclass(eq=False)
 class StaticCache:
-    """Per-request cache: float32 arrays [1, kv_heads, C, head_dim] per layer and kind."""
+    """Per-request cache: float32 arrays [1, kv_heads, C, head_dim] per layer and kind. With the
+    zero-copy path (tflite_resident) the arrays of the cache in use live inside the interpreter
+    (`resident`); they are copied out only when another cache takes its place."""
 
     arrays: list[np.ndarray] = field(default_factory=list)
     length: int = 0
+    resident: bool = False
 
 
 def _order(names):
@@ -107,7 +112,9 @@ class RecordingRunner:
 class TfliteCausalLM:
     """prefill/decode steps of an exported decoder; same forward() contract as OnnxCausalLM."""
 
-    def __init__(self, interpreter, signature: dict, host_tables: dict):
+    def __init__(self, interpreter, signature: dict, host_tables: dict, zero_copy: bool | None = None):
+        """`zero_copy`: keep the KV cache inside the interpreter (tflite_resident); None = when the
+        interpreter is a real LiteRT one with float32 cache tensors, False = always copy."""
         self.interpreter = interpreter
         self.prefill = _Sig(interpreter.get_signature_runner("prefill"))
         self.decode = _Sig(interpreter.get_signature_runner("decode"))
@@ -121,6 +128,11 @@ class TfliteCausalLM:
         self.sin = np.asarray(host_tables["sin"], np.float32)
         self.cache_shape = tuple(int(s) for s in self.decode.ins[5]["shape"])
         self.n_kv = len(self.decode.ins) - 5
+        self._resident = None
+        if zero_copy is not False and tflite_resident.supported(interpreter):
+            sigs = {sig: tflite_resident.ResidentSig(interpreter, name)
+                    for sig, name in ((self.prefill, "prefill"), (self.decode, "decode"))}
+            self._resident = tflite_resident.ResidentCaches(sigs, self.n_kv)
 
     def embed_rows(self, ids: np.ndarray) -> np.ndarray:
         rows = self.embed[ids].astype(np.float32)
@@ -129,7 +141,13 @@ class TfliteCausalLM:
         return rows
 
     def new_cache(self) -> StaticCache:
+        if self._resident is not None:  # rows are written before any query can see them: no zeros needed
+            return StaticCache([], 0)
         return StaticCache([np.zeros(self.cache_shape, np.float32) for _ in range(self.n_kv)], 0)
+
+    def cache_arrays(self, cache: StaticCache) -> list[np.ndarray]:
+        """The cache's arrays, wherever they live (tests and tools; not needed to generate)."""
+        return self._resident.export(cache) if self._resident is not None else cache.arrays
 
     def _step(self, sig: _Sig, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
         t = sig.length
@@ -138,7 +156,12 @@ class TfliteCausalLM:
         mask = mask.astype(np.float32)[None, None]
         ids = np.zeros((1, t), np.int32)
         ids[0, : len(tokens)] = tokens
-        out = sig([self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask] + cache.arrays)
+        small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask]
+        if self._resident is not None:
+            rsig = self._resident.sigs[sig]
+            logits = self._resident.step(rsig, small, cache, start)
+            return _from_output(logits, sig.outs[0])[0, : len(tokens)]
+        out = sig(small + cache.arrays)
         cache.arrays = out[1:]
         return out[0][0, : len(tokens)]
 
