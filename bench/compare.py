@@ -44,7 +44,7 @@ EDGEKIT_VARIANTS = [  # (name, target, precision)
     ("edgekit onnx 4-bit", "onnx-cpu", "int4-weight-only"),
     ("edgekit tflite int8", "arm-cpu", "int8-dynamic"),
     ("edgekit tflite fp16", "mobile-gpu", "fp16"),
-    ("edgekit coral int8 (CPU)", "coral", "int8-full"),
+    ("edgekit coral int8 (CPU)", "coral-256", "int8-full"),
 ]
 LLAMA_VARIANTS = [("llama.cpp Q8_0", "Q8_0"), ("llama.cpp Q4_0", "Q4_0")]
 ANCHOR = "llama.cpp Q8_0"
@@ -126,16 +126,22 @@ prompts = ["Once upon a time", "The capital of France is", "Write a haiku about 
 '''
     if not recipe.is_file() or recipe.read_text() != text:
         recipe.write_text(text)
+    # The coral target caps sequences at 128 (static shapes for a one-graph export); its TPU-segment
+    # layout keeps the KV cache on the host, so the benchmark's 128 + 128 tokens only need a longer cap.
+    coral = (ROOT / "targets/coral.toml").read_text()
+    (work / "coral-256.toml").write_text(coral.replace('name = "coral"', 'name = "coral-256"')
+                                         .replace("max_sequence_length = 128", "max_sequence_length = 256"))
     out = {}
     for name, target, precision in EDGEKIT_VARIANTS:
         if name not in names:
             continue
-        d = work / "bundles" / f"{target}-{precision}"
+        target = str(work / "coral-256.toml") if target == "coral-256" else target
+        d = work / "bundles" / f"{Path(target).stem}-{precision}"
         if not (d / "manifest.json").is_file():
             say(f"building {name}: edgekit build -t {target} --precision {precision}")
             t0 = time.perf_counter()
             run([sys.executable, "-m", "edgekit", "build", "-r", str(recipe), "-t", target, "--precision", precision,
-                 "--no-gate", "-o", str(d), "--work-dir", str(work / "build" / f"{target}-{precision}")])
+                 "--no-gate", "-o", str(d), "--work-dir", str(work / "build" / f"{Path(target).stem}-{precision}")])
             say(f"built {name} in {time.perf_counter() - t0:.0f} s")
         out[name] = d
     return out

@@ -26,6 +26,7 @@ import numpy as np
 from edgekit.device import tflite_resident
 
 log = logging.getLogger("edgekit.device")
+_WARNED: set[str] = set()  # delegate libraries that failed to load (warned about once)
 
 
 @dataclass(eq=False)
@@ -217,6 +218,9 @@ def make_interpreter(model_path, threads: int = 0, delegate: str = "none", deleg
                 kwargs["model_path"] = str(accelerated_path)
             return lite.Interpreter(experimental_delegates=[dlg], **kwargs), f"{delegate} ({delegate_library})"
         except (ValueError, OSError, RuntimeError) as e:
+            if delegate_library in _WARNED:  # once per library and process (TPU segments open dozens of files)
+                return lite.Interpreter(**kwargs), "cpu (xnnpack)"
+            _WARNED.add(delegate_library)
             log.warning("%s delegate library '%s' could not be loaded (%s); running on CPU (XNNPACK)",
                         delegate, delegate_library, str(e).splitlines()[0] if str(e) else type(e).__name__)
     return lite.Interpreter(**kwargs), "cpu (xnnpack)"
