@@ -273,6 +273,11 @@ def plot(rows: list[dict], path: Path) -> None:
                    color=color, alpha=0.6, edgecolors="black")
         ax.annotate(f"{r['name']}\n{r['model_bytes'] / 1e6:.0f} MB", (r["decode_tokens_per_second"], r["perplexity"]),
                     textcoords="offset points", xytext=(8, 8 if i % 2 else -18), fontsize=7)
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=lab, alpha=0.6) for c, lab in
+                       (("C0", "edgekit device runtime"), ("C1", "llama.cpp (llama-cpp-python)"),
+                        ("C2", "transformers eager"))], loc="upper left", fontsize=8)
     ax.set(xlabel="decode tokens/s (batch 1, same threads; higher is better)",
            ylabel="perplexity on held-out text (lower is better)",
            title="Same student weights: speed vs quality (marker area ~ model size)")

@@ -18,6 +18,7 @@ May import: stdlib, numpy, ai_edge_litert / tflite_runtime (lazily).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from dataclasses import dataclass, field
 
@@ -130,7 +131,9 @@ class TfliteCausalLM:
         self.cache_shape = tuple(int(s) for s in self.decode.ins[5]["shape"])
         self.n_kv = len(self.decode.ins) - 5
         self._resident = None
-        if zero_copy is not False and tflite_resident.supported(interpreter):
+        if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
+            zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
+        if zero_copy and tflite_resident.supported(interpreter):
             sigs = {sig: tflite_resident.ResidentSig(interpreter, name)
                     for sig, name in ((self.prefill, "prefill"), (self.decode, "decode"))}
             self._resident = tflite_resident.ResidentCaches(sigs, self.n_kv)
@@ -142,7 +145,7 @@ class TfliteCausalLM:
         return rows
 
     def new_cache(self) -> StaticCache:
-        if self._resident is not None:  # rows are written before any query can see them: no zeros needed
+        if self._resident is not None:  # slots past `length` are masked and hold finite values (zeroed once)
             return StaticCache([], 0)
         return StaticCache([np.zeros(self.cache_shape, np.float32) for _ in range(self.n_kv)], 0)
 

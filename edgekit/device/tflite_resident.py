@@ -7,7 +7,8 @@ fifth of its decode time). Here the cache stays in a signature's own input tenso
 small inputs are written into the interpreter's buffers through numpy views, and after each call
 only the cache rows the call wrote (positions start .. start+T) are copied from the output tensors
 back into the input tensors. Caches of other requests are swapped in and out in full, and moving
-from the prefill to the decode signature copies the filled rows once.
+from the prefill to the decode signature copies the filled rows once. Slots past a cache's
+length may hold another request's rows (finite values, always masked); they start as zeros.
 
 Used only when every cache tensor is float32 without quantization (int8-I/O graphs keep the
 copying path) and the interpreter exposes its wrapper (ai-edge-litert / tflite_runtime).
@@ -35,6 +36,11 @@ class ResidentSig:
         self.out_index = [outs[n]["index"] for n in _order(outs)]
         self.length = int(ins[_order(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
         self.wrapper.AllocateTensors(self.subgraph)
+        # Fresh tensor memory is uninitialised (it can hold NaN): masked cache slots are multiplied
+        # by zero attention weights, and NaN * 0 is NaN. Zero every cache input once; from then on
+        # slots only ever hold values the model wrote.
+        for index in self.in_index[5:]:
+            self.view(index)[...] = 0.0
 
     def view(self, index: int) -> np.ndarray:
         """A numpy view of a tensor buffer (fetched per use: valid until the next allocation)."""
