@@ -4,7 +4,7 @@ The base install is the *device* install: no torch, no tensorflow (tests/test_la
 Extras:
   build  workstation toolchain (torch CPU-compatible range, transformers 5, onnx, litert-torch ...)
   tf     tensorflow-cpu, only for litert-torch's generative export_hf path
-  test   pytest and the HTTP clients the tests use
+  test   pytest, the HTTP clients the tests use and matplotlib (report and bench plots are tested)
   bench  plotting for the benchmark scripts
 Install torch's CPU wheel first (README) so the resolver does not pull the CUDA build.
 """
@@ -44,7 +44,7 @@ BUILD = [
     "scipy>=1.10",  # Spearman correlation for STS-B
 ]
 TF = ["tensorflow-cpu>=2.19"]
-TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100"]
+TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100", "matplotlib>=3.8"]  # matplotlib: plot tests
 BENCH = ["matplotlib>=3.8"]
 
 setup(
