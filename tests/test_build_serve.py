@@ -28,23 +28,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def serving(bundle: Path, *extra: str):
+def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`edgekit serve BUNDLE` (torch blocked) on a free port, once /health answers 200."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(bundle), "--port", str(port),
                              "--log-level", "warning", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.communicate()[1][-3000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("server did not become healthy in 60 s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serving(bundle: Path, *extra: str):
+    proc, base = start_server(bundle, *extra)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy in 60 s"
-            time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
@@ -147,20 +155,7 @@ def test_sigterm_finishes_cleanly_and_the_request_log_is_whole(stories_bundle, t
     import signal
 
     log = tmp_path / "requests.jsonl"
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(stories_bundle), "--port", str(port),
-                             "--request-log", str(log), "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    proc, base = start_server(stories_bundle, "--request-log", str(log))
     for _ in range(3):
         assert httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=30).status_code == 200
     proc.send_signal(signal.SIGTERM)
@@ -225,22 +220,9 @@ def test_served_energy_power_log_and_report(stories_bundle, tmp_path):
     import signal
 
     req_log, power_log = tmp_path / "requests.jsonl", tmp_path / "power.jsonl"
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, str(NO_TORCH), "serve", str(stories_bundle), "--port", str(port),
-                             "--request-log", str(req_log), "--power", "estimate", "--board", "rpi5",
-                             "--power-log", str(power_log), "--power-hz", "20", "--subtract-idle",
-                             "--country", "FRA", "--log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[1] if proc.poll() else ""
-        time.sleep(0.1)
+    proc, base = start_server(stories_bundle, "--request-log", str(req_log), "--power", "estimate", "--board",
+                              "rpi5", "--power-log", str(power_log), "--power-hz", "20", "--subtract-idle",
+                              "--country", "FRA")
     usages = [httpx.post(base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 16}, timeout=30).json()["usage"]
               for _ in range(3)]
     props = httpx.get(base + "/props").json()

@@ -40,6 +40,15 @@ def read_number(path: Path) -> float:
         raise OSError(f"{path} does not hold a number: {text.strip()[:40]!r}") from None
 
 
+def rail_watts(files: tuple[Path, ...], power_units_per_watt: float) -> float:
+    """Watts of one rail: a single power file (in 1/power_units_per_watt W: 1e6 for hwmon's µW,
+    1e3 for Jetson's mW), or a bus-voltage file (mV) and a current file (mA)."""
+    if len(files) == 1:
+        return read_number(files[0]) / power_units_per_watt
+    millivolts, milliamps = (read_number(f) for f in files)
+    return millivolts * milliamps / 1e6
+
+
 def is_total_rail(label: str) -> bool:
     """Whether a rail label names the total input: the word IN (VDD_IN, POM_5V_IN) or 'total'."""
     return "IN" in re.split(r"[^A-Z0-9]+", label.upper()) or "total" in label.lower()
@@ -60,11 +69,7 @@ class Channel:
     files: tuple[Path, ...]  # (power µW,) or (bus voltage mV, current mA)
 
     def watts(self) -> float:
-        if len(self.files) == 1:
-            microwatts = read_number(self.files[0])
-            return microwatts / 1e6
-        millivolts, milliamps = (read_number(f) for f in self.files)
-        return millivolts * milliamps / 1e6
+        return rail_watts(self.files, 1e6)  # power1_input is in µW
 
     def describe(self) -> str:
         return f"{self.label} [{self.chip} {self.hwmon}: {', '.join(f.name for f in self.files)}]"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.device.power.base import PowerSource, Sample, SourceUnavailable
-from edgekit.device.power.hwmon import is_total_rail, read_number
+from edgekit.device.power.hwmon import is_total_rail, rail_watts
 
 TOTAL_RAIL_NAMES = ("POM_5V_IN", "VDD_IN")
 
@@ -36,11 +36,7 @@ class Rail:
     files: tuple[Path, ...]  # (power mW,) or (voltage mV, current mA)
 
     def watts(self) -> float:
-        if len(self.files) == 1:
-            milliwatts = read_number(self.files[0])
-            return milliwatts / 1e3
-        millivolts, milliamps = (read_number(f) for f in self.files)
-        return millivolts * milliamps / 1e6
+        return rail_watts(self.files, 1e3)  # in_power*_input is in mW
 
     def describe(self) -> str:
         return f"{self.name} [{self.where}: {', '.join(f.name for f in self.files)}]"
