@@ -49,6 +49,23 @@ def rail_watts(files: tuple[Path, ...], power_units_per_watt: float) -> float:
     return millivolts * milliamps / 1e6
 
 
+def readable(rails: list, label) -> tuple[list, list[str]]:
+    """(rails that read now, notes on the others): a rail labelled NC is not connected, one whose
+    read fails (a disabled INA3221 channel) is unreadable. `label(rail)` gives its label."""
+    kept, notes = [], []
+    for rail in rails:
+        if label(rail).upper() == "NC":
+            notes.append(f"{rail.describe()} not connected")
+            continue
+        try:
+            rail.watts()
+        except OSError as exc:
+            notes.append(f"{rail.describe()} unreadable ({exc})")
+            continue
+        kept.append(rail)
+    return kept, notes
+
+
 def is_total_rail(label: str) -> bool:
     """Whether a rail label names the total input: the word IN (VDD_IN, POM_5V_IN) or 'total'."""
     return "IN" in re.split(r"[^A-Z0-9]+", label.upper()) or "total" in label.lower()
@@ -102,16 +119,9 @@ def find_channels(root: str | Path) -> tuple[list[Channel], list[str], list[str]
         seen.append(chip)
         if chip not in SINGLE_CHANNEL_CHIPS + THREE_CHANNEL_CHIPS:
             continue
-        for ch in _channels_of(d, chip):
-            if ch.label.upper() == "NC":
-                notes.append(f"{ch.describe()} not connected")
-                continue
-            try:
-                ch.watts()
-            except OSError as exc:
-                notes.append(f"{ch.describe()} unreadable ({exc})")
-                continue
-            channels.append(ch)
+        kept, left_out = readable(_channels_of(d, chip), lambda ch: ch.label)
+        channels += kept
+        notes += left_out
     return channels, notes, seen
 
 

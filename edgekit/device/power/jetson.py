@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.device.power.base import PowerSource, Sample, SourceUnavailable
-from edgekit.device.power.hwmon import is_total_rail, rail_watts
+from edgekit.device.power.hwmon import is_total_rail, rail_watts, readable
 
 TOTAL_RAIL_NAMES = ("POM_5V_IN", "VDD_IN")
 
@@ -90,17 +90,7 @@ class JetsonSource(PowerSource):
 
     def __init__(self, root: str | Path = "/sys/bus/i2c/drivers", rails: list[str] | None = None):
         base = Path(root)
-        found, notes = [], []
-        for rail in _iio_rails(base) + _hwmon_rails(base):
-            if rail.name.upper() == "NC":
-                notes.append(f"{rail.describe()} not connected")
-                continue
-            try:
-                rail.watts()
-            except OSError as exc:
-                notes.append(f"{rail.describe()} unreadable ({exc})")
-                continue
-            found.append(rail)
+        found, notes = readable(_iio_rails(base) + _hwmon_rails(base), lambda rail: rail.name)
         left_out = f"; left out: {'; '.join(notes)}" if notes else ""
         if not found:
             raise SourceUnavailable(
