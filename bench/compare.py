@@ -148,8 +148,9 @@ prompts = ["Once upon a time", "The capital of France is", "Write a haiku about 
 
 
 def bundle_model_bytes(d: Path) -> int:
-    m = json.loads((d / "manifest.json").read_text())
-    return sum(f["bytes"] for f in m["files"] if f["path"] not in ("tokenizer.json", "generation.json", "manifest.json"))
+    from edgekit.device.benchmark import model_bytes
+
+    return model_bytes(json.loads((d / "manifest.json").read_text()))
 
 
 # ---------------------------------------------------------------- roofline inputs

@@ -134,7 +134,9 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
     manifest = json.loads((args.bundle / "manifest.json").read_text())
-    model_bytes = sum(f["bytes"] for f in manifest["files"] if f["path"] not in ("tokenizer.json", "generation.json"))
+    from edgekit.device.benchmark import model_bytes as bundle_model_bytes
+
+    model_bytes = bundle_model_bytes(manifest)
     result = {
         "bundle": str(args.bundle), "target": manifest["target"]["name"], "precision": manifest["model"]["precision"],
         "threads": args.threads, "rounds": args.rounds, "max_tokens": args.max_tokens,
