@@ -38,15 +38,16 @@ class ScriptedModel:
     def new_cache(self) -> KVCache:
         return KVCache()
 
-    def forward(self, token_ids, cache):
+    def forward(self, token_ids, cache, last_only=False):
         self.calls.append(len(token_ids))
+        self.last_only = last_only
         rows = []
         for k in range(len(token_ids)):
             logits = np.zeros(VOCAB, dtype=np.float32)
             logits[self.script[(cache.length + k) % len(self.script)]] = 5.0
             rows.append(logits)
         cache.length += len(token_ids)
-        return np.stack(rows)
+        return np.stack(rows[-1:] if last_only else rows)
 
 
 @dataclass
@@ -88,8 +89,11 @@ class FakeSignatureRunner:
     TFLite layout (embeds, input_pos, cos, sin, mask, k_0, v_0); `log` records (name, positions, mask)."""
 
     def __init__(self, name: str, length: int, cache_length: int, log: list, kv_dtype=np.float32,
-                 kv_quant=(0.0, 0)):
+                 kv_quant=(0.0, 0), select: bool = False):
+        """`select`: a prefill_last signature (one-hot `sel` [1,1,length] after the caches; logits of
+        the selected row only)."""
         self.name, self.length, self.cache_length, self.log = name, length, cache_length, log
+        self.select = select
         kv = {"dtype": kv_dtype, "shape": np.array([1, 1, cache_length, 2]), "quantization": kv_quant}
         self.inputs = {
             "args_0": {"dtype": np.float32, "shape": np.array([1, length, 4]), "quantization": (0.0, 0)},
@@ -99,7 +103,9 @@ class FakeSignatureRunner:
             "args_4": {"dtype": np.float32, "shape": np.array([1, 1, length, cache_length]), "quantization": (0.0, 0)},
             "args_5": dict(kv), "args_6": dict(kv),
         }
-        self.outputs = {"output_0": {"dtype": np.float32, "shape": np.array([1, length, VOCAB]),
+        if select:
+            self.inputs["args_7"] = {"dtype": np.float32, "shape": np.array([1, 1, length]), "quantization": (0.0, 0)}
+        self.outputs = {"output_0": {"dtype": np.float32, "shape": np.array([1, 1 if select else length, VOCAB]),
                                      "quantization": (0.0, 0)},
                         "output_1": dict(kv), "output_2": dict(kv)}
 
@@ -114,6 +120,9 @@ class FakeSignatureRunner:
         self.log.append((self.name, pos.tolist(), feeds["args_4"].copy(), feeds["args_5"].copy()))
         logits = np.zeros((1, self.length, VOCAB), np.float32)
         logits[0, np.arange(self.length), (pos + 2) % VOCAB] = 5.0
+        if self.select:
+            self.log[-1] += (feeds["args_7"].copy(),)
+            logits = feeds["args_7"] @ logits
         kv = []
         for key in ("args_5", "args_6"):
             a = feeds[key].copy()
@@ -123,10 +132,16 @@ class FakeSignatureRunner:
 
 
 class FakeInterpreter:
-    def __init__(self, prefill_length: int, cache_length: int, **kw):
+    def __init__(self, prefill_length: int, cache_length: int, prefill_last: bool = False, **kw):
         self.log: list = []
         self.runners = {"prefill": FakeSignatureRunner("prefill", prefill_length, cache_length, self.log, **kw),
                         "decode": FakeSignatureRunner("decode", 1, cache_length, self.log, **kw)}
+        if prefill_last:
+            self.runners["prefill_last"] = FakeSignatureRunner("prefill_last", prefill_length, cache_length,
+                                                               self.log, select=True, **kw)
+
+    def get_signature_list(self):
+        return {name: {} for name in self.runners}
 
     def get_signature_runner(self, name):
         return self.runners[name]

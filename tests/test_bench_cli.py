@@ -27,9 +27,9 @@ class TimedModel(ScriptedModel):
         super().__init__(script)
         self.clock, self.seconds = clock, seconds
 
-    def forward(self, token_ids, cache):
+    def forward(self, token_ids, cache, last_only=False):
         self.clock.advance(self.seconds * (2 if len(token_ids) > 1 else 1))
-        return super().forward(token_ids, cache)
+        return super().forward(token_ids, cache, last_only)
 
 
 def _loaded(clock, precision="fp32", target="fake-cpu", ratio=1.01, model_bytes=1000, seconds=STEP):

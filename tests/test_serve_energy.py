@@ -27,9 +27,9 @@ class SlowModel(ScriptedModel):
         super().__init__(script)
         self.seconds = seconds
 
-    def forward(self, token_ids, cache):
+    def forward(self, token_ids, cache, last_only=False):
         time.sleep(self.seconds)
-        return super().forward(token_ids, cache)
+        return super().forward(token_ids, cache, last_only)
 
 
 def _app(source, tmp_path=None, intensity=None):

@@ -1,6 +1,7 @@
 """The generation loop: prefill once, then one token per step, with stop strings and timings.
 
-Works with any model object that has `new_cache()` and `forward(ids, cache) -> logits[S, V]`.
+Works with any model object that has `new_cache()` and `forward(ids, cache, last_only=False) ->
+logits [S, V]` (with `last_only`, [1, V] of the last token: all a prompt's prefill needs).
 Time comes from an injected clock (default time.perf_counter). Timings are seconds.
 May import: stdlib, numpy, edgekit.core, edgekit.device.
 """
@@ -68,7 +69,7 @@ def generate(
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
     emitted = 0
     t0 = clock()
-    logits = model.forward(prompt_ids, cache)[-1]
+    logits = model.forward(prompt_ids, cache, last_only=True)[-1]
     result.prefill_seconds = clock() - t0
     t_decode = clock()
     text = ""

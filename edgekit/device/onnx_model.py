@@ -44,8 +44,9 @@ class OnnxCausalLM:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         return KVCache(past=[empty] * len(self.past_names), length=0)
 
-    def forward(self, token_ids: list[int], cache: KVCache) -> np.ndarray:
-        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab]; updates cache."""
+    def forward(self, token_ids: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray:
+        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab] ([1, vocab]
+        of the last token with `last_only`; the graph computes them all either way); updates cache."""
         n = len(token_ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
@@ -61,7 +62,7 @@ class OnnxCausalLM:
         outputs = self.session.run(self.output_names, feeds)
         cache.past = list(outputs[1:])
         cache.length = total
-        return outputs[0][0]
+        return outputs[0][0][-1:] if last_only else outputs[0][0]
 
 
 def ort_session(model_path, threads: int = 0):

@@ -4,7 +4,7 @@ here in numpy (float32).
 
 One token per step (the segments have [1, n] inputs: FullyConnected maps to the Edge TPU only with
 a one-dimensional output), so a prompt of n tokens costs n steps. Same forward() contract as the
-other runners: forward(token_ids, cache) -> logits [len(token_ids), vocab].
+other runners: forward(token_ids, cache, last_only=False) -> logits [len(token_ids), vocab].
 Interpreters are opened per segment (injectable for tests). May import: stdlib, numpy, edgekit.device.
 """
 
@@ -119,7 +119,9 @@ class SegmentedCausalLM:
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps))
 
-    def forward(self, token_ids: list[int], cache: SegmentCache) -> np.ndarray:
+    def forward(self, token_ids: list[int], cache: SegmentCache, last_only: bool = False) -> np.ndarray:
+        """Logits [len(token_ids), vocab]; with `last_only` [1, vocab] of the last token, and the LM
+        head segment runs for that token only."""
         n = len(token_ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
@@ -136,7 +138,8 @@ class SegmentedCausalLM:
                 x = x + run(4 * layer + 1, a)[0]
                 gate, up = run(4 * layer + 2, self._norm(x, self.post_norm[layer]))
                 x = x + run(4 * layer + 3, gate / (1.0 + np.exp(-gate)) * up)[0]
-            out.append(run(4 * self.layers, self._norm(x, self.final_norm))[0][0])
+            if not last_only or i == n - 1:
+                out.append(run(4 * self.layers, self._norm(x, self.final_norm))[0][0])
         cache.length += n
         return np.stack(out)
 

@@ -4,6 +4,13 @@ The .tflite (see edgekit/build/tflite_export.py) has signatures `prefill` (P tok
 (1 token); positional inputs are named args_0.. and outputs output_0..:
   embeds [1,T,hidden], input_pos [T] int32, cos, sin [T,head_dim], mask [1,1,T,C],
   then k_i, v_i [1,kv_heads,C,head_dim]; outputs logits [1,T,vocab], then the updated k_i, v_i.
+Bundles built since the `prefill_last` signature exists also have it: the prefill inputs plus a
+one-hot `sel` [1,1,P] last, returning the logits of the selected position only. forward(...,
+last_only=True) (what generation asks for) uses it when present.
+Cache layouts (signature record `cache_update`): "host" (current exports): the cache inputs are
+read-only, the mask is [1,1,T,C+T] over [cached slots | the call's own tokens], the cache outputs
+are the new rows [1,kv_heads,T,head_dim] and this runner writes them into the cache; absent (older
+bundles): the graph writes the cache and returns it whole, mask [1,1,T,C].
 Embedding rows and rotary tables come from the bundle's host tables (npz: `embed` float32/float16
 or int8 with per-row `embed_scale`, `cos`, `sin`).
 Quantized (int8) inputs/outputs are (de)quantized here with each tensor's own scale/zero point,
@@ -120,9 +127,13 @@ class TfliteCausalLM:
         self.interpreter = interpreter
         self.prefill = _Sig(interpreter.get_signature_runner("prefill"))
         self.decode = _Sig(interpreter.get_signature_runner("decode"))
+        self.prefill_last = None  # older bundles have only prefill and decode
+        if "prefill_last" in _signature_names(interpreter):
+            self.prefill_last = _Sig(interpreter.get_signature_runner("prefill_last"))
         self.cache_length = int(signature["cache_length"])
         self.max_sequence_length = self.cache_length
         self.mask_value = float(signature["mask_value"])
+        self.host_update = signature.get("cache_update") == "host"
         self.embed = np.asarray(host_tables["embed"])
         scale = host_tables.get("embed_scale")
         self.embed_scale = None if scale is None else np.asarray(scale, np.float32)
@@ -133,9 +144,11 @@ class TfliteCausalLM:
         self._resident = None
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
-        if zero_copy and tflite_resident.supported(interpreter):
-            sigs = {sig: tflite_resident.ResidentSig(interpreter, name)
-                    for sig, name in ((self.prefill, "prefill"), (self.decode, "decode"))}
+        named = [(self.prefill, "prefill"), (self.decode, "decode")]
+        if self.prefill_last is not None:
+            named.append((self.prefill_last, "prefill_last"))
+        if zero_copy and tflite_resident.supported(interpreter, [name for _, name in named]):
+            sigs = {sig: tflite_resident.ResidentSig(interpreter, name) for sig, name in named}
             self._resident = tflite_resident.ResidentCaches(sigs, self.n_kv)
 
     def embed_rows(self, ids: np.ndarray) -> np.ndarray:
@@ -154,29 +167,53 @@ class TfliteCausalLM:
         return self._resident.export(cache) if self._resident is not None else cache.arrays
 
     def _step(self, sig: _Sig, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
-        t = sig.length
+        """Logits [len(tokens), vocab]; from `prefill_last`, [1, vocab] of the last of `tokens`."""
+        t, real = sig.length, len(tokens)
         pos = np.arange(start, start + t, dtype=np.int32)
-        mask = np.where(np.arange(self.cache_length)[None, :] <= pos[:, None], 0.0, self.mask_value)
-        mask = mask.astype(np.float32)[None, None]
         ids = np.zeros((1, t), np.int32)
-        ids[0, : len(tokens)] = tokens
-        small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask]
+        ids[0, :real] = tokens
+        small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], self._mask(pos)]
+        rows = real
+        extra = []
+        if sig is self.prefill_last:
+            sel = np.zeros((1, 1, t), np.float32)
+            sel[0, 0, real - 1] = 1.0
+            extra, rows = [sel], 1
         if self._resident is not None:
             rsig = self._resident.sigs[sig]
-            logits = self._resident.step(rsig, small, cache, start)
-            return _from_output(logits, sig.outs[0])[0, : len(tokens)]
-        out = sig(small + cache.arrays)
-        cache.arrays = out[1:]
-        return out[0][0, : len(tokens)]
+            logits = self._resident.step(rsig, small + extra, cache, start, real, 0 if self.host_update else start)
+            return _from_output(logits, sig.outs[0])[0, :rows]
+        out = sig(small + cache.arrays + extra)
+        if self.host_update:  # the outputs are the new rows: write the real ones into the cache
+            for dst, new in zip(cache.arrays, out[1:]):
+                dst[:, :, start:start + real] = new[:, :, :real]
+        else:
+            cache.arrays = out[1:]
+        return out[0][0, :rows]
 
-    def forward(self, token_ids: list[int], cache: StaticCache) -> np.ndarray:
-        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab]; updates cache."""
+    def _mask(self, pos: np.ndarray) -> np.ndarray:
+        """Additive mask [1,1,T,C] (query at p sees slots <= p) or, host layout, [1,1,T,C+T]: the
+        slots cached before this call, then the call's own tokens up to the query (causal)."""
+        slots = np.arange(self.cache_length)
+        if not self.host_update:
+            mask = np.where(slots[None, :] <= pos[:, None], 0.0, self.mask_value)
+        else:
+            t = len(pos)
+            cached = np.broadcast_to(np.where(slots < pos[0], 0.0, self.mask_value), (t, self.cache_length))
+            own = np.where(np.arange(t)[None, :] <= np.arange(t)[:, None], 0.0, self.mask_value)
+            mask = np.concatenate([cached, own], axis=1)
+        return mask.astype(np.float32)[None, None]
+
+    def forward(self, token_ids: list[int], cache: StaticCache, last_only: bool = False) -> np.ndarray:
+        """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab], or with
+        `last_only` [1, vocab] for the last token (cheaper: `prefill_last`); updates cache."""
         n = len(token_ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
         if cache.length + n > self.cache_length:
             raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
         p = self.prefill.length
+        prefill = self.prefill_last if last_only and self.prefill_last is not None else self.prefill
         chunks, i = [], 0
         while i < n:
             rest = n - i
@@ -186,13 +223,18 @@ class TfliteCausalLM:
                 i += 1
             elif start + p <= self.cache_length:
                 take = min(p, rest)
-                chunks.append(self._step(self.prefill, token_ids[i:i + take], start, cache))
+                chunks.append(self._step(prefill, token_ids[i:i + take], start, cache))
                 i += take
             else:  # a padded chunk would run past the cache: finish token by token
                 chunks.append(self._step(self.decode, token_ids[i:i + 1], start, cache))
                 i += 1
         cache.length += n
-        return np.concatenate(chunks, axis=0)
+        return chunks[-1][-1:] if last_only else np.concatenate(chunks, axis=0)
+
+
+def _signature_names(interpreter) -> list[str]:
+    names = getattr(interpreter, "get_signature_list", None)
+    return list(names()) if callable(names) else []
 
 
 def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = "",

@@ -5,8 +5,8 @@ each call, after a resize + allocate check. For a decoder with a static KV cache
 whole cache twice per generated token (6 MB per token for the 15-layer SmolLM2 student, about a
 fifth of its decode time). Here the cache stays in a signature's own input tensors between calls:
 small inputs are written into the interpreter's buffers through numpy views, and after each call
-only the cache rows the call wrote (positions start .. start+T) are copied from the output tensors
-back into the input tensors. Caches of other requests are swapped in and out in full, and moving
+only the call's new rows (its real tokens, positions start ..) are copied from the output tensors
+into the input tensors. Caches of other requests are swapped in and out in full, and moving
 from the prefill to the decode signature copies the filled rows once. Slots past a cache's
 length may hold another request's rows (finite values, always masked); they start as zeros.
 
@@ -32,14 +32,18 @@ class ResidentSig:
         self.wrapper = runner._interpreter_wrapper
         self.subgraph = runner._subgraph_index
         ins, outs = runner.get_input_details(), runner.get_output_details()
-        self.in_index = [ins[n]["index"] for n in _order(ins)]
+        in_index = [ins[n]["index"] for n in _order(ins)]
         self.out_index = [outs[n]["index"] for n in _order(outs)]
+        n_kv = len(self.out_index) - 1
+        # inputs: 5 small ones, the caches, then any extra small ones (prefill_last's `sel`)
+        self.cache_in = in_index[5:5 + n_kv]
+        self.small_in = in_index[:5] + in_index[5 + n_kv:]
         self.length = int(ins[_order(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
         self.wrapper.AllocateTensors(self.subgraph)
         # Fresh tensor memory is uninitialised (it can hold NaN): masked cache slots are multiplied
         # by zero attention weights, and NaN * 0 is NaN. Zero every cache input once; from then on
         # slots only ever hold values the model wrote.
-        for index in self.in_index[5:]:
+        for index in self.cache_in:
             self.view(index)[...] = 0.0
 
     def view(self, index: int) -> np.ndarray:
@@ -60,7 +64,8 @@ def supported(interpreter, signatures=("prefill", "decode")) -> bool:
             if not hasattr(runner._interpreter_wrapper, "tensor"):
                 return False
             ins, outs = runner.get_input_details(), runner.get_output_details()
-            cache_tensors = [ins[n] for n in _order(ins)[5:]] + [outs[n] for n in _order(outs)[1:]]
+            n_kv = len(outs) - 1
+            cache_tensors = [ins[n] for n in _order(ins)[5:5 + n_kv]] + [outs[n] for n in _order(outs)[1:]]
             for d in cache_tensors:
                 q = d.get("quantization_parameters") or {}
                 if d["dtype"] != np.float32 or len(q.get("scales", [])):
@@ -80,7 +85,7 @@ class ResidentCaches:
         self.where: ResidentSig | None = None  # the signature whose input tensors hold them
 
     def _cache_inputs(self, sig: ResidentSig) -> list[np.ndarray]:
-        return sig.cache_views(sig.in_index[5:])
+        return sig.cache_views(sig.cache_in)
 
     def bind(self, cache, sig: ResidentSig, start: int) -> None:
         """Make the interpreter hold `cache`'s first `start` rows in `sig`'s cache inputs."""
@@ -98,17 +103,19 @@ class ResidentCaches:
                 dst[:, :, :start] = src[:, :, :start]
             self.where = sig
 
-    def step(self, sig: ResidentSig, small: list[np.ndarray], cache, start: int) -> np.ndarray:
-        """Run `sig` on the small inputs (embeds, pos, cos, sin, mask) and the bound cache;
-        returns a copy of the logits output; copies back only the cache rows this call wrote."""
+    def step(self, sig: ResidentSig, small: list[np.ndarray], cache, start: int, real: int,
+             out_start: int) -> np.ndarray:
+        """Run `sig` on the small inputs (embeds, pos, cos, sin, mask, then any extra ones) and the
+        bound cache; returns a copy of the logits output. Copies the `real` new rows of each cache
+        output (from row `out_start`: `start` when the graph returns the whole cache, 0 when it
+        returns only the new rows) into the cache inputs at `start`."""
         self.bind(cache, sig, start)
-        for index, value in zip(sig.in_index[:5], small):
+        for index, value in zip(sig.small_in, small):
             sig.view(index)[...] = value
         sig.wrapper.Invoke(sig.subgraph)
         logits = sig.view(sig.out_index[0]).copy()
-        stop = start + sig.length
-        for i_in, i_out in zip(sig.in_index[5:], sig.out_index[1:]):
-            sig.view(i_in)[:, :, start:stop] = sig.view(i_out)[:, :, start:stop]
+        for i_in, i_out in zip(sig.cache_in, sig.out_index[1:]):
+            sig.view(i_in)[:, :, start:start + real] = sig.view(i_out)[:, :, out_start:out_start + real]
         return logits
 
     def export(self, cache) -> list[np.ndarray]:
