@@ -299,6 +299,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens for perplexity [2040; --quick 512]")
     ap.add_argument("--window", type=int, default=255, help="perplexity window (tokens fed per window)")
     ap.add_argument("--skip", action="append", default=[], help="leave out an engine by name (repeatable)")
+    ap.add_argument("--bundle", action="append", default=[], metavar="NAME=DIR",
+                    help="also run this edgekit bundle under NAME, e.g. one built by an earlier edgekit (repeatable)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench/results/compare")
     ap.add_argument("--cache", type=Path, default=None, help="llama.cpp venv/source cache [$EDGEKIT_HOME/bench]")
     args = ap.parse_args()
@@ -316,6 +318,11 @@ def main() -> None:
     ggufs = gguf_files(args.student, work / "gguf", llama_py, src)
     names = [n for n, _, _ in EDGEKIT_VARIANTS if n not in args.skip]
     built = bundles(args.student, work, names)
+    for spec in args.bundle:
+        name, sep, folder = spec.partition("=")
+        if not sep or not (Path(folder) / "manifest.json").is_file():
+            sys.exit(f"--bundle {spec}: expected NAME=DIR with DIR an edgekit bundle (a manifest.json)")
+        built[name] = Path(folder)
     wins, prompt = eval_data(work / "compare-student.toml", args.student, eval_tokens, args.window,
                              args.prompt_tokens)
     say(f"{len(wins)} windows ({sum(len(w) - 1 for w in wins)} held-out tokens), prompt {len(prompt)} tokens, "
