@@ -89,28 +89,25 @@ class FakeSignatureRunner:
     TFLite layout (embeds, input_pos, cos, sin, mask, k_0, v_0); `log` records (name, positions, mask)."""
 
     def __init__(self, name: str, length: int, cache_length: int, log: list, kv_dtype=np.float32,
-                 kv_quant=(0.0, 0), select: bool = False, host: bool = False):
+                 kv_quant=(0.0, 0), select: bool = False):
         """`select`: a prefill_last signature (one-hot `sel` [1,1,length] after the caches; logits of
-        the selected row only). `host`: the host cache layout (mask [1,1,T,C+T]; the cache outputs
-        are the new rows [1,1,T,2]); otherwise the graph writes the cache and returns it whole."""
+        the selected row only)."""
         self.name, self.length, self.cache_length, self.log = name, length, cache_length, log
-        self.select, self.host = select, host
+        self.select = select
         kv = {"dtype": kv_dtype, "shape": np.array([1, 1, cache_length, 2]), "quantization": kv_quant}
         self.inputs = {
             "args_0": {"dtype": np.float32, "shape": np.array([1, length, 4]), "quantization": (0.0, 0)},
             "args_1": {"dtype": np.int32, "shape": np.array([length]), "quantization": (0.0, 0)},
             "args_2": {"dtype": np.float32, "shape": np.array([length, 2]), "quantization": (0.0, 0)},
             "args_3": {"dtype": np.float32, "shape": np.array([length, 2]), "quantization": (0.0, 0)},
-            "args_4": {"dtype": np.float32, "shape": np.array([1, 1, length, cache_length + (length if host else 0)]),
-                       "quantization": (0.0, 0)},
+            "args_4": {"dtype": np.float32, "shape": np.array([1, 1, length, cache_length]), "quantization": (0.0, 0)},
             "args_5": dict(kv), "args_6": dict(kv),
         }
         if select:
             self.inputs["args_7"] = {"dtype": np.float32, "shape": np.array([1, 1, length]), "quantization": (0.0, 0)}
-        new = dict(kv, shape=np.array([1, 1, length, 2])) if host else kv
         self.outputs = {"output_0": {"dtype": np.float32, "shape": np.array([1, 1 if select else length, VOCAB]),
                                      "quantization": (0.0, 0)},
-                        "output_1": dict(new), "output_2": dict(new)}
+                        "output_1": dict(kv), "output_2": dict(kv)}
 
     def get_input_details(self):
         return self.inputs
@@ -128,9 +125,6 @@ class FakeSignatureRunner:
             logits = feeds["args_7"] @ logits
         kv = []
         for key in ("args_5", "args_6"):
-            if self.host:  # the new rows only; the cache input is read, never written
-                kv.append(np.broadcast_to(pos[None, None, :, None] + 1, (1, 1, self.length, 2)).astype(feeds[key].dtype))
-                continue
             a = feeds[key].copy()
             a[0, 0, pos[0]:pos[0] + self.length, :] = (pos[:, None] + 1)
             kv.append(a)

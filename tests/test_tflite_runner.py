@@ -49,27 +49,6 @@ def test_last_only_without_prefill_last_returns_the_last_row_of_prefill():
     assert log[-1][0] == "prefill" and logits.shape == (1, VOCAB) and int(logits[0].argmax()) == 4
 
 
-def test_host_layout_writes_only_the_real_new_rows_and_masks_cached_then_own_tokens():
-    interp = FakeInterpreter(4, 16, prefill_last=True, host=True)
-    lm = TfliteCausalLM(interp, dict(SIG, cache_update="host"), fake_host_tables())
-    assert lm.host_update
-    cache = lm.new_cache()
-    lm.forward([2, 3, 4, 5, 6, 7], cache)  # prefill 0..3, then a padded chunk with 2 real tokens at 4, 5
-    arrays = lm.cache_arrays(cache)[0][0, 0, :, 0]
-    assert arrays[:6].tolist() == [1, 2, 3, 4, 5, 6] and (arrays[6:] == 0).all()  # padding never stored
-    mask = interp.log[1][2][0, 0]  # second chunk: queries at 4..7
-    assert mask.shape == (4, 16 + 4)
-    assert (mask[:, :4] == 0).all() and (mask[:, 4:16] == -30.0).all()  # cached slots 0..3 only
-    assert (mask[:, 16:] == np.where(np.arange(4)[None, :] <= np.arange(4)[:, None], 0.0, -30.0)).all()
-    lm.forward([8], cache)  # decode at 6: sees slots 0..5 and itself
-    assert log_mask(interp)[0, :6].tolist() == [0.0] * 6 and (log_mask(interp)[0, 6:16] == -30.0).all()
-    assert lm.cache_arrays(cache)[0][0, 0, 6, 0] == 7
-
-
-def log_mask(interp):
-    return interp.log[-1][2][0, 0]
-
-
 def test_mask_allows_only_positions_up_to_the_query():
     lm, log = _lm()
     lm.forward([2, 3, 4], lm.new_cache())

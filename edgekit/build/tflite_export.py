@@ -2,28 +2,22 @@
 
 One .tflite file, three signatures sharing the weights (litert_torch.signature):
   prefill: embeds [1,P,hidden] float32, input_pos [P] int32, cos, sin [P,head_dim] float32,
-           mask [1,1,P,C+P] float32, k_i, v_i [1,kv_heads,C,head_dim] float32
-           -> logits [1,P,vocab], k_i, v_i [1,kv_heads,P,head_dim] (the new tokens' keys/values)
+           mask [1,1,P,C] float32, k_i, v_i [1,kv_heads,C,head_dim] float32
+           -> logits [1,P,vocab], k_i, v_i (updated)
   decode:  the same with P = 1.
-  prefill_last: the prefill inputs plus `sel` [1,1,P] float32 (last input), a one-hot row that
-           picks the position whose logits are wanted -> logits [1,1,vocab], k_i, v_i. Generation
-           only needs the last prompt token's logits; the LM head is a third of this model's
-           weights, so computing it for one row instead of P makes prefill about 1.5x cheaper.
-           The pick is a matmul, not a GATHER, for the same reason the embeddings are on the host.
+  prefill_last: the prefill inputs plus `sel` [1,1,P] float32 (last input), a one-hot row picking
+           the position whose logits are wanted -> logits [1,1,vocab], k_i, v_i. Generation needs
+           only the last prompt token's logits, and the LM head is a third of a small LM's weights
+           (SmolLM2-135M students: 28M of 81M), so prefill computes it for one row instead of P.
+           The pick is a matmul, not a GATHER, for the reason the embedding lookup is on the host.
 plus `host_tables.npz` beside it: the token embedding table and the rotary cos/sin tables, which
 the device runner applies (a row lookup per token). Keeping the lookups on the host keeps the graph
 free of GATHER/EMBEDDING_LOOKUP (the Edge TPU cannot map them, and LiteRT's quantizer left the
 table float32, a third of a small LM's bytes); the table is quantized by edgekit itself.
-P = target shapes.prefill_length, C = cache length = max_sequence_length.
-The cache is read-only in the graph (signature record `cache_update: host`): queries attend over
-the C cached slots and, separately, over the call's own P new keys; the caller writes the returned
-new rows into its cache. An earlier layout wrote them in the graph with DYNAMIC_UPDATE_SLICE, which
-copies the whole cache input to the output on every call (6 MB per token for the 15-layer SmolLM2
-student) and splits the XNNPACK partition at every layer; the device runner still reads that layout
-and `export_tflite(..., cache_update="graph")` still writes it (for comparisons and tests).
-The mask is additive (0 = attend, `mask_value` = do not) over [cached slots | new tokens] and comes
-from the caller, so the graph holds no comparison/select ops. `input_pos` is kept as an input (the
-runner's positional layout) though the graph no longer reads it.
+P = target shapes.prefill_length, C = cache length = max_sequence_length. The cache update is a
+DYNAMIC_UPDATE_SLICE at input_pos[0] (positions in one call are contiguous); the mask is additive
+(0 = attend, `mask_value` = do not) and comes from the caller, so the graph holds no
+comparison/select ops.
 
 Written against transformers' Llama modules (q/k/v/o_proj, RMSNorm, gated MLP, rotary_emb); other
 architectures get a clear error. May import: stdlib, torch, transformers, litert_torch.
@@ -60,7 +54,7 @@ def _rotate_half(x):
 class EdgeDecoder(torch.nn.Module):
     """A static-shape re-statement of the HF model's forward that reuses its weight modules."""
 
-    def __init__(self, model, cache_length: int, cache_update: str = "host"):
+    def __init__(self, model, cache_length: int):
         super().__init__()
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
@@ -72,13 +66,12 @@ class EdgeDecoder(torch.nn.Module):
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.cache_length = cache_length
-        if cache_update not in ("host", "graph"):
-            raise ValueError(f"cache_update must be 'host' or 'graph', not {cache_update!r}")
-        self.cache_update = cache_update
 
     def _attention(self, layer, h, cos, sin, mask, k_cache, v_cache, start):
+        from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
+
         attn = layer.self_attn
-        t, c = h.shape[1], self.cache_length
+        t = h.shape[1]
         q = attn.q_proj(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -86,34 +79,22 @@ class EdgeDecoder(torch.nn.Module):
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        zero = torch.zeros([], dtype=torch.int32)
+        k_cache = dynamic_update_slice(k_cache, k, [zero, zero, start, zero])
+        v_cache = dynamic_update_slice(v_cache, v, [zero, zero, start, zero])
         g = self.heads // self.kv_heads
         # group query heads per KV head instead of repeating K/V (no BROADCAST_TO of the cache)
-        qg = q.reshape(1, self.kv_heads, g * t, self.head_dim) * attn.scaling
-        if self.cache_update == "graph":  # the earlier layout: write the cache, attend over all of it
-            from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
-
-            zero = torch.zeros([], dtype=torch.int32)
-            k_cache = dynamic_update_slice(k_cache, k, [zero, zero, start, zero])
-            v_cache = dynamic_update_slice(v_cache, v, [zero, zero, start, zero])
-            scores = torch.matmul(qg, k_cache.transpose(2, 3)).view(1, self.kv_heads, g, t, c)
-            probs = torch.softmax(scores + mask.view(1, 1, 1, t, c), dim=-1).view(1, self.kv_heads, g * t, c)
-            out = torch.matmul(probs, v_cache).view(1, self.heads, t, self.head_dim)
-            out = out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim)
-            return attn.o_proj(out), k_cache, v_cache
-        cached = torch.matmul(qg, k_cache.transpose(2, 3)).view(1, self.kv_heads, g, t, c)
-        fresh = torch.matmul(qg, k.transpose(2, 3)).view(1, self.kv_heads, g, t, t)
-        scores = torch.cat([cached, fresh], dim=-1) + mask.view(1, 1, 1, t, c + t)
-        probs = torch.softmax(scores, dim=-1)
-        p_cached = probs[..., :c].reshape(1, self.kv_heads, g * t, c)
-        p_fresh = probs[..., c:].reshape(1, self.kv_heads, g * t, t)
-        out = (torch.matmul(p_cached, v_cache) + torch.matmul(p_fresh, v)).view(1, self.heads, t, self.head_dim)
+        qg = q.reshape(1, self.kv_heads, g * t, self.head_dim)
+        scores = torch.matmul(qg, k_cache.transpose(2, 3)) * attn.scaling
+        scores = scores.view(1, self.kv_heads, g, t, self.cache_length) + mask.view(1, 1, 1, t, self.cache_length)
+        probs = torch.softmax(scores, dim=-1).view(1, self.kv_heads, g * t, self.cache_length)
+        out = torch.matmul(probs, v_cache).view(1, self.heads, t, self.head_dim)
         out = out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim)
-        return attn.o_proj(out), k, v
+        return attn.o_proj(out), k_cache, v_cache
 
     def body(self, x, input_pos, cos, sin, mask, kv):
-        """The decoder layers: hidden states [1,T,hidden] and the new tokens' keys and values (the
-        whole updated caches with cache_update="graph")."""
-        start = input_pos[0].reshape([]) if self.cache_update == "graph" else None
+        """The decoder layers: hidden states [1,T,hidden] and the updated caches."""
+        start = input_pos[0].reshape([])
         new_kv = []
         for i, layer in enumerate(self.layers):
             h = layer.input_layernorm(x)
@@ -133,7 +114,7 @@ class EdgeDecoder(torch.nn.Module):
 
 class LastLogits(torch.nn.Module):
     """The prefill of `dec` returning the logits of one position, chosen by the one-hot `sel`
-    [1,1,P] (the last input). Shares `dec`'s weight tensors, so the converter stores them once."""
+    [1,1,P] (the last input). Shares `dec`'s weight tensors, which the converter stores once."""
 
     def __init__(self, dec: EdgeDecoder):
         super().__init__()
@@ -157,7 +138,7 @@ def rotary_tables(model, length: int) -> tuple[torch.Tensor, torch.Tensor]:
 def sample_inputs(dec: EdgeDecoder, length: int, hidden: int) -> tuple:
     kv = [torch.zeros(1, dec.kv_heads, dec.cache_length, dec.head_dim) for _ in range(2 * len(dec.layers))]
     pos = torch.arange(length, dtype=torch.int32)
-    mask = torch.zeros(1, 1, length, dec.cache_length + (length if dec.cache_update == "host" else 0))
+    mask = torch.zeros(1, 1, length, dec.cache_length)
     return (torch.zeros(1, length, hidden), pos, torch.zeros(length, dec.head_dim),
             torch.zeros(length, dec.head_dim), mask, *kv)
 
@@ -174,16 +155,15 @@ def quiet():
         yield
 
 
-def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_length: int,
-                  cache_update: str = "host") -> dict:
+def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_length: int) -> dict:
     """Convert `model` (fp32) to a three-signature .tflite at `out_path` plus its host tables beside
-    it; returns the signature record. `cache_update="graph"` writes the earlier in-graph cache layout."""
+    it; returns the signature record."""
     import litert_torch
     import numpy as np
 
     prefill_length = min(prefill_length, max_sequence_length)
     model = model.float().eval()
-    dec = EdgeDecoder(model, max_sequence_length, cache_update).eval()
+    dec = EdgeDecoder(model, max_sequence_length).eval()
     hidden = model.config.hidden_size
     with quiet(), torch.no_grad():
         prefill = sample_inputs(dec, prefill_length, hidden)
@@ -197,7 +177,7 @@ def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_lengt
     np.savez(out_path.parent / HOST_FILE, embed=embed, cos=cos.numpy(), sin=sin.numpy())
     return describe(out_path) | {
         "prefill_length": prefill_length, "cache_length": max_sequence_length, "mask_value": MASK_VALUE,
-        "host_file": HOST_FILE, "cache_update": cache_update,
+        "host_file": HOST_FILE,
     }
 
 

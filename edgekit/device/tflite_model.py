@@ -4,13 +4,9 @@ The .tflite (see edgekit/build/tflite_export.py) has signatures `prefill` (P tok
 (1 token); positional inputs are named args_0.. and outputs output_0..:
   embeds [1,T,hidden], input_pos [T] int32, cos, sin [T,head_dim], mask [1,1,T,C],
   then k_i, v_i [1,kv_heads,C,head_dim]; outputs logits [1,T,vocab], then the updated k_i, v_i.
-Bundles built since the `prefill_last` signature exists also have it: the prefill inputs plus a
-one-hot `sel` [1,1,P] last, returning the logits of the selected position only. forward(...,
-last_only=True) (what generation asks for) uses it when present.
-Cache layouts (signature record `cache_update`): "host" (current exports): the cache inputs are
-read-only, the mask is [1,1,T,C+T] over [cached slots | the call's own tokens], the cache outputs
-are the new rows [1,kv_heads,T,head_dim] and this runner writes them into the cache; absent (older
-bundles): the graph writes the cache and returns it whole, mask [1,1,T,C].
+Current bundles also have `prefill_last`: the prefill inputs plus a one-hot `sel` [1,1,P] last,
+returning the logits of the selected position only. forward(..., last_only=True) (what generation
+asks for) uses it when present; older bundles without it still load.
 Embedding rows and rotary tables come from the bundle's host tables (npz: `embed` float32/float16
 or int8 with per-row `embed_scale`, `cos`, `sin`).
 Quantized (int8) inputs/outputs are (de)quantized here with each tensor's own scale/zero point,
@@ -133,7 +129,6 @@ class TfliteCausalLM:
         self.cache_length = int(signature["cache_length"])
         self.max_sequence_length = self.cache_length
         self.mask_value = float(signature["mask_value"])
-        self.host_update = signature.get("cache_update") == "host"
         self.embed = np.asarray(host_tables["embed"])
         scale = host_tables.get("embed_scale")
         self.embed_scale = None if scale is None else np.asarray(scale, np.float32)
@@ -170,9 +165,11 @@ class TfliteCausalLM:
         """Logits [len(tokens), vocab]; from `prefill_last`, [1, vocab] of the last of `tokens`."""
         t, real = sig.length, len(tokens)
         pos = np.arange(start, start + t, dtype=np.int32)
+        mask = np.where(np.arange(self.cache_length)[None, :] <= pos[:, None], 0.0, self.mask_value)
+        mask = mask.astype(np.float32)[None, None]
         ids = np.zeros((1, t), np.int32)
         ids[0, :real] = tokens
-        small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], self._mask(pos)]
+        small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask]
         rows = real
         extra = []
         if sig is self.prefill_last:
@@ -181,28 +178,11 @@ class TfliteCausalLM:
             extra, rows = [sel], 1
         if self._resident is not None:
             rsig = self._resident.sigs[sig]
-            logits = self._resident.step(rsig, small + extra, cache, start, real, 0 if self.host_update else start)
+            logits = self._resident.step(rsig, small + extra, cache, start, real)
             return _from_output(logits, sig.outs[0])[0, :rows]
         out = sig(small + cache.arrays + extra)
-        if self.host_update:  # the outputs are the new rows: write the real ones into the cache
-            for dst, new in zip(cache.arrays, out[1:]):
-                dst[:, :, start:start + real] = new[:, :, :real]
-        else:
-            cache.arrays = out[1:]
+        cache.arrays = out[1:]
         return out[0][0, :rows]
-
-    def _mask(self, pos: np.ndarray) -> np.ndarray:
-        """Additive mask [1,1,T,C] (query at p sees slots <= p) or, host layout, [1,1,T,C+T]: the
-        slots cached before this call, then the call's own tokens up to the query (causal)."""
-        slots = np.arange(self.cache_length)
-        if not self.host_update:
-            mask = np.where(slots[None, :] <= pos[:, None], 0.0, self.mask_value)
-        else:
-            t = len(pos)
-            cached = np.broadcast_to(np.where(slots < pos[0], 0.0, self.mask_value), (t, self.cache_length))
-            own = np.where(np.arange(t)[None, :] <= np.arange(t)[:, None], 0.0, self.mask_value)
-            mask = np.concatenate([cached, own], axis=1)
-        return mask.astype(np.float32)[None, None]
 
     def forward(self, token_ids: list[int], cache: StaticCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab], or with

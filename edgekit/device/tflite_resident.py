@@ -5,8 +5,8 @@ each call, after a resize + allocate check. For a decoder with a static KV cache
 whole cache twice per generated token (6 MB per token for the 15-layer SmolLM2 student, about a
 fifth of its decode time). Here the cache stays in a signature's own input tensors between calls:
 small inputs are written into the interpreter's buffers through numpy views, and after each call
-only the call's new rows (its real tokens, positions start ..) are copied from the output tensors
-into the input tensors. Caches of other requests are swapped in and out in full, and moving
+only the cache rows the call wrote (its real tokens, positions start ..) are copied from the output
+tensors back into the input tensors. Caches of other requests are swapped in and out in full, and moving
 from the prefill to the decode signature copies the filled rows once. Slots past a cache's
 length may hold another request's rows (finite values, always masked); they start as zeros.
 
@@ -103,19 +103,17 @@ class ResidentCaches:
                 dst[:, :, :start] = src[:, :, :start]
             self.where = sig
 
-    def step(self, sig: ResidentSig, small: list[np.ndarray], cache, start: int, real: int,
-             out_start: int) -> np.ndarray:
+    def step(self, sig: ResidentSig, small: list[np.ndarray], cache, start: int, real: int) -> np.ndarray:
         """Run `sig` on the small inputs (embeds, pos, cos, sin, mask, then any extra ones) and the
-        bound cache; returns a copy of the logits output. Copies the `real` new rows of each cache
-        output (from row `out_start`: `start` when the graph returns the whole cache, 0 when it
-        returns only the new rows) into the cache inputs at `start`."""
+        bound cache; returns a copy of the logits output; copies back only the `real` rows this call
+        wrote (padding rows are left out: later tokens overwrite those slots anyway)."""
         self.bind(cache, sig, start)
         for index, value in zip(sig.small_in, small):
             sig.view(index)[...] = value
         sig.wrapper.Invoke(sig.subgraph)
         logits = sig.view(sig.out_index[0]).copy()
         for i_in, i_out in zip(sig.cache_in, sig.out_index[1:]):
-            sig.view(i_in)[:, :, start:start + real] = sig.view(i_out)[:, :, out_start:out_start + real]
+            sig.view(i_in)[:, :, start:start + real] = sig.view(i_out)[:, :, start:start + real]
         return logits
 
     def export(self, cache) -> list[np.ndarray]:
