@@ -90,8 +90,8 @@ class FakeSignatureRunner:
 
     def __init__(self, name: str, length: int, cache_length: int, log: list, kv_dtype=np.float32,
                  kv_quant=(0.0, 0), select: bool = False):
-        """`select`: a prefill_last signature (one-hot `sel` [1,1,length] after the caches; logits of
-        the selected row only)."""
+        """`select`: a selecting prefill (one-hot `sel` [1,1,length] after the caches; logits of the
+        selected row only)."""
         self.name, self.length, self.cache_length, self.log = name, length, cache_length, log
         self.select = select
         kv = {"dtype": kv_dtype, "shape": np.array([1, 1, cache_length, 2]), "quantization": kv_quant}
@@ -132,16 +132,12 @@ class FakeSignatureRunner:
 
 
 class FakeInterpreter:
-    def __init__(self, prefill_length: int, cache_length: int, prefill_last: bool = False, **kw):
+    def __init__(self, prefill_length: int, cache_length: int, select: bool = False, **kw):
+        """`select`: the current export (prefill returns the row `sel` picks); otherwise every row."""
         self.log: list = []
-        self.runners = {"prefill": FakeSignatureRunner("prefill", prefill_length, cache_length, self.log, **kw),
+        self.runners = {"prefill": FakeSignatureRunner("prefill", prefill_length, cache_length, self.log,
+                                                       select=select, **kw),
                         "decode": FakeSignatureRunner("decode", 1, cache_length, self.log, **kw)}
-        if prefill_last:
-            self.runners["prefill_last"] = FakeSignatureRunner("prefill_last", prefill_length, cache_length,
-                                                               self.log, select=True, **kw)
-
-    def get_signature_list(self):
-        return {name: {} for name in self.runners}
 
     def get_signature_runner(self, name):
         return self.runners[name]

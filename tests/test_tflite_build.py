@@ -26,23 +26,23 @@ def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant
     assert m["model"]["runtime"] == "litert" and m["model"]["delegate"] == delegate
     assert {f["path"] for f in m["files"]} == {"model.tflite", "host_tables.npz", "tokenizer.json", "generation.json"}
     sigs = m["signature"]["signatures"]
-    assert set(sigs) == {"prefill", "decode", "prefill_last"}
+    assert set(sigs) == {"prefill", "decode"}
     p = m["signature"]["prefill_length"]
     assert sigs["prefill"]["inputs"][0]["shape"] == [1, p, 64] and sigs["decode"]["inputs"][0]["shape"] == [1, 1, 64]
-    ins = {d["name"]: d["shape"] for d in sigs["prefill_last"]["inputs"]}
-    outs = {d["name"]: d["shape"] for d in sigs["prefill_last"]["outputs"]}
+    ins = {d["name"]: d["shape"] for d in sigs["prefill"]["inputs"]}
+    outs = {d["name"]: d["shape"] for d in sigs["prefill"]["outputs"]}
     assert ins[f"args_{len(ins) - 1}"] == [1, 1, p] and outs["output_0"][:2] == [1, 1]  # one-hot in, one row out
     quant = m["provenance"]["stages"][2]["metrics"]
-    assert quant["ops"]["FULLY_CONNECTED"] == 3 * (3 * 7 + 1)  # all three signatures: 7 per layer + LM head
+    assert quant["ops"]["FULLY_CONNECTED"] == 2 * (3 * 7 + 1)  # both signatures: 7 per layer + LM head
     assert "EMBEDDING_LOOKUP" not in quant["ops"] and "GATHER" not in quant["ops"]  # lookups run on the host
     dtypes = quant["tensor_dtypes"]
     if precision == "int8-full":
         assert set(dtypes) == {"INT8", "INT32"}  # no float tensor anywhere; int32 = positions and shapes
         assert sigs["decode"]["inputs"][0]["dtype"] == "int8" and sigs["decode"]["outputs"][0]["dtype"] == "int8"
     elif precision == "fp16":
-        assert dtypes["FLOAT16"] == 3 * 22
+        assert dtypes["FLOAT16"] == 2 * 22
     elif precision.startswith("int8"):
-        assert dtypes["INT8"] == 3 * 22
+        assert dtypes["INT8"] == 2 * 22
     v = m["metrics"]["verify"]
     assert v["tokenizer_match"] and m["gate"]["passed"] and v["perplexity"]["eval_tokens"] > 500
     limits = m["target"]["verify"]
@@ -132,10 +132,10 @@ def test_zero_copy_cache_gives_the_same_logits_as_the_copying_path(tflite_builds
         assert x.shape == y.shape and np.array_equal(x, y)
 
 
-def test_last_row_prefill_equals_the_last_row_of_a_full_prefill(tflite_builds):
-    """`prefill_last` (what generation uses) gives the logits the all-rows `prefill` gives for the
-    last prompt token and leaves the same cache, on the zero-copy and the copying paths, through
-    several chunks and a padded one; generation continues identically after either."""
+def test_one_row_prefill_equals_the_last_row_of_decode_steps(tflite_builds):
+    """The selecting `prefill` (what generation uses) gives the logits that token-by-token decode
+    steps give for the last prompt token and leaves the same cache, on the zero-copy and the
+    copying paths, through several chunks and a padded one; generation continues identically."""
     import numpy as np
 
     from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
@@ -147,7 +147,7 @@ def test_last_row_prefill_equals_the_last_row_of_a_full_prefill(tflite_builds):
     for zero_copy in (True, False):
         interp, _ = make_interpreter(bundle / m["model"]["file"], threads=1)
         lm = TfliteCausalLM(interp, m["signature"], tables, zero_copy=zero_copy)
-        assert lm.prefill_last is not None and (lm._resident is not None) == zero_copy
+        assert lm.selects and (lm._resident is not None) == zero_copy
         prompt = list(range(3, 3 + 2 * lm.prefill.length + 5))
         full_cache, last_cache = lm.new_cache(), lm.new_cache()
         full = lm.forward(prompt, full_cache)

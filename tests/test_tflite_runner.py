@@ -30,20 +30,23 @@ def test_prompt_runs_in_prefill_chunks_then_decode_steps():
     assert cache.arrays[0][0, 0, 10, 0] == 11
 
 
-def test_last_only_prefills_through_prefill_last_selecting_the_last_real_token():
-    lm, log = _lm(prefill_last=True)
+def test_selecting_prefill_picks_the_last_real_token_and_every_row_comes_from_decode_steps():
+    lm, log = _lm(select=True)
+    assert lm.selects
     cache = lm.new_cache()
     logits = lm.forward(list(range(2, 12)), cache, last_only=True)  # chunks of 4, 4 and 2 real tokens
     assert [(name, pos) for name, pos, *_ in log] == [
-        ("prefill_last", [0, 1, 2, 3]), ("prefill_last", [4, 5, 6, 7]), ("prefill_last", [8, 9, 10, 11])]
+        ("prefill", [0, 1, 2, 3]), ("prefill", [4, 5, 6, 7]), ("prefill", [8, 9, 10, 11])]
     assert [int(entry[-1][0, 0].argmax()) for entry in log] == [3, 3, 1]  # one-hot on the last real row
     assert logits.shape == (1, VOCAB) and int(logits[0].argmax()) == (9 + 2) % VOCAB
     assert cache.length == 10 and cache.arrays[0][0, 0, 9, 0] == 10
-    full = lm.forward([3, 4], lm.new_cache())  # without last_only: the all-rows prefill
-    assert log[-1][0] == "prefill" and full.shape == (2, VOCAB)
+    del log[:]
+    full = lm.forward([3, 4, 5], lm.new_cache())  # every row wanted: one decode step per token
+    assert [(name, pos) for name, pos, *_ in log] == [("decode", [0]), ("decode", [1]), ("decode", [2])]
+    assert full.shape == (3, VOCAB) and list(full.argmax(-1)) == [2, 3, 4]
 
 
-def test_last_only_without_prefill_last_returns_the_last_row_of_prefill():
+def test_last_only_with_an_all_rows_prefill_returns_its_last_row():
     lm, log = _lm()
     logits = lm.forward([2, 3, 4], lm.new_cache(), last_only=True)
     assert log[-1][0] == "prefill" and logits.shape == (1, VOCAB) and int(logits[0].argmax()) == 4

@@ -1,15 +1,16 @@
 """Export a Hugging Face Llama-family causal LM to TFLite (LiteRT) with a static KV cache.
 
-One .tflite file, three signatures sharing the weights (litert_torch.signature):
+One .tflite file, two signatures sharing the weights (litert_torch.signature):
   prefill: embeds [1,P,hidden] float32, input_pos [P] int32, cos, sin [P,head_dim] float32,
-           mask [1,1,P,C] float32, k_i, v_i [1,kv_heads,C,head_dim] float32
-           -> logits [1,P,vocab], k_i, v_i (updated)
-  decode:  the same with P = 1.
-  prefill_last: the prefill inputs plus `sel` [1,1,P] float32 (last input), a one-hot row picking
-           the position whose logits are wanted -> logits [1,1,vocab], k_i, v_i. Generation needs
-           only the last prompt token's logits, and the LM head is a third of a small LM's weights
-           (SmolLM2-135M students: 28M of 81M), so prefill computes it for one row instead of P.
-           The pick is a matmul, not a GATHER, for the reason the embedding lookup is on the host.
+           mask [1,1,P,C] float32, k_i, v_i [1,kv_heads,C,head_dim] float32, then `sel` [1,1,P]
+           float32, a one-hot row picking the position whose logits are wanted
+           -> logits [1,1,vocab], k_i, v_i (updated)
+  decode:  embeds .. v_i as above with P = 1 (no `sel`) -> logits [1,1,vocab], k_i, v_i.
+Generation needs only the last prompt token's logits, and the LM head is a third of a small LM's
+weights (SmolLM2-135M students: 28M of 81M), so prefill computes it for one row instead of P; the
+pick is a matmul, not a GATHER, for the reason the embedding lookup is on the host. Logits for
+every position (scoring) come from decode steps. Not a third all-rows signature: XNNPACK packs the
+weights of every signature of a model when it is first used (about 80 MB per signature here).
 plus `host_tables.npz` beside it: the token embedding table and the rotary cos/sin tables, which
 the device runner applies (a row lookup per token). Keeping the lookups on the host keeps the graph
 free of GATHER/EMBEDDING_LOOKUP (the Edge TPU cannot map them, and LiteRT's quantizer left the
@@ -156,7 +157,7 @@ def quiet():
 
 
 def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_length: int) -> dict:
-    """Convert `model` (fp32) to a three-signature .tflite at `out_path` plus its host tables beside
+    """Convert `model` (fp32) to a two-signature .tflite at `out_path` plus its host tables beside
     it; returns the signature record."""
     import litert_torch
     import numpy as np
@@ -166,10 +167,9 @@ def export_tflite(model, out_path: Path, max_sequence_length: int, prefill_lengt
     dec = EdgeDecoder(model, max_sequence_length).eval()
     hidden = model.config.hidden_size
     with quiet(), torch.no_grad():
-        prefill = sample_inputs(dec, prefill_length, hidden)
-        edge = (litert_torch.signature("prefill", dec, prefill)
+        prefill = (*sample_inputs(dec, prefill_length, hidden), torch.zeros(1, 1, prefill_length))
+        edge = (litert_torch.signature("prefill", LastLogits(dec).eval(), prefill)
                 .signature("decode", dec, sample_inputs(dec, 1, hidden))
-                .signature("prefill_last", LastLogits(dec).eval(), (*prefill, torch.zeros(1, 1, prefill_length)))
                 .convert())
         edge.export(str(out_path))
     cos, sin = rotary_tables(model, max_sequence_length)

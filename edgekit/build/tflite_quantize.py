@@ -130,9 +130,8 @@ def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list
                       decode_steps: int = 16, mask_value: float | None = None) -> dict:
     """Feeds for static-range calibration, recorded while the fp32 model reads real text: each window
     goes through `prefill` in chunks, then `decode_steps` tokens one at a time (so both signatures
-    see realistic KV-cache contents and positions); a model with `prefill_last` also reads the
-    window's prefill through it. `mask_value` overrides the signature's (full-int8 models are
-    calibrated and run with a small one)."""
+    see realistic KV-cache contents and positions). `mask_value` overrides the signature's
+    (full-int8 models are calibrated and run with a small one)."""
     import numpy as np
 
     from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
@@ -151,9 +150,7 @@ def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list
         window = window[: lm.cache_length]
         cut = max(1, len(window) - decode_steps)
         cache = lm.new_cache()
-        if lm.prefill_last is not None:
-            lm.forward(window[:cut], lm.new_cache(), last_only=True)
-        lm.forward(window[:cut], cache)
+        lm.forward(window[:cut], cache, last_only=True)  # through `prefill` (one row or all, by export)
         for tok in window[cut:]:
             lm.forward([tok], cache)
     return rec.samples

@@ -4,9 +4,10 @@ The .tflite (see edgekit/build/tflite_export.py) has signatures `prefill` (P tok
 (1 token); positional inputs are named args_0.. and outputs output_0..:
   embeds [1,T,hidden], input_pos [T] int32, cos, sin [T,head_dim], mask [1,1,T,C],
   then k_i, v_i [1,kv_heads,C,head_dim]; outputs logits [1,T,vocab], then the updated k_i, v_i.
-Current bundles also have `prefill_last`: the prefill inputs plus a one-hot `sel` [1,1,P] last,
-returning the logits of the selected position only. forward(..., last_only=True) (what generation
-asks for) uses it when present; older bundles without it still load.
+In current bundles `prefill` also takes a one-hot `sel` [1,1,P] (its last input) and returns the
+logits of that position only ([1,1,vocab]): generation needs no more, and the LM head is a third of
+a small LM's weights. Logits for every position of a multi-token input (scoring, verification)
+then come from `decode` steps. Bundles whose `prefill` returns every row still load and use it.
 Embedding rows and rotary tables come from the bundle's host tables (npz: `embed` float32/float16
 or int8 with per-row `embed_scale`, `cos`, `sin`).
 Quantized (int8) inputs/outputs are (de)quantized here with each tensor's own scale/zero point,
@@ -123,9 +124,6 @@ class TfliteCausalLM:
         self.interpreter = interpreter
         self.prefill = _Sig(interpreter.get_signature_runner("prefill"))
         self.decode = _Sig(interpreter.get_signature_runner("decode"))
-        self.prefill_last = None  # older bundles have only prefill and decode
-        if "prefill_last" in _signature_names(interpreter):
-            self.prefill_last = _Sig(interpreter.get_signature_runner("prefill_last"))
         self.cache_length = int(signature["cache_length"])
         self.max_sequence_length = self.cache_length
         self.mask_value = float(signature["mask_value"])
@@ -136,15 +134,13 @@ class TfliteCausalLM:
         self.sin = np.asarray(host_tables["sin"], np.float32)
         self.cache_shape = tuple(int(s) for s in self.decode.ins[5]["shape"])
         self.n_kv = len(self.decode.ins) - 5
+        self.selects = len(self.prefill.ins) > 5 + self.n_kv  # prefill picks one row (`sel` input)
         self._resident = None
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
         named = [(self.prefill, "prefill"), (self.decode, "decode")]
-        if self.prefill_last is not None:
-            named.append((self.prefill_last, "prefill_last"))
         if zero_copy and tflite_resident.supported(interpreter, [name for _, name in named]):
-            sigs = {sig: tflite_resident.ResidentSig(interpreter, name) for sig, name in named}
-            self._resident = tflite_resident.ResidentCaches(sigs, self.n_kv)
+            self._resident = tflite_resident.ResidentCaches(interpreter, dict(named), self.n_kv)
 
     def embed_rows(self, ids: np.ndarray) -> np.ndarray:
         rows = self.embed[ids].astype(np.float32)
@@ -162,7 +158,7 @@ class TfliteCausalLM:
         return self._resident.export(cache) if self._resident is not None else cache.arrays
 
     def _step(self, sig: _Sig, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
-        """Logits [len(tokens), vocab]; from `prefill_last`, [1, vocab] of the last of `tokens`."""
+        """Logits [len(tokens), vocab]; from a selecting prefill, [1, vocab] of the last of `tokens`."""
         t, real = sig.length, len(tokens)
         pos = np.arange(start, start + t, dtype=np.int32)
         mask = np.where(np.arange(self.cache_length)[None, :] <= pos[:, None], 0.0, self.mask_value)
@@ -172,12 +168,12 @@ class TfliteCausalLM:
         small = [self.embed_rows(ids), pos, self.cos[pos], self.sin[pos], mask]
         rows = real
         extra = []
-        if sig is self.prefill_last:
+        if sig is self.prefill and self.selects:
             sel = np.zeros((1, 1, t), np.float32)
             sel[0, 0, real - 1] = 1.0
             extra, rows = [sel], 1
         if self._resident is not None:
-            rsig = self._resident.sigs[sig]
+            rsig = self._resident.sig(sig)
             logits = self._resident.step(rsig, small + extra, cache, start, real)
             return _from_output(logits, sig.outs[0])[0, :rows]
         out = sig(small + cache.arrays + extra)
@@ -186,35 +182,30 @@ class TfliteCausalLM:
 
     def forward(self, token_ids: list[int], cache: StaticCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab], or with
-        `last_only` [1, vocab] for the last token (cheaper: `prefill_last`); updates cache."""
+        `last_only` [1, vocab] for the last token (what a prompt needs; the cheap path); updates cache."""
         n = len(token_ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
         if cache.length + n > self.cache_length:
             raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
         p = self.prefill.length
-        prefill = self.prefill_last if last_only and self.prefill_last is not None else self.prefill
+        every_row = not last_only and self.selects  # a selecting prefill gives one row per call
         chunks, i = [], 0
         while i < n:
             rest = n - i
             start = cache.length + i
-            if rest == 1:
+            if rest == 1 or every_row:
                 chunks.append(self._step(self.decode, token_ids[i:i + 1], start, cache))
                 i += 1
             elif start + p <= self.cache_length:
                 take = min(p, rest)
-                chunks.append(self._step(prefill, token_ids[i:i + take], start, cache))
+                chunks.append(self._step(self.prefill, token_ids[i:i + take], start, cache))
                 i += take
             else:  # a padded chunk would run past the cache: finish token by token
                 chunks.append(self._step(self.decode, token_ids[i:i + 1], start, cache))
                 i += 1
         cache.length += n
         return chunks[-1][-1:] if last_only else np.concatenate(chunks, axis=0)
-
-
-def _signature_names(interpreter) -> list[str]:
-    names = getattr(interpreter, "get_signature_list", None)
-    return list(names()) if callable(names) else []
 
 
 def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = "",

@@ -35,7 +35,7 @@ class ResidentSig:
         in_index = [ins[n]["index"] for n in _order(ins)]
         self.out_index = [outs[n]["index"] for n in _order(outs)]
         n_kv = len(self.out_index) - 1
-        # inputs: 5 small ones, the caches, then any extra small ones (prefill_last's `sel`)
+        # inputs: 5 small ones, the caches, then any extra small ones (a selecting prefill's `sel`)
         self.cache_in = in_index[5:5 + n_kv]
         self.small_in = in_index[:5] + in_index[5 + n_kv:]
         self.length = int(ins[_order(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
@@ -78,11 +78,21 @@ def supported(interpreter, signatures=("prefill", "decode")) -> bool:
 class ResidentCaches:
     """Keeps one StaticCache's contents inside the interpreter; others live in their own arrays."""
 
-    def __init__(self, sigs: dict[str, ResidentSig], n_kv: int):
-        self.sigs = sigs
+    def __init__(self, interpreter, names: dict, n_kv: int):
+        """`names`: {key: signature name}. A signature's tensors are allocated on its first use:
+        allocating one makes XNNPACK pack its weights (tens of MB), and a server generating text
+        never calls the all-rows `prefill`."""
+        self.interpreter = interpreter
+        self.names = names
+        self.sigs: dict = {}
         self.n_kv = n_kv
         self.owner = None  # the StaticCache whose rows are in the interpreter
         self.where: ResidentSig | None = None  # the signature whose input tensors hold them
+
+    def sig(self, key) -> ResidentSig:
+        if key not in self.sigs:
+            self.sigs[key] = ResidentSig(self.interpreter, self.names[key])
+        return self.sigs[key]
 
     def _cache_inputs(self, sig: ResidentSig) -> list[np.ndarray]:
         return sig.cache_views(sig.cache_in)
