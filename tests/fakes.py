@@ -59,12 +59,13 @@ class _Info:
 class FakeOrtSession:
     """Records feeds; returns logits favouring (position + 2) and presents grown by one per token."""
 
-    def __init__(self, layers: int = 2, kv_heads: int = 2, head_dim: int = 4):
-        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+    def __init__(self, layers: int = 2, kv_heads: int = 2, head_dim: int = 4, rows: bool = False):
+        """`rows`: the current export (a `logits_rows` input selects the logits rows returned)."""
+        self.layers, self.kv_heads, self.head_dim, self.rows = layers, kv_heads, head_dim, rows
         self.feeds: list[dict] = []
 
     def get_inputs(self):
-        names = ["input_ids", "attention_mask", "position_ids"]
+        names = ["input_ids", "attention_mask", "position_ids"] + (["logits_rows"] if self.rows else [])
         names += [f"past_{k}_{i}" for i in range(self.layers) for k in ("key", "value")]
         return [_Info(n, [1, self.kv_heads, "past", self.head_dim] if n.startswith("past") else [1, "s"]) for n in names]
 
@@ -78,6 +79,8 @@ class FakeOrtSession:
         logits = np.zeros((1, s, VOCAB), dtype=np.float32)
         for k, pos in enumerate(feeds["position_ids"][0]):
             logits[0, k, 2 + (pos % 10)] = 1.0
+        if self.rows:
+            logits = logits[:, feeds["logits_rows"]]
         present = [np.full((1, self.kv_heads, total, self.head_dim), total, dtype=np.float32)
                    for _ in range(2 * self.layers)]
         return [logits, *present]

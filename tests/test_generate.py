@@ -86,3 +86,14 @@ def test_onnx_wrapper_feeds_positions_mask_and_cache():
     assert second["past_key_0"].shape == (1, 2, 3, 4)  # the presents of step 1 came back as the past
     with pytest.raises(ValueError, match="exceeds the model's 16"):
         model.forward(list(range(13)), cache)
+
+
+def test_onnx_graph_with_logits_rows_computes_only_the_rows_asked_for():
+    sess = FakeOrtSession(rows=True)
+    model = OnnxCausalLM(sess, max_sequence_length=16)
+    assert model.selects
+    cache = model.new_cache()
+    last = model.forward([0, 5, 6], cache, last_only=True)
+    assert sess.feeds[-1]["logits_rows"].tolist() == [2] and last.shape == (1, 12) and int(last[0].argmax()) == 4
+    every = model.forward([7, 8], cache)
+    assert sess.feeds[-1]["logits_rows"].tolist() == [0, 1] and list(every.argmax(-1)) == [5, 6]

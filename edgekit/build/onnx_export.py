@@ -2,8 +2,11 @@
 
 Graph interface (what edgekit/device/onnx_model.py feeds):
   inputs  input_ids [1,S] int64, attention_mask [1,T] int64 (T = P+S), position_ids [1,S] int64,
+          logits_rows [R] int64 (positions in 0..S-1 whose logits are wanted),
           past_key_i, past_value_i [1, kv_heads, P, head_dim] float32, i = 0..layers-1
-  outputs logits [1,S,vocab] float32, present_key_i, present_value_i [1, kv_heads, T, head_dim]
+  outputs logits [1,R,vocab] float32, present_key_i, present_value_i [1, kv_heads, T, head_dim]
+`logits_rows` is transformers' `logits_to_keep` as a graph input: a prompt asks for its last row
+only (the LM head is a third of a small LM's weights), scoring asks for every row.
 May import: stdlib, torch, transformers, onnx.
 """
 
@@ -27,7 +30,7 @@ class _FlatKV(torch.nn.Module):
         self.model = model
         self.layers = model.config.num_hidden_layers
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
+    def forward(self, input_ids, attention_mask, position_ids, logits_rows, *past):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
@@ -39,6 +42,7 @@ class _FlatKV(torch.nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=logits_rows,
         )
         present = []
         for layer in out.past_key_values.layers:
@@ -55,7 +59,7 @@ def kv_shape(config) -> tuple[int, int, int]:
 def io_names(layers: int) -> tuple[list[str], list[str]]:
     kv = [f"{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
     return (
-        ["input_ids", "attention_mask", "position_ids"] + [f"past_{n}" for n in kv],
+        ["input_ids", "attention_mask", "position_ids", "logits_rows"] + [f"past_{n}" for n in kv],
         ["logits"] + [f"present_{n}" for n in kv],
     )
 
@@ -77,15 +81,18 @@ def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length:
         torch.ones(1, seq, dtype=torch.long),
         torch.ones(1, past_len + seq, dtype=torch.long),
         torch.arange(past_len, past_len + seq)[None],
+        torch.tensor([1, 2]),  # two rows: a size-1 sample would be specialised to 1
         *[torch.zeros(1, kv_heads, past_len, head_dim) for _ in range(2 * layers)],
     )
     s = torch.export.Dim("seq", min=1, max=max_sequence_length)
     p = torch.export.Dim("past", min=0, max=max_sequence_length - 1)
     t = torch.export.Dim("total", min=1, max=max_sequence_length)
+    r = torch.export.Dim("rows", min=1, max=max_sequence_length)
     dynamic = {
         "input_ids": {1: s},
         "attention_mask": {1: t},
         "position_ids": {1: s},
+        "logits_rows": {0: r},
         "past": tuple({2: p} for _ in range(2 * layers)),
     }
     inputs, outputs = io_names(layers)

@@ -4,6 +4,8 @@ The exported graph (see edgekit/build/onnx_export.py) has inputs
   input_ids [1, S] int64, attention_mask [1, P+S] int64, position_ids [1, S] int64,
   past_key_i / past_value_i [1, kv_heads, P, head_dim] float32 for each layer i
 and outputs logits [1, S, vocab] float32 and present_key_i / present_value_i [1, kv_heads, P+S, head_dim].
+Current exports also take logits_rows [R] int64 and return logits [1, R, vocab] for those positions
+only: forward(..., last_only=True) asks for the last one. Older bundles without it still load.
 Prefill runs once over the prompt (P = 0); each decode step feeds one token and the cache.
 
 The session is injected (anything with onnxruntime's `run(output_names, feeds)` and
@@ -39,6 +41,7 @@ class OnnxCausalLM:
         first = inputs[self.past_names[0]].shape
         self.kv_heads, self.head_dim = int(first[1]), int(first[3])
         self.output_names = [o.name for o in session.get_outputs()]
+        self.selects = "logits_rows" in inputs  # the graph computes only the rows asked for
 
     def new_cache(self) -> KVCache:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
@@ -46,7 +49,7 @@ class OnnxCausalLM:
 
     def forward(self, token_ids: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab] ([1, vocab]
-        of the last token with `last_only`; the graph computes them all either way); updates cache."""
+        of the last token with `last_only`, the only row computed when the graph selects); updates cache."""
         n = len(token_ids)
         if n == 0:
             raise ValueError("forward needs at least one token")
@@ -58,11 +61,13 @@ class OnnxCausalLM:
             "attention_mask": np.ones((1, total), dtype=np.int64),
             "position_ids": np.arange(cache.length, total, dtype=np.int64)[None, :],
         }
+        if self.selects:
+            feeds["logits_rows"] = np.arange(n - 1 if last_only else 0, n, dtype=np.int64)
         feeds.update(zip(self.past_names, cache.past))
         outputs = self.session.run(self.output_names, feeds)
         cache.past = list(outputs[1:])
         cache.length = total
-        return outputs[0][0][-1:] if last_only else outputs[0][0]
+        return outputs[0][0][-1:] if last_only else outputs[0][0]  # (a selecting graph gave 1 row)
 
 
 def ort_session(model_path, threads: int = 0):
