@@ -5,9 +5,9 @@ each call, after a resize + allocate check. For a decoder with a static KV cache
 whole cache twice per generated token (6 MB per token for the 15-layer SmolLM2 student, about a
 fifth of its decode time). Here the cache stays in a signature's own input tensors between calls:
 small inputs are written into the interpreter's buffers through numpy views, and after each call
-only the cache rows the call wrote (its real tokens, positions start ..) are copied from the output
-tensors back into the input tensors. Caches of other requests are swapped in and out in full, and moving
-from the prefill to the decode signature copies the filled rows once. Slots past a cache's
+only the cache rows the call wrote (its real tokens, positions start ..) are copied from the
+output tensors back into the input tensors. Caches of other requests are swapped in and out in
+full, and moving from the prefill to the decode signature copies the filled rows once. Slots past a cache's
 length may hold another request's rows (finite values, always masked); they start as zeros.
 
 Used only when every cache tensor is float32 without quantization (int8-I/O graphs keep the
@@ -79,9 +79,8 @@ class ResidentCaches:
     """Keeps one StaticCache's contents inside the interpreter; others live in their own arrays."""
 
     def __init__(self, interpreter, names: dict, n_kv: int):
-        """`names`: {key: signature name}. A signature's tensors are allocated on its first use:
-        allocating one makes XNNPACK pack its weights (tens of MB), and a server generating text
-        never calls the all-rows `prefill`."""
+        """`names`: {key: signature name}. A signature's tensors are allocated on its first use, so
+        a runner that only scores (decode steps) never holds the prefill's arena."""
         self.interpreter = interpreter
         self.names = names
         self.sigs: dict = {}
