@@ -138,9 +138,9 @@ class TfliteCausalLM:
         self._resident = None
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
-        named = [(self.prefill, "prefill"), (self.decode, "decode")]
-        if zero_copy and tflite_resident.supported(interpreter, [name for _, name in named]):
-            self._resident = tflite_resident.ResidentCaches(interpreter, dict(named), self.n_kv)
+        if zero_copy and tflite_resident.supported(interpreter):
+            self._resident = tflite_resident.ResidentCaches(interpreter, {self.prefill: "prefill",
+                                                                         self.decode: "decode"})
 
     def embed_rows(self, ids: np.ndarray) -> np.ndarray:
         rows = self.embed[ids].astype(np.float32)

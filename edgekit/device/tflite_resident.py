@@ -7,8 +7,9 @@ fifth of its decode time). Here the cache stays in a signature's own input tenso
 small inputs are written into the interpreter's buffers through numpy views, and after each call
 only the cache rows the call wrote (its real tokens, positions start ..) are copied from the
 output tensors back into the input tensors. Caches of other requests are swapped in and out in
-full, and moving from the prefill to the decode signature copies the filled rows once. Slots past a cache's
-length may hold another request's rows (finite values, always masked); they start as zeros.
+full, and moving from the prefill to the decode signature copies the filled rows once. Slots past
+a cache's length may hold another request's rows (finite values, always masked); they start as
+zeros.
 
 Used only when every cache tensor is float32 without quantization (int8-I/O graphs keep the
 copying path) and the interpreter exposes its wrapper (ai-edge-litert / tflite_runtime).
@@ -24,6 +25,13 @@ def _order(names):
     return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
+def _split(ins: dict, outs: dict) -> tuple[list[str], list[str]]:
+    """(small input names, cache input names) in positional order: 5 small inputs, one cache input
+    per cache output, then any extra small ones (a selecting prefill's `sel`)."""
+    names, n_kv = _order(ins), len(outs) - 1
+    return names[:5] + names[5 + n_kv:], names[5:5 + n_kv]
+
+
 class ResidentSig:
     """One signature of a real interpreter, driven through views of its own tensors."""
 
@@ -32,12 +40,10 @@ class ResidentSig:
         self.wrapper = runner._interpreter_wrapper
         self.subgraph = runner._subgraph_index
         ins, outs = runner.get_input_details(), runner.get_output_details()
-        in_index = [ins[n]["index"] for n in _order(ins)]
+        small, caches = _split(ins, outs)
+        self.small_in = [ins[n]["index"] for n in small]
+        self.cache_in = [ins[n]["index"] for n in caches]
         self.out_index = [outs[n]["index"] for n in _order(outs)]
-        n_kv = len(self.out_index) - 1
-        # inputs: 5 small ones, the caches, then any extra small ones (a selecting prefill's `sel`)
-        self.cache_in = in_index[5:5 + n_kv]
-        self.small_in = in_index[:5] + in_index[5 + n_kv:]
         self.length = int(ins[_order(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
         self.wrapper.AllocateTensors(self.subgraph)
         # Fresh tensor memory is uninitialised (it can hold NaN): masked cache slots are multiplied
@@ -64,8 +70,7 @@ def supported(interpreter, signatures=("prefill", "decode")) -> bool:
             if not hasattr(runner._interpreter_wrapper, "tensor"):
                 return False
             ins, outs = runner.get_input_details(), runner.get_output_details()
-            n_kv = len(outs) - 1
-            cache_tensors = [ins[n] for n in _order(ins)[5:5 + n_kv]] + [outs[n] for n in _order(outs)[1:]]
+            cache_tensors = [ins[n] for n in _split(ins, outs)[1]] + [outs[n] for n in _order(outs)[1:]]
             for d in cache_tensors:
                 q = d.get("quantization_parameters") or {}
                 if d["dtype"] != np.float32 or len(q.get("scales", [])):
@@ -78,13 +83,12 @@ def supported(interpreter, signatures=("prefill", "decode")) -> bool:
 class ResidentCaches:
     """Keeps one StaticCache's contents inside the interpreter; others live in their own arrays."""
 
-    def __init__(self, interpreter, names: dict, n_kv: int):
+    def __init__(self, interpreter, names: dict):
         """`names`: {key: signature name}. A signature's tensors are allocated on its first use, so
         a runner that only scores (decode steps) never holds the prefill's arena."""
         self.interpreter = interpreter
         self.names = names
         self.sigs: dict = {}
-        self.n_kv = n_kv
         self.owner = None  # the StaticCache whose rows are in the interpreter
         self.where: ResidentSig | None = None  # the signature whose input tensors hold them
 
