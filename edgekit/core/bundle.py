@@ -74,6 +74,7 @@ def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) ->
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp_manifest, staging / MANIFEST)
 
+    _make_readable(staging)
     if out.exists() and not (out / MANIFEST).is_file():
         raise BundleError(f"{out} exists and is not an edgekit bundle; refusing to replace it")
     old = None
@@ -90,6 +91,17 @@ def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) ->
             tf.add(out, arcname=out.name)
         os.replace(tmp_tar, tar_path)
     return Bundle(out, manifest)
+
+
+def _make_readable(root: Path) -> None:
+    """Directories 0755 and files 0644 (less the umask): the staging folder comes from mkdtemp (0700),
+    and a bundle copied with its permissions must stay readable by a service user on the device."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def staging_dir(out: Path) -> Path:
@@ -138,21 +150,26 @@ def verify_files(root: Path, manifest: dict) -> None:
 def load_bundle(path: str | os.PathLike, extract_to: Path | None = None) -> Bundle:
     """Open and verify a bundle directory or .tar.
 
-    A .tar is extracted (safely: no absolute paths, links or devices) into `extract_to`, or a new
-    temporary directory, before verification.
+    A .tar is extracted safely on every supported Python (edgekit.core.bundle_tar: no absolute
+    paths, `..`, links or devices) into `extract_to`, or by default once into the cache
+    `<EDGEKIT_HOME>/bundles/<sha256 of the archive>/`, reused by later opens (nothing in /tmp).
     """
+    from edgekit.core.bundle_tar import extract_cached, safe_extract
+
     p = Path(path).expanduser()
     if not p.exists():
         raise BundleError(f"bundle not found: {p}")
     if p.is_file():
         if not tarfile.is_tarfile(p):
             raise BundleError(f"{p}: neither a bundle directory nor a .tar of one")
-        dest = extract_to or Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
-        try:
-            with tarfile.open(p) as tf:
-                tf.extractall(dest, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise BundleError(f"{p}: cannot extract bundle: {exc}") from None
+        if extract_to is None:
+            from edgekit.core.paths import edgekit_home
+
+            dest = extract_cached(p, edgekit_home() / "bundles")
+        else:
+            extract_to.mkdir(parents=True, exist_ok=True)
+            safe_extract(p, extract_to)
+            dest = extract_to
         roots = [d for d in dest.iterdir() if (d / MANIFEST).is_file()]
         if len(roots) != 1:
             raise BundleError(f"{p}: archive does not contain exactly one bundle directory")
