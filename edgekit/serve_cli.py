@@ -18,7 +18,8 @@ from edgekit.power_cli import pick_source, power_options
               help="Address to bind. Use 0.0.0.0 explicitly to accept connections from other machines.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="TCP port (0 = any free port).")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
-              help="Runtime intra-op threads (0 = the runtime's default).")
+              help="Runtime threads (0 = the target's runtime.threads, or every CPU when that is 0); always capped "
+                   "at the CPUs this process may use. /props shows the count and why.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log verbosity.")
 @click.option("--delegate-library", envvar="EDGEKIT_DELEGATE_LIBRARY", default=None, metavar="PATH",
@@ -33,10 +34,10 @@ from edgekit.power_cli import pick_source, power_options
 @click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(0.1, None),
               help="Seconds a request may take (queue wait included); longer generations stop: 504.")
 @click.option("--request-log", type=click.Path(path_type=Path), default=None,
-              help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<bundle>-requests.jsonl].")
+              help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<name>-<target>-<precision>-requests.jsonl].")
 @power_options
 @click.option("--power-log", type=click.Path(path_type=Path), default=None,
-              help="JSONL power log (one line per reading) [default: $EDGEKIT_HOME/logs/<bundle>-power.jsonl].")
+              help="JSONL power log (one line per reading) [default: $EDGEKIT_HOME/logs/<name>-<target>-<precision>-power.jsonl].")
 @click.option("--power-log-max-mb", default=50.0, show_default=True, type=click.FloatRange(0.01, None),
               help="Rotate the power log past this size (keeps 3 old files).")
 @click.option("--subtract-idle", is_flag=True,
@@ -66,6 +67,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     import uvicorn
 
     from edgekit.core.bundle import load_bundle
+    from edgekit.core.bundle import bundle_log_name
     from edgekit.core.paths import edgekit_home
     from edgekit.device.runtime import open_model, runner_for
     from edgekit.device.server import create_app
@@ -80,12 +82,13 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     b = load_bundle(bundle)  # sha256 of every file, before anything listens
     runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
     name = b.manifest["name"]
-    log_path = request_log or edgekit_home() / "logs" / f"{name}-requests.jsonl"
+    log_path = request_log or edgekit_home() / "logs" / f"{bundle_log_name(b.manifest)}-requests.jsonl"
 
     def loader():
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None)
         click.echo(f"edgekit serve: {name} ready ({b.manifest['model']['precision']}, "
-                   f"{b.manifest['model']['runtime']} on {loaded.accelerator})", err=True)
+                   f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
+                   f"{loaded.threads_source})", err=True)
         return loaded
 
     if subtract_idle and power == "none":
@@ -127,6 +130,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
 
 def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country):
     """The started PowerSession for `--power`, or None for `--power none`."""
+    from edgekit.core.bundle import bundle_log_name
     from edgekit.core.paths import edgekit_home
     from edgekit.device.power.co2 import grid_intensity
     from edgekit.device.power.probe import Machine
@@ -143,7 +147,7 @@ def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, gr
                          log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
     if source is None:
         return None
-    path = log_path or edgekit_home() / "logs" / f"{name}-power.jsonl"
+    path = log_path or edgekit_home() / "logs" / f"{bundle_log_name(b.manifest)}-power.jsonl"
     try:
         session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
                                battery=lambda: battery_percent(machine.power_supply, machine.battery_info)).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,31 @@ def test_build_with_bad_target_or_typo_recipe_is_one_clear_line(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert f"{bad}: key 'studnet': unknown key (did you mean 'student'?)" in res.stderr
+
+
+def test_thread_count_comes_from_flag_then_target_capped_at_allowed_cpus():
+    from edgekit.device.runtime import available_cpus, resolve_threads
+
+    arm = {"target": {"name": "arm-cpu", "runtime": {"threads": 4}}}
+    onnx = {"target": {"name": "onnx-cpu", "runtime": {"threads": 0}}}
+    assert resolve_threads(0, arm, cpus=8) == (4, "target arm-cpu runtime.threads")
+    assert resolve_threads(2, arm, cpus=8) == (2, "--threads")
+    threads, why = resolve_threads(0, arm, cpus=2)
+    assert threads == 2 and "capped at the 2 CPUs" in why and "runtime.threads = 4" in why
+    threads, why = resolve_threads(16, arm, cpus=3)
+    assert threads == 3 and why.startswith("--threads = 16, capped")
+    threads, why = resolve_threads(0, onnx, cpus=6)
+    assert threads == 6 and "every CPU" in why
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_log_names_differ_per_bundle_kind():
+    from edgekit.core.bundle import bundle_log_name
+
+    def m(target, precision):
+        return {"name": "stories260k", "target": {"name": target}, "model": {"precision": precision}}
+
+    names = {bundle_log_name(m(t, p)) for t, p in (("arm-cpu", "int8-dynamic"), ("coral", "int8-full"),
+                                                  ("arm-cpu", "fp32"), ("onnx-cpu", "int8-dynamic"))}
+    assert len(names) == 4 and "stories260k-coral-int8-full" in names
+    assert bundle_log_name({"name": "a/../b", "target": {"name": "t"}, "model": {}}) == "a_.._b-t"

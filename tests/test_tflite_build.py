@@ -66,6 +66,9 @@ def test_each_target_serves_what_verify_recorded(tflite_builds, variant):
         assert props["target"] == variant and props["runtime"] in ("litert", "litert-segments")
         # no GPU / Edge TPU delegate library on this machine: the server says it runs on the CPU
         assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == m["model"]["delegate"]
+        # the target's thread count (4), capped at the CPUs this process may use
+        assert props["threads"] == min(m["target"]["runtime"]["threads"], props["cpus_available"])
+        assert "runtime.threads" in props["threads_source"]
         for p in verify["prompts"]:
             r = httpx.post(base + "/v1/completions", timeout=60,
                            json={"prompt": p["prompt"], "max_tokens": verify["greedy_tokens"], "temperature": 0})

@@ -93,6 +93,17 @@ def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) ->
     return Bundle(out, manifest)
 
 
+def bundle_log_name(manifest: dict) -> str:
+    """A file-name stem unique to a kind of bundle: `<name>-<target>-<precision>` (the arm-cpu and coral
+    bundles of one recipe, or its int8 and fp32 builds, write separate logs), safe characters only."""
+    model = manifest.get("model", {})
+    target = manifest.get("target", {})
+    parts = [manifest.get("name", "bundle"), target.get("name", "") if isinstance(target, dict) else str(target),
+             model.get("precision", "")]
+    stem = "-".join(p for p in parts if p)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+
+
 def _make_readable(root: Path) -> None:
     """Directories 0755 and files 0644 (less the umask): the staging folder comes from mkdtemp (0700),
     and a bundle copied with its permissions must stay readable by a service user on the device."""

@@ -7,6 +7,7 @@ per-target branching). May import: stdlib, edgekit.core, edgekit.device, numpy; 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from edgekit.core.bundle import Bundle, load_bundle
@@ -33,6 +34,7 @@ class LoadedModel:
     tokenizer: TextTokenizer
     generation: dict
     threads: int = 0
+    threads_source: str = ""
 
     @property
     def accelerator(self) -> str:
@@ -45,7 +47,8 @@ class LoadedModel:
             "name": m["name"], "task": m["task"], "target": m["target"]["name"], "format": m["model"]["format"],
             "precision": m["model"]["precision"], "runtime": m["model"]["runtime"],
             "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
-            "threads": self.threads, "max_sequence_length": self.max_sequence_length,
+            "threads": self.threads, "threads_source": self.threads_source, "cpus_available": available_cpus(),
+            "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
             "gate": m.get("gate", {}).get("passed"),
         }
@@ -61,6 +64,32 @@ class LoadedModel:
     @property
     def max_sequence_length(self) -> int:
         return self.bundle.manifest["model"]["max_sequence_length"]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container or `taskset` may allow fewer than
+    the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(requested: int, manifest: dict, cpus: int | None = None) -> tuple[int, str]:
+    """(runtime threads, why): `requested` (--threads) when > 0, else the target's `runtime.threads`,
+    else (0 in the target) every CPU this process may use; always capped at those CPUs."""
+    cpus = cpus or available_cpus()
+    target = manifest.get("target", {})
+    target_threads = int(target.get("runtime", {}).get("threads", 0) or 0)
+    if requested > 0:
+        threads, why = requested, "--threads"
+    elif target_threads > 0:
+        threads, why = target_threads, f"target {target.get('name', '?')} runtime.threads"
+    else:
+        threads, why = cpus, f"target {target.get('name', '?')} runtime.threads = 0: every CPU this process may use"
+    if threads > cpus:
+        threads, why = cpus, f"{why} = {threads}, capped at the {cpus} CPUs this process may use"
+    return threads, why
 
 
 def runner_for(bundle: Bundle):
@@ -81,6 +110,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     `delegate_library` overrides the target's delegate library path (GPU / Edge TPU) and
     `delegate_options` are passed to it (Edge TPU: {"device": "usb:0"})."""
     m = bundle.manifest
+    threads, threads_source = resolve_threads(threads, m)
     if delegate_library or delegate_options:
         model = dict(m["model"])
         if delegate_library:
@@ -94,7 +124,8 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     generation = {}
     if m.get("generation_file"):
         generation = json.loads(bundle.path(m["generation_file"]).read_text(encoding="utf-8"))
-    return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads)
+    return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads,
+                       threads_source=threads_source)
 
 
 def load(path, threads: int = 0, delegate_library: str | None = None, delegate_options: dict | None = None) -> LoadedModel:
