@@ -26,7 +26,8 @@ def power_options(command):
                      help="hwmon/Jetson channel or rail to read, by label (repeatable; default: the input rail)."),
         click.option("--board", default=None, metavar="NAME",
                      help="Board profile for --power estimate (see boards/); default: detected from the device "
-                          "tree, else generic-x86."),
+                          "tree (model or SoC), else generic-x86 on an x86 machine; an unrecognised ARM "
+                          "board needs this."),
         click.option("--power-hz", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000),
                      help="Power sampling rate."),
     ]):
@@ -121,4 +122,8 @@ def power(seconds, channels, board, target, as_json):
         click.echo(f"  {'':13} covers: {r['scope']}")
         if r.get("detail"):
             click.echo(f"  {'':13} {r['detail']}")
-    click.echo(f"* = what `edgekit serve --power auto` would use: {chosen}")
+    if chosen is None:
+        click.echo("`edgekit serve --power auto` would find no source here: energy figures off "
+                   "(--board NAME gives an estimate from a board profile)")
+    else:
+        click.echo(f"* = what `edgekit serve --power auto` would use: {chosen}")

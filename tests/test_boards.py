@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.core.boards import detect_board, list_boards, load_board, read_device_model
+from edgekit.core.boards import detect_board, list_boards, load_board, read_device_compatible, read_device_model
+from edgekit.device.power.base import SourceUnavailable
 from edgekit.core.errors import ConfigError
 from edgekit.device.power.estimate import EstimateSource, estimate_for_this_machine
 
@@ -101,11 +102,30 @@ def test_estimate_for_this_machine_detects_or_falls_back(tmp_path):
     src = estimate_for_this_machine(device_tree_root=tmp_path, cpu_fraction=lambda: 0.0)
     assert src.board.name == "jetson-nano" and src.read().watts == src.board.idle_watts
 
-    src = estimate_for_this_machine(device_tree_root=tmp_path / "absent", cpu_fraction=lambda: 0.0)
+    src = estimate_for_this_machine(device_tree_root=tmp_path / "absent", cpu_fraction=lambda: 0.0, arch="x86_64")
     assert src.board.name == "generic-x86" and src.read().watts == 10.0
-    assert "no board detected; generic-x86 profile" in src.detail
-    src = estimate_for_this_machine(model_text="Some Unknown Board", cpu_fraction=lambda: 0.0)
-    assert src.board.name == "generic-x86"
+    assert "no board detected on x86_64; generic-x86 profile" in src.detail
+
+
+@pytest.mark.parametrize("arch", ["aarch64", "armv7l", "x86_64"])
+def test_unknown_board_never_borrows_the_x86_profile(tmp_path, arch):
+    (tmp_path / "model").write_bytes(b"Pine64 RockPro64 v2.1\x00")
+    (tmp_path / "compatible").write_bytes(b"pine64,rockpro64-v2.1\x00rockchip,rk3399\x00")
+    with pytest.raises(SourceUnavailable) as err:
+        estimate_for_this_machine(device_tree_root=tmp_path, cpu_fraction=lambda: 0.0, arch=arch)
+    said = str(err.value)
+    assert f"unrecognised {arch} board" in said and "Pine64 RockPro64 v2.1" in said and "rockchip,rk3399" in said
+    assert "x86" not in said.replace(arch, "") and "--board" in said
+    with pytest.raises(SourceUnavailable, match="unrecognised aarch64 board \\(no device-tree model"):
+        estimate_for_this_machine(device_tree_root=tmp_path / "none", cpu_fraction=lambda: 0.0, arch="aarch64")
+
+
+def test_board_detected_from_the_soc_when_the_model_string_is_unknown(tmp_path):
+    (tmp_path / "model").write_bytes(b"Some vendor carrier board with a CM5\x00")
+    (tmp_path / "compatible").write_bytes(b"vendor,carrier\x00raspberrypi,5-compute-module\x00brcm,bcm2712\x00")
+    assert read_device_compatible(tmp_path)[-1] == "brcm,bcm2712"
+    src = estimate_for_this_machine(device_tree_root=tmp_path, cpu_fraction=lambda: 0.0, arch="aarch64")
+    assert src.board.name == "rpi5" and "brcm,bcm2712" in src.detail
 
 
 def test_added_board_found_via_env_path(tmp_path, monkeypatch):
@@ -125,5 +145,43 @@ def test_added_board_found_via_env_path(tmp_path, monkeypatch):
     src = estimate_for_this_machine(boards_dir_root=extra, model_text="My SBC rev 2", cpu_fraction=lambda: 1.0)
     assert src.board.name == "my-sbc" and src.read().watts == 3.0
     src = estimate_for_this_machine(boards_dir_root=extra, model_text=None, device_tree_root=tmp_path / "none",
-                                    cpu_fraction=lambda: 0.0)
+                                    cpu_fraction=lambda: 0.0, arch="x86_64")
     assert src.board.name == "generic-x86"
+
+
+def _pi_tree(root, model: bytes):
+    tree = root / "proc" / "device-tree"
+    tree.mkdir(parents=True)
+    (tree / "model").write_bytes(model)
+    return root
+
+
+def test_power_auto_on_a_pi5_picks_the_pmic_measured(tmp_path):
+    from test_power_sources import PI5_OUTPUT, PI5_WATTS
+
+    from edgekit.core.targets import load_target
+    from edgekit.device.power.probe import Machine, choose
+
+    machine = Machine.under(_pi_tree(tmp_path, b"Raspberry Pi 5 Model B Rev 1.0\x00"), vcgencmd=lambda: PI5_OUTPUT,
+                            cpu_fraction=lambda: 0.0, battery_info=lambda: None, arch="aarch64")
+    lines = []
+    source = choose("auto", machine, prefer=load_target("arm-cpu").data["power"]["prefer"], log=lines.append)
+    assert source.name == "rpi-pmic" and source.measured is True
+    assert source.read().watts == pytest.approx(PI5_WATTS, rel=1e-9)
+    assert lines == [f"power: using rpi-pmic (measured): {source.scope}"]
+
+
+def test_power_auto_on_an_unknown_arm_board_turns_energy_off_and_never_says_x86(tmp_path):
+    from edgekit.device.power.probe import Machine, choose, probe_all
+
+    machine = Machine.under(_pi_tree(tmp_path, b"Pine64 RockPro64 v2.1\x00"), vcgencmd=lambda: "",
+                            cpu_fraction=lambda: 0.0, battery_info=lambda: None, arch="aarch64")
+    lines = []
+    assert choose("auto", machine, log=lines.append) is None
+    assert "generic-x86" not in "\n".join(lines)  # (the RAPL line may say RAPL needs an x86 CPU)
+    assert "x86" not in [line for line in lines if line.startswith("power: skipped estimate")][0]
+    assert lines[-1] == "power: no source works here (see the reasons above): energy figures are off"
+    estimate = [reason for name, source, reason in probe_all(machine) if name == "estimate"][0]
+    assert "unrecognised aarch64 board" in estimate
+    with_board = choose("estimate", machine, board="rpi4", log=lines.append)
+    assert with_board.board.name == "rpi4" and with_board.measured is False

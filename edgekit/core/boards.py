@@ -4,7 +4,8 @@ A profile gives typical whole-board power in watts (W) at the board's power inpu
 with nothing running, `full_load_watts` with every CPU core busy, and `source`, where those
 figures come from. They are approximate published figures, not measurements of this machine;
 the `estimate` power source scales between them by CPU utilisation and always says so.
-`match.model_contains` lets `detect_board` recognise the board from /proc/device-tree/model.
+`match.model_contains` and `match.compatible` let `detect_board` recognise the board from
+/proc/device-tree/model, or else from the SoC named in /proc/device-tree/compatible.
 Adding a board is adding a TOML file (or a directory named in EDGEKIT_BOARDS_PATH).
 """
 
@@ -40,6 +41,11 @@ SCHEMA = Table(
                     str, default=(), list_of=True,
                     doc="substrings of /proc/device-tree/model that identify this board",
                 ),
+                "compatible": Field(
+                    str, default=(), list_of=True,
+                    doc="entries of /proc/device-tree/compatible (e.g. the SoC, 'brcm,bcm2712') that identify "
+                        "this board when its model string is not recognised",
+                ),
             },
             doc="auto-detection",
         ),
@@ -58,6 +64,7 @@ class Board:
     full_load_watts: float
     source: str
     model_contains: tuple[str, ...] = ()
+    compatible: tuple[str, ...] = ()
     path: Path | None = None
 
 
@@ -71,6 +78,7 @@ def load_board(name_or_path: str) -> Board:
         full_load_watts=data["full_load_watts"],
         source=data["source"],
         model_contains=tuple(data["match"]["model_contains"]),
+        compatible=tuple(data["match"]["compatible"]),
         path=path,
     )
 
@@ -80,23 +88,29 @@ def list_boards() -> list[Board]:
     return [load_board(str(p)) for _, p in sorted(tomlfiles.available("boards").items())]
 
 
-def detect_board(model_text: str | None, boards: list[Board] | None = None) -> Board | None:
+def detect_board(model_text: str | None, boards: list[Board] | None = None,
+                 compatible: tuple[str, ...] | list[str] = ()) -> Board | None:
     """The board whose `match.model_contains` occurs in `model_text` (the text of
-    /proc/device-tree/model), or None. When several match, the longest matching string wins
-    (then the name), so a specific profile beats a general one. `boards` defaults to list_boards()."""
-    if not model_text:
-        return None
-    text = model_text.replace("\x00", "").strip()
-    if not text:
-        return None
+    /proc/device-tree/model), else the first whose `match.compatible` lists an entry of `compatible`
+    (/proc/device-tree/compatible: board, then SoC), or None. When several model strings match, the
+    longest wins (then the name), so a specific profile beats a general one. `boards` defaults to
+    list_boards()."""
+    found = list_boards() if boards is None else boards
+    text = (model_text or "").replace("\x00", "").strip()
     best: tuple[int, str, Board] | None = None
-    for board in list_boards() if boards is None else boards:
+    for board in found if text else ():
         for needle in board.model_contains:
             if needle and needle in text:
                 key = (-len(needle), board.name, board)
                 if best is None or key[:2] < best[:2]:
                     best = key
-    return None if best is None else best[2]
+    if best is not None:
+        return best[2]
+    for entry in compatible:  # most specific first, as the device tree lists them
+        for board in sorted(found, key=lambda b: b.name):
+            if entry in board.compatible:
+                return board
+    return None
 
 
 def read_device_model(root: str | Path = "/proc/device-tree") -> str | None:
@@ -108,3 +122,13 @@ def read_device_model(root: str | Path = "/proc/device-tree") -> str | None:
         return None
     text = raw.replace(b"\x00", b"").decode("utf-8", errors="replace").strip()
     return text or None
+
+
+def read_device_compatible(root: str | Path = "/proc/device-tree") -> tuple[str, ...]:
+    """The device tree's `compatible` entries (board first, then SoC, e.g. ("raspberrypi,5-model-b",
+    "brcm,bcm2712")); () where there is none."""
+    try:
+        raw = (Path(root) / "compatible").read_bytes()
+    except OSError:
+        return ()
+    return tuple(e for e in raw.decode("utf-8", errors="replace").split("\x00") if e.strip())

@@ -32,6 +32,7 @@ class Machine:
     vcgencmd: Callable[[], str] | None = None  # returns `vcgencmd pmic_read_adc` output; None = run it
     cpu_fraction: Callable[[], float] | None = None  # 0..1; None = psutil
     battery_info: Callable | None = None  # like psutil.sensors_battery; None = psutil
+    arch: str | None = None  # CPU architecture as platform.machine() says it; None = this machine's
 
     @classmethod
     def under(cls, root: Path, **kw) -> "Machine":
@@ -70,7 +71,8 @@ def estimate_source(machine: Machine, board: str | None = None) -> PowerSource:
 
     if board:
         return EstimateSource(load_board(board), cpu_fraction=machine.cpu_fraction, how=f"board '{board}' (--board)")
-    return estimate_for_this_machine(device_tree_root=machine.device_tree, cpu_fraction=machine.cpu_fraction)
+    return estimate_for_this_machine(device_tree_root=machine.device_tree, cpu_fraction=machine.cpu_fraction,
+                                     arch=machine.arch)
 
 
 def auto_order(prefer: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -94,7 +96,8 @@ def probe_all(machine: Machine, prefer=(), channels=None, board=None) -> list[tu
 def choose(choice: str = "auto", machine: Machine | None = None, prefer=(), channels=None, board=None,
            log: Callable[[str], None] = print) -> PowerSource | None:
     """The source to use: None for "none"; a named one (SourceUnavailable if it cannot work); or
-    the first that works in auto order, logging one line per skipped source with its reason."""
+    the first that works in auto order, logging one line per skipped source with its reason. When
+    nothing works in auto order (an unrecognised board with no sensor), energy is off: None, said."""
     machine = machine or Machine()
     if choice == "none":
         return None
@@ -108,4 +111,5 @@ def choose(choice: str = "auto", machine: Machine | None = None, prefer=(), chan
             continue
         log(f"power: using {name} ({'measured' if source.measured else 'ESTIMATE, not measured'}): {source.scope}")
         return source
-    raise SourceUnavailable("no power source works here")  # unreachable while estimate exists
+    log("power: no source works here (see the reasons above): energy figures are off")
+    return None
