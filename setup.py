@@ -15,14 +15,31 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).parent
+# The distribution is `edgekit-ml` (the name `edgekit` on PyPI belongs to an unrelated project; `edgekit-ml`
+# was free on 2026-11-30); the import package and the console script stay `edgekit`.
+DIST_NAME = "edgekit-ml"
+# The runtimes publish wheels only for these machines (PyPI, 2026-11-30: onnxruntime 1.32 for Linux
+# x86_64/aarch64, macOS arm64, Windows AMD64/ARM64; ai-edge-litert 2.3 for Linux x86_64/aarch64, macOS arm64,
+# Windows AMD64). Elsewhere (32-bit Raspberry Pi OS, armv7l) pip would try to build them from source and fail
+# the whole install, so they are skipped there: the install succeeds and `edgekit runtimes` / serve say which
+# runtime is missing and which bundles need it.
+_ORT_MACHINES = ("x86_64", "aarch64", "AMD64", "arm64", "ARM64")
+_LITERT_MACHINES = ("x86_64", "aarch64", "AMD64", "arm64")
+
+
+def _on(machines: tuple[str, ...]) -> str:
+    """A PEP 508 marker true on the listed `platform_machine` values."""
+    return " or ".join(f'platform_machine == "{m}"' for m in machines)
+
+
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "edgekit" / "__init__.py").read_text()).group(1)
 
 DEVICE = [
     "click>=8.1",
     "numpy>=1.26",
     "psutil>=5.9",
-    "onnxruntime>=1.20",
-    "ai-edge-litert>=1.2",
+    f"onnxruntime>=1.20; {_on(_ORT_MACHINES)}",
+    f"ai-edge-litert>=1.2; {_on(_LITERT_MACHINES)}",
     "tokenizers>=0.20",  # pulls huggingface_hub (pure Python); no torch
     "starlette>=0.40",
     "uvicorn>=0.30",
@@ -48,7 +65,7 @@ TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100", "matplo
 BENCH = ["matplotlib>=3.8"]
 
 setup(
-    name="edgekit",
+    name=DIST_NAME,
     version=VERSION,
     description="Distill, quantize and export language models for edge hardware; serve them with honest energy accounting.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),

@@ -5,9 +5,12 @@ install: any attempt to import a build-only package raises ImportError.
 """
 
 import importlib.abc
+import os
 import sys
 
-BLOCKED = ("torch", "tensorflow", "transformers", "litert_torch", "jax")
+# EDGEKIT_TEST_BLOCK adds comma-separated modules (e.g. a runtime, to simulate a machine without its wheel)
+BLOCKED = ("torch", "tensorflow", "transformers", "litert_torch", "jax",
+           *filter(None, os.environ.get("EDGEKIT_TEST_BLOCK", "").split(",")))
 
 
 class _Blocker(importlib.abc.MetaPathFinder):

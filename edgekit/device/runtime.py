@@ -14,6 +14,7 @@ from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
 from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
+from edgekit.device.runtimes import require
 from edgekit.device.segmented_model import open_segmented, open_segmented_encoder
 from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
@@ -92,8 +93,9 @@ def resolve_threads(requested: int, manifest: dict, cpus: int | None = None) -> 
     return threads, why
 
 
-def runner_for(bundle: Bundle):
-    """The open function for the bundle's task and runtime, or BundleError saying what is missing."""
+def runner_for(bundle: Bundle, check_installed: bool = True):
+    """The open function for the bundle's task and runtime, or BundleError saying what is missing
+    (with `check_installed`, also when the runtime's Python package is not installed here)."""
     m = bundle.manifest
     if m["task"] not in RUNNERS:
         raise BundleError(f"{bundle.root}: task '{m['task']}' is not served by this version of edgekit")
@@ -101,6 +103,8 @@ def runner_for(bundle: Bundle):
     runtime = m["model"]["runtime"]
     if runtime not in runners:
         raise BundleError(f"{bundle.root}: runtime '{runtime}' is not available; known: {', '.join(runners)}")
+    if check_installed:
+        require(runtime, str(bundle.root))
     return runners[runtime]
 
 
@@ -118,7 +122,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         if delegate_options:
             model["delegate_options"] = delegate_options
         m = dict(m, model=model)
-    model = runner_for(bundle)(bundle.model_file, m, threads=threads, session=session)
+    model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.path(tok_info["file"]), tok_info["eos_token_ids"])
     generation = {}
