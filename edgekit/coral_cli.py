@@ -87,6 +87,9 @@ def compile_(bundle, compiler, out):
     from edgekit.core.bundle import load_bundle, staging_dir, write_bundle
     from edgekit.core.errors import BuildError
 
+    if Path(bundle).is_file() and out is None:
+        raise ConfigError(f"{bundle}: a .tar bundle is opened from edgekit's extraction cache; pass --out DIR "
+                          "for the compiled bundle")
     b = load_bundle(bundle)
     m = b.manifest
     if m["model"]["format"] != "tflite" or m["model"].get("precision") != "int8-full":
