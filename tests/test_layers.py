@@ -82,3 +82,28 @@ def test_base_install_resolves_without_torch_or_tensorflow(tmp_path):
     assert {"onnxruntime", "ai-edge-litert", "numpy", "click", "tokenizers"} <= names
     heavy = {n for n in names if n.startswith(("torch", "tensorflow", "nvidia-", "jax", "transformers"))}
     assert not heavy, f"base install would pull {heavy}"
+
+
+def test_runtimes_are_required_only_where_they_publish_wheels(tmp_path):
+    """The wheel's metadata: onnxruntime and ai-edge-litert on x86_64/aarch64, skipped on 32-bit ARM so the
+    install succeeds there (and the CLI names what is missing); the distribution is edgekit-ml."""
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+
+    res = subprocess.run([sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+                          "print(b.prepare_metadata_for_build_wheel(sys.argv[1]))", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = Parser().parsestr((tmp_path / res.stdout.strip().splitlines()[-1] / "METADATA").read_text())
+    assert meta["Name"] == "edgekit-ml"
+    base = [Requirement(r) for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
+
+    def wanted(machine: str) -> set[str]:
+        env = {"platform_machine": machine, "sys_platform": "linux", "python_version": "3.11", "extra": ""}
+        return {r.name for r in base if r.marker is None or r.marker.evaluate(env)}
+
+    assert {"onnxruntime", "ai-edge-litert", "numpy", "tokenizers"} <= wanted("aarch64")
+    assert {"onnxruntime", "ai-edge-litert"} <= wanted("x86_64")
+    on_arm32 = wanted("armv7l")
+    assert "onnxruntime" not in on_arm32 and "ai-edge-litert" not in on_arm32 and "tokenizers" in on_arm32
