@@ -82,7 +82,8 @@ def test_intervals_show_the_board_heating_throttling_and_slowing(tmp_path):
     assert first["decode_tokens_per_second"] == pytest.approx(1 / STEP, rel=1e-6)
     assert last["joules_per_token"] == pytest.approx(2 * first["joules_per_token"], rel=1e-3)
     for r in rows:  # a constant 5 W source: joules = 5 W x generation time
-        assert r["joules"] == pytest.approx(5.0 * r["generation_seconds"], rel=1e-6) and r["watts"] == pytest.approx(5.0)
+        assert r["joules"] == pytest.approx(5.0 * r["generation_seconds"], rel=1e-6)
+        assert r["watts"] == pytest.approx(5.0)
         assert r["measured"] is True
     table = format_sustained_table(result)
     assert "YES soft-temperature-limit" in table and "x0.50" in table and "J/token x2.00" in table

@@ -111,7 +111,8 @@ def format_sustained_table(result: dict) -> str:
     full = [r for r in rows if r["decode_tokens_per_second"]]
     if len(full) > 1:
         first, last = full[0], full[-1]
-        line = f"last vs first interval: decode tok/s x{last['decode_tokens_per_second'] / first['decode_tokens_per_second']:.2f}"
+        speed = last["decode_tokens_per_second"] / first["decode_tokens_per_second"]
+        line = f"last vs first interval: decode tok/s x{speed:.2f}"
         if first["joules_per_token"] and last["joules_per_token"] is not None:
             line += f", J/token x{last['joules_per_token'] / first['joules_per_token']:.2f}"
         lines.append(line)

@@ -238,8 +238,9 @@ def start_monitor(say: Callable[[str], None], root: Path = Path("/sys/class/ther
     thermal zone nor vcgencmd."""
     monitor = ThermalMonitor(root, run=run, hz=hz, say=say).start()
     if monitor.available:
-        zone = monitor.describe()["zone"] or "none found"
-        say(f"thermal: zone {zone}, throttle flags {monitor.describe()['throttle_flags']}, every {1 / hz:g} s")
+        d = monitor.describe()
+        zone = f"zone {d['zone']}" if d["zone"] else "no CPU/SoC thermal zone"
+        say(f"thermal: {zone}, throttle flags from {d['throttle_flags']}, every {1 / hz:g} s")
         return monitor
     monitor.stop()
     say(f"thermal: no CPU/SoC thermal zone under {root} and no vcgencmd: no temperature or throttle figures")
