@@ -48,6 +48,8 @@ def test_usage_metrics_and_log_carry_thermal_state(tmp_path, with_power):
     assert 'edgekit_throttled{flag="arm-frequency-capped"} 0.0' in metrics
     assert "edgekit_requests_throttled_total 1.0" in metrics
     assert props["thermal"]["zone"] == "cpu-thermal"
+    if with_power:
+        assert props["power"]["window_edges"] == "sampler"
     line = json.loads((tmp_path / "requests.jsonl").read_text().splitlines()[-1])
     assert line["thermal"] == usage["thermal"]
 

@@ -115,7 +115,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         err = await gate(request, "/props", started)
         power = None if meter is None else dict(meter.source.describe(), idle_watts_subtracted=meter.idle_watts,
                                                 grid=intensity.label(), read_errors=meter.errors,
-                                                last_error=meter.last_error)
+                                                last_error=meter.last_error,
+                                                window_edges="sampler" if meter.sampler_edges else "read")
         heat = None if thermal is None else thermal.describe()
         return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power,
                                         thermal=heat))

@@ -167,6 +167,7 @@ class Metrics:
                                           ["route", "source", "measured"], registry=r,
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
+        self.ran_throttled: Counter | None = None  # with a thermal monitor (watch_thermal)
 
     def watch_power(self, meter) -> None:
         """Export the meter's last reading as edgekit_power_watts."""
@@ -212,7 +213,7 @@ class Metrics:
                 self.prefill.observe(usage["prefill_ms"] / 1000)
             if usage.get("decode_tokens_per_second"):
                 self.decode_rate.observe(usage["decode_tokens_per_second"])
-            if (usage.get("thermal") or {}).get("throttled") and hasattr(self, "ran_throttled"):
+            if self.ran_throttled is not None and (usage.get("thermal") or {}).get("throttled"):
                 self.ran_throttled.inc()
             energy = usage.get("energy")
             if energy:
