@@ -48,6 +48,52 @@ def _power_session(prefer, power: str, channels, board, hz: float):
     return None if source is None else PowerSession(source, hz=hz).start()
 
 
+def _write(out: Path, doc: dict) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc}") from None
+    _say(f"wrote {out}")
+
+
+def _host() -> dict:
+    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+            "node": platform.node()}
+
+
+def _sustained(bundle: Path, seconds: float, interval_seconds: float, max_tokens: int, warmup: int, threads: int,
+               power: tuple, out: Path) -> None:
+    """`bench --sustained`: one bundle, generating back to back for `seconds`; a row per interval."""
+    from edgekit import __version__
+    from edgekit.device.benchmark import peak_rss_bytes, summarize, warm_up
+    from edgekit.device.power.thermal import start_monitor
+    from edgekit.device.sustained import format_sustained_table, run_sustained
+
+    choice, channels, board, hz = power
+    session = _power_session(_target_power_prefer(bundle), choice, channels, board, hz)
+    thermal = start_monitor(say=_say)
+    try:
+        _say(f"loading {bundle}")
+        loaded = _load(bundle, threads)
+        warm_up(loaded, warmup, max_tokens)
+        _say(f"generating for {seconds / 60:g} min, a row every {interval_seconds:g} s")
+        result, records = run_sustained(loaded, seconds, interval_seconds, session and session.meter, thermal,
+                                        max_tokens, say=_say)
+    finally:
+        for part in (session, thermal):
+            if part is not None:
+                part.stop()
+    click.echo(format_sustained_table(result))
+    doc = {"edgekit_version": __version__, "created_unix": round(time.time(), 3), "host": _host(),
+           "settings": {"sustained_seconds": seconds, "interval_seconds": interval_seconds, "max_tokens": max_tokens,
+                        "warmup": warmup, "threads": threads, "sampling": "greedy"},
+           "power": session.describe() if session is not None else None,
+           "thermal": thermal.describe() if thermal is not None else None, "sustained": result,
+           "bundles": [summarize(loaded, records, rss=peak_rss_bytes, max_tokens=max_tokens)]}
+    _write(out, doc)
+
+
 def _target_power_prefer(path: Path) -> list[str]:
     """The bundle target's preferred power sources, read from its manifest (no checksum yet)."""
     try:
@@ -79,7 +125,13 @@ def _label(loaded) -> str:
               show_default=True, help="Write every figure (and each generation's record) here as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="PNG of J/token vs quality [default with --compare: the --out path with .png].")
-def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_channels, board, power_hz, out, plot):
+@click.option("--sustained", type=click.FloatRange(0.01, 24 * 60), default=None, metavar="MINUTES",
+              help="Instead of --runs: generate continuously for MINUTES and report tok/s, J/token, "
+                   "temperature and throttling per --interval (one bundle).")
+@click.option("--interval", "interval_seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, None),
+              metavar="SECONDS", help="Interval length for --sustained.")
+def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_channels, board, power_hz, out, plot,
+          sustained, interval_seconds):
     """Benchmark text-generation bundles on this device: speed, memory and energy per token.
 
     \b
@@ -106,6 +158,11 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
       perplexity ratio * exported / reference perplexity, perplexity *, greedy agreement * and
       gate passed *      are copied from the build's verify stage (manifest); bench does not
                          measure quality on the device.
+    \b
+    --sustained MINUTES generates back to back for that long (one bundle) and prints one row per
+    --interval: generations, tokens, decode tok/s, J/token, avg W, SoC temperature at the
+    interval's start and end, and whether a throttle condition (Raspberry Pi: vcgencmd
+    get_throttled) was active; the rows are in the JSON under "sustained".
     """
     from edgekit.device.benchmark import PROMPTS, format_bench_table, peak_rss_bytes, run_once, summarize, warm_up
     from edgekit.plots import PlotUnavailable, plot_compare
@@ -114,6 +171,11 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
     for p in paths:
         if not p.exists():
             raise click.ClickException(f"bundle not found: {p}")
+    if sustained is not None:
+        if compare:
+            raise click.BadParameter("takes one bundle; drop --compare", param_hint="--sustained")
+        return _sustained(bundle, sustained * 60, interval_seconds, max_tokens, warmup, threads,
+                          (power, list(power_channels), board, power_hz), out)
     prefer = _target_power_prefer(paths[0])
     session = _power_session(prefer, power, list(power_channels), board, power_hz)  # fails fast, before loading
     loaded = []
@@ -153,17 +215,11 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
     from edgekit import __version__
 
     doc = {"edgekit_version": __version__, "created_unix": round(time.time(), 3),
-           "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-                    "node": platform.node()},
+           "host": _host(),
            "settings": {"runs": runs, "max_tokens": max_tokens, "warmup": warmup, "threads": threads,
                         "interleaved": len(loaded) > 1, "prompts": list(PROMPTS), "sampling": "greedy"},
            "power": session.describe() if session is not None else None, "bundles": results}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc}") from None
-    _say(f"wrote {out}")
+    _write(out, doc)
     if compare or plot is not None:
         target = plot or out.with_suffix(".png")
         try:

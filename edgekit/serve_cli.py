@@ -97,8 +97,11 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
         request_log_file = JsonlLog(log_path)
     except OSError as exc:
         raise click.ClickException(f"cannot write the request log {log_path}: {exc.strerror or exc}") from None
+    from edgekit.device.power.thermal import start_monitor
+
+    thermal = start_monitor(say=lambda line: click.echo(f"edgekit serve: {line}", err=True))
     session = _power_session(b, name, power, list(power_channels), board, power_hz, power_log, power_log_max_mb,
-                             grid_intensity, country)
+                             grid_intensity, country, thermal)
     if session is not None and subtract_idle:
         plain_loader = loader
 
@@ -113,7 +116,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
     app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=request_log_file,
                      request_timeout=request_timeout, meter=session and session.meter,
-                     intensity=session and session.intensity)
+                     intensity=session and session.intensity, thermal=thermal)
     import signal
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handlers it
@@ -125,10 +128,12 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     finally:
         if session is not None:
             session.stop()
+        if thermal is not None:
+            thermal.stop()
     click.echo("edgekit serve: stopped", err=True)
 
 
-def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country):
+def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country, thermal=None):
     """The started PowerSession for `--power`, or None for `--power none`."""
     from edgekit.core.bundle import bundle_log_name
     from edgekit.core.paths import edgekit_home
@@ -150,7 +155,8 @@ def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, gr
     path = log_path or edgekit_home() / "logs" / f"{bundle_log_name(b.manifest)}-power.jsonl"
     try:
         session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
-                               battery=lambda: battery_percent(machine.power_supply, machine.battery_info)).start()
+                               battery=lambda: battery_percent(machine.power_supply, machine.battery_info),
+                               thermal=thermal).start()
     except OSError as exc:
         raise click.ClickException(f"cannot write the power log {path}: {exc.strerror or exc}") from None
     click.echo(f"edgekit serve: power log {path} ({hz:g} Hz); CO2 at {intensity.label()}", err=True)

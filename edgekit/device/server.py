@@ -36,12 +36,14 @@ from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, Jsonl
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
                request_log: JsonlLog | None = None, request_timeout: float = 300.0, meter=None,
-               intensity=None) -> Starlette:
+               intensity=None, thermal=None) -> Starlette:
     """The ASGI app serving `loaded`, or the result of `loader()` run in a thread at startup (so
     /health answers 503 "loading" at once and 200 when the model is ready). A generation still
     running `request_timeout` seconds after its request arrived stops at the next token: 504.
     With an EnergyMeter `meter`, each request's model work is one energy window: `usage.energy`
-    (joules, watts, J/token, source, measured, CO2 at `intensity`, a co2.GridIntensity)."""
+    (joules, watts, J/token, source, measured, CO2 at `intensity`, a co2.GridIntensity). With a
+    started thermal.ThermalMonitor `thermal`, each request's `usage.thermal` says the temperature at
+    its start and end and whether it ran throttled (read by the monitor's thread, not the request)."""
     state = {"loaded": loaded, "error": None}
     lock = threading.Lock()
     created = int(time.time())
@@ -54,15 +56,21 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
         intensity = intensity or grid_intensity()
         metrics.watch_power(meter)
+    if thermal is not None:
+        metrics.watch_thermal(thermal)
 
     def metered(name: str, work):
-        """(work(), the energy window of running it, or None without a meter)."""
-        return (work(), None) if meter is None else meter.measure(name, work)
+        """(work(), the energy window of running it or None without a meter, usage.thermal or None)."""
+        mark = None if thermal is None else thermal.mark()
+        result, window = (work(), None) if meter is None else meter.measure(name, work)
+        return result, window, None if thermal is None else thermal.summary(mark)
 
-    def usage_of(res, window) -> dict:
+    def usage_of(res, window, heat) -> dict:
         usage = _usage(res)
         if window is not None:
             usage["energy"] = energy_usage(window, res.completion_tokens, intensity)
+        if heat is not None:
+            usage["thermal"] = heat
         return usage
 
     def model():
@@ -107,8 +115,11 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         err = await gate(request, "/props", started)
         power = None if meter is None else dict(meter.source.describe(), idle_watts_subtracted=meter.idle_watts,
                                                 grid=intensity.label(), read_errors=meter.errors,
-                                                last_error=meter.last_error)
-        return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power))
+                                                last_error=meter.last_error,
+                                                window_edges="sampler" if meter.sampler_edges else "read")
+        heat = None if thermal is None else thermal.describe()
+        return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power,
+                                        thermal=heat))
 
     async def metrics_route(request: Request):
         started = time.time()
@@ -161,13 +172,15 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                 with lock:
                     return metered(uuid.uuid4().hex, lambda: model().model.embed(ids))
 
-            vectors, window = await run_in_threadpool(run)
+            vectors, window, heat = await run_in_threadpool(run)
         finally:
             admission.release()
         tokens = sum(map(len, ids))
         usage = {"prompt_tokens": tokens, "completion_tokens": 0}
         if window is not None:
             usage["energy"] = energy_usage(window, tokens, intensity)
+        if heat is not None:
+            usage["thermal"] = heat
         finish(route, 200, started, usage)
         return JSONResponse(embeddings_body(vectors, fmt, model().name, tokens))
 
@@ -237,8 +250,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
                 try:
                     with lock:
-                        res, window = metered(cid, run)
-                    usage = usage_of(res, window)
+                        res, window, heat = metered(cid, run)
+                    usage = usage_of(res, window, heat)
                     channel.put(("done", (res, "".join(parts), usage)))
                     if params["stream"]:  # logged here: a disconnected client never reads "done"
                         status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200

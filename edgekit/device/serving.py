@@ -167,6 +167,7 @@ class Metrics:
                                           ["route", "source", "measured"], registry=r,
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
+        self.ran_throttled: Counter | None = None  # with a thermal monitor (watch_thermal)
 
     def watch_power(self, meter) -> None:
         """Export the meter's last reading as edgekit_power_watts."""
@@ -179,6 +180,29 @@ class Metrics:
                        registry=self.registry)
         errors.set_function(lambda: meter.errors)
 
+    def watch_thermal(self, monitor) -> None:
+        """Export a thermal.ThermalMonitor's latest reading: edgekit_soc_temperature_celsius and
+        edgekit_throttled{flag} (1 set, 0 clear, NaN unknown), and count requests that ran throttled."""
+        nan = float("nan")
+
+        def celsius() -> float:
+            r = monitor.latest()
+            return nan if r is None or r.celsius is None else r.celsius
+
+        temp = Gauge("edgekit_soc_temperature_celsius", "SoC/CPU temperature (degrees C) from the thermal zone "
+                     "in use", registry=self.registry)
+        temp.set_function(celsius)
+        flags = Gauge("edgekit_throttled", "Raspberry Pi throttle flags from vcgencmd get_throttled (1 set, "
+                      "0 clear, NaN unknown); *-occurred flags are since boot", ["flag"], registry=self.registry)
+        for bit, name in monitor.flags.items():
+            def state(bit=bit) -> float:
+                r = monitor.latest()
+                return nan if r is None or r.bits is None else float(r.bits >> bit & 1)
+
+            flags.labels(name).set_function(state)
+        self.ran_throttled = Counter("edgekit_requests_throttled", "Requests during which a throttle condition "
+                                     "was active (usage.thermal.throttled)", registry=self.registry)
+
     def observe(self, route: str, status: int, seconds: float, usage: dict | None) -> None:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
@@ -189,6 +213,8 @@ class Metrics:
                 self.prefill.observe(usage["prefill_ms"] / 1000)
             if usage.get("decode_tokens_per_second"):
                 self.decode_rate.observe(usage["decode_tokens_per_second"])
+            if self.ran_throttled is not None and (usage.get("thermal") or {}).get("throttled"):
+                self.ran_throttled.inc()
             energy = usage.get("energy")
             if energy:
                 labels = (energy["source"], str(energy["measured"]).lower())
@@ -205,7 +231,7 @@ def log_record(route: str, status: int, started: float, usage: dict | None, erro
            "route": route, "status": status, "seconds": round(time.time() - started, 4)}
     if usage:
         rec.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "prefill_ms",
-                                          "decode_tokens_per_second", "energy") if k in usage})
+                                          "decode_tokens_per_second", "energy", "thermal") if k in usage})
     if error:
         rec["error"] = error[:200]
     return rec

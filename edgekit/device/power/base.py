@@ -3,7 +3,9 @@
 A source reads one figure for the whole device (or the part it can see, stated in `scope`):
 instantaneous power in watts, and/or a monotonic cumulative energy counter in joules (already
 unwrapped). The meter (edgekit/device/power/meter.py) stamps readings with its own clock, uses
-counter deltas when a source has a counter and integrates watts otherwise.
+counter deltas when a source has a counter and integrates watts otherwise. `read_seconds` says
+how long a read takes (seconds); a slow source (>= SLOW_READ_SECONDS, e.g. one that forks
+`vcgencmd`) is read only by the sampler thread, never at a request's edges.
 
 Sources take their hardware as arguments (a sysfs root, a command runner, a utilisation
 function), so tests build fake trees and recorded command output instead of patching anything.
@@ -13,6 +15,9 @@ A source that cannot work here raises SourceUnavailable with a reason a user can
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+SLOW_READ_SECONDS = 0.005
 
 
 class SourceUnavailable(Exception):
@@ -37,6 +42,13 @@ class PowerSource:
     measured = True
     scope = ""
     detail = ""
+    read_seconds = 0.0  # typical duration of one read(); SLOW_READ_SECONDS or more makes it a slow source
+
+    @property
+    def slow(self) -> bool:
+        """A read that forks a process (vcgencmd) is slow: the meter then never reads inside a
+        request and takes window edges from the sampler's readings."""
+        return self.read_seconds >= SLOW_READ_SECONDS
 
     def read(self) -> Sample:
         raise NotImplementedError

@@ -8,6 +8,14 @@ the trapezoidal integral of the readings taken at begin, at end and by the sampl
 An optional idle baseline (watts) is subtracted and stated in the result.
 Every result names its source and says whether it was measured or estimated.
 
+A slow source (PowerSource.slow: a read forks `vcgencmd`, ~24 ms) is never read at a window's
+edges: begin() and end() only note the clock, and the window integrates the sampler's readings.
+The head (from begin to the first reading inside) is interpolated between the last reading
+before begin and that first reading; the tail (from the last reading to end) holds the last
+reading's watts, so end() returns at once instead of waiting up to a sampling period for the next
+reading. The seconds covered by a held value are stated (`held_seconds`, at most one sampling
+period plus one read at each edge). `edges` says which way a window was taken: "read" or "sampler".
+
 May import: stdlib, edgekit.device.power.
 """
 
@@ -46,6 +54,8 @@ class EnergyWindow:
     method: str  # "counter" or "trapezoid"
     samples: int
     idle_watts_subtracted: float | None = None
+    edges: str = "read"  # "read": the source was read at begin and end; "sampler": see the module doc
+    held_seconds: float | None = None  # "sampler" edges: seconds integrated at a held (not bracketed) value
 
     @property
     def watts(self) -> float:
@@ -65,6 +75,30 @@ class _Open:
     readings: int = 1
 
 
+@dataclass
+class _Edged:
+    """An open window of a slow source: begin's instant, the last reading before it (None if none),
+    the last reading inside it (None until one arrives), joules so far, seconds held so far."""
+
+    t0: float
+    prev: Reading | None
+    last: Reading | None = None
+    joules: float = 0.0
+    readings: int = 0
+    held_seconds: float = 0.0
+
+
+class NoReading(OSError):
+    """A sampler-edged window has no recent reading to take its edges from."""
+
+
+def _interpolate(a: Reading, b: Reading, t: float) -> float:
+    """Watts at `t` on the line through readings a and b."""
+    if b.seconds <= a.seconds:
+        return b.watts
+    return a.watts + (b.watts - a.watts) * (t - a.seconds) / (b.seconds - a.seconds)
+
+
 class EnergyMeter:
     """Readings of one source; windows by name. Thread-safe: the sampler thread and request
     threads call `sample()`, `begin()` and `end()` concurrently. Each open window integrates the
@@ -74,13 +108,23 @@ class EnergyMeter:
     Counter sources: a reading's `watts` is the counter rate since the previous reading at least
     `min_rate_seconds` earlier (else None), so begin/end readings taken a fraction of a
     millisecond after a sampler reading do not yield meaningless rates from a counter that
-    updates about once a millisecond; windows still use the exact counter delta."""
+    updates about once a millisecond; windows still use the exact counter delta.
+
+    Slow sources (`sampler_edges`, default: the source's `slow`) get sampler-edged windows (module
+    doc); a window whose edge is more than `max_edge_seconds` from any reading (the sampler is not
+    running or keeps failing) has no energy: NoReading, which measure() turns into None."""
 
     def __init__(self, source: PowerSource, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, idle_watts: float | None = None,
                  on_reading: Callable[[Reading], None] | None = None, max_readings: int = 1000,
-                 min_rate_seconds: float = 0.02):
+                 min_rate_seconds: float = 0.02, sampler_edges: bool | None = None,
+                 max_edge_seconds: float = 1.0):
         self.source = source
+        if sampler_edges is None:
+            sampler_edges = bool(getattr(source, "slow", False))
+        self.sampler_edges = sampler_edges
+        self.max_edge_seconds = max_edge_seconds
+        self._last_watts: Reading | None = None
         self.clock = clock
         self.wall = wall
         self.idle_watts = idle_watts
@@ -109,9 +153,13 @@ class EnergyMeter:
                     self._rate_ref = Reading(now, 0.0, None, raw.joules)
             reading = Reading(now, self.wall(), watts, raw.joules, raw.battery_percent)
             self.readings.append(reading)
-            if raw.watts is not None:
-                for w in self._windows.values():
+            for w in self._windows.values():
+                if isinstance(w, _Edged):
+                    self._add_edged(w, reading)
+                elif raw.watts is not None:
                     self._add(w, reading)
+            if watts is not None and (self._last_watts is None or now > self._last_watts.seconds):
+                self._last_watts = reading
         if self.on_reading is not None:
             self.on_reading(reading)
         return reading
@@ -126,12 +174,62 @@ class EnergyMeter:
         w.last = r
         w.readings += 1
 
+    @staticmethod
+    def _add_edged(w: _Edged, r: Reading) -> None:
+        """A sampler reading for a slow source's window: before begin it becomes `prev` (a read
+        that started before begin may arrive after it); the first one inside closes the head."""
+        if r.watts is None:
+            return
+        if r.seconds <= w.t0:
+            if w.prev is None or r.seconds > w.prev.seconds:
+                w.prev = r
+            return
+        if w.last is None:
+            if w.prev is not None:
+                head = _interpolate(w.prev, r, w.t0)
+            else:  # nothing before begin: hold the first reading back to begin
+                head = r.watts
+                w.held_seconds += r.seconds - w.t0
+            w.joules += (r.seconds - w.t0) * (head + r.watts) / 2
+        elif r.seconds > w.last.seconds:
+            w.joules += (r.seconds - w.last.seconds) * (w.last.watts + r.watts) / 2
+        else:
+            return
+        w.last = r
+        w.readings += 1
+
     def begin(self, name: str) -> None:
+        if self.sampler_edges:
+            with self._lock:
+                t0 = self.clock()
+                prev = self._last_watts
+                if prev is not None and t0 - prev.seconds > self.max_edge_seconds:
+                    prev = None  # stale: the first reading inside is held back to begin instead
+                self._windows[name] = _Edged(t0, prev)
+            return
         reading = self.sample()
         with self._lock:
             self._windows[name] = _Open(reading, reading)
 
+    def _end_edged(self, name: str) -> EnergyWindow:
+        with self._lock:
+            t1 = self.clock()
+            w = self._windows.pop(name)
+        last = w.last or w.prev
+        if last is None or t1 - last.seconds > self.max_edge_seconds:
+            raise NoReading(f"no {self.source.name} reading within {self.max_edge_seconds:g} s of the window's "
+                            "end (is the sampler running?)")
+        tail = max(0.0, t1 - max(last.seconds, w.t0))
+        joules = w.joules + tail * last.watts
+        seconds = t1 - w.t0
+        if self.idle_watts is not None:
+            joules = max(0.0, joules - self.idle_watts * seconds)
+        return EnergyWindow(joules, seconds, self.source.name, self.source.measured, "trapezoid",
+                            max(w.readings, 1), self.idle_watts, "sampler", w.held_seconds + tail)
+
     def end(self, name: str) -> EnergyWindow:
+        if self.sampler_edges:
+            return self._end_edged(name)
         stop = self.sample()
         with self._lock:
             w = self._windows.pop(name)
@@ -171,7 +269,9 @@ class EnergyMeter:
 
 
 class Sampler:
-    """A daemon thread calling `meter.sample()` every 1/hz seconds until `stop()`."""
+    """A daemon thread calling `meter.sample()` every 1/hz seconds until `stop()`. Readings start
+    on a fixed grid (a 24 ms read does not stretch a 100 ms period to 124 ms); a read longer than
+    the period skips the grid points it overran."""
 
     def __init__(self, meter: EnergyMeter, hz: float = 10.0):
         if not hz > 0:
@@ -186,6 +286,8 @@ class Sampler:
         return self
 
     def _run(self) -> None:
+        clock = time.monotonic
+        next_at = clock()
         while not self._stop.is_set():
             try:
                 self.meter.sample()
@@ -195,7 +297,11 @@ class Sampler:
                     print(f"edgekit: power source {self.meter.source.name}: read failed: {exc} (counted in "
                           "/props power.read_errors; requests meanwhile carry no energy)", file=sys.stderr)
                 self.meter.last_error = str(exc)
-            self._stop.wait(self.period_seconds)
+            next_at += self.period_seconds
+            now = clock()
+            if next_at < now:  # overran: next grid point from now
+                next_at += (now - next_at) // self.period_seconds * self.period_seconds + self.period_seconds
+            self._stop.wait(next_at - now)
 
     def stop(self) -> None:
         self._stop.set()
@@ -217,6 +323,8 @@ def energy_usage(window: EnergyWindow, tokens: int, grams) -> dict:
         "measured": window.measured,
         "method": window.method,
         "idle_watts_subtracted": window.idle_watts_subtracted,
+        "edges": window.edges,
+        "held_seconds": None if window.held_seconds is None else round(window.held_seconds, 6),
         "co2_grams": round(grams.grams(window.joules), 9),
         "grid_g_per_kwh": grams.grams_per_kwh,
     }

@@ -8,7 +8,8 @@ current without a voltage. This is what the PMIC's rails deliver, not wall power
 USB/peripherals and the regulators' own losses.
 
 `run` is a callable returning the command's stdout (default: vcgencmd_runner(), which runs
-`vcgencmd pmic_read_adc` with a 2 s timeout).
+`vcgencmd pmic_read_adc` with a 2 s timeout). Each read forks a process (~24 ms on a Pi 5), so the
+source is `slow`: only the sampler thread reads it, never a request (see meter.py).
 
 May import: stdlib, edgekit.device.power.base.
 """
@@ -67,6 +68,7 @@ class RpiPmicSource(PowerSource):
     """Watts as the sum of the Pi 5 PMIC rails' V x I, read with `run` (see module doc)."""
 
     name = "rpi-pmic"
+    read_seconds = 0.024  # one fork of vcgencmd on a Pi 5 (docs/energy.md): a slow source
     scope = ("Pi 5 board rails from the PMIC (sum of rail V x I), not wall power; "
              "excludes USB/peripherals and regulator losses")
 

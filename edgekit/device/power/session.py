@@ -18,18 +18,24 @@ from edgekit.device.serving import JsonlLog
 
 class PowerSession:
     """A source sampled at `hz` into a meter, each reading appended to `log_path` (JSONL, rotated
-    at `log_max_bytes`). `battery` returns the battery percent or None (read at most every 10 s)."""
+    at `log_max_bytes`). `battery` returns the battery percent or None (read at most every 10 s).
+    `thermal` (a started thermal.ThermalMonitor, or None): each log line carries its latest
+    reading (`celsius`, `throttled`, `throttle_flags`; at most one thermal period old)."""
 
     def __init__(self, source: PowerSource, hz: float = 10.0, log_path: Path | None = None,
                  log_max_bytes: int = 50_000_000, intensity: GridIntensity | None = None,
-                 battery: Callable[[], float | None] | None = None, clock: Callable[[], float] = time.monotonic):
+                 battery: Callable[[], float | None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 thermal=None):
         self.source = source
+        self.thermal = thermal
         self.intensity = intensity or grid_intensity()
         self.log = JsonlLog(log_path, max_bytes=log_max_bytes)
         self._battery = battery
         self._battery_cache: tuple[float, float | None] = (-1e9, None)
         self.clock = clock
-        self.meter = EnergyMeter(source, clock=clock, on_reading=self._write)
+        # a slow source's window edges come from readings: allow two periods and a read between them
+        edge = max(1.0, 2.0 / hz + 2 * getattr(source, "read_seconds", 0.0))
+        self.meter = EnergyMeter(source, clock=clock, on_reading=self._write, max_edge_seconds=edge)
         self.sampler = Sampler(self.meter, hz)
 
     def _battery_percent(self) -> float | None:
@@ -47,7 +53,11 @@ class PowerSession:
 
     def _write(self, reading) -> None:
         if reading.watts is not None:
-            self.log.write(power_record(reading, self.source, self._battery_percent()))
+            record = power_record(reading, self.source, self._battery_percent())
+            latest = self.thermal.latest() if self.thermal is not None else None
+            if latest is not None:
+                record.update(latest.record())
+            self.log.write(record)
 
     def start(self) -> "PowerSession":
         self.sampler.start()
