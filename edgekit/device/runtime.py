@@ -33,6 +33,7 @@ class LoadedModel:
     tokenizer: TextTokenizer
     generation: dict
     threads: int = 0
+    device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
 
     @property
     def accelerator(self) -> str:
@@ -47,7 +48,7 @@ class LoadedModel:
             "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
             "threads": self.threads, "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
-            "gate": m.get("gate", {}).get("passed"),
+            "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
         }
 
     @property
