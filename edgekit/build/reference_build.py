@@ -62,7 +62,8 @@ def causal_reference(torch_model, hf_tokenizer, device_tokenizer, prompts: list[
     flat_p, len_p = flatten(prompt_ids)
     flat_n, len_n = flatten(new_ids)
     arrays = {"prompt_ids": flat_p, "prompt_ids_lengths": len_p, "continuation_ids": flat_n,
-              "continuation_ids_lengths": len_n, "topk_ids": np.concatenate(top_ids), "topk_logits": np.concatenate(top_vals)}
+              "continuation_ids_lengths": len_n, "topk_ids": np.concatenate(top_ids),
+              "topk_logits": np.concatenate(top_vals)}
     meta = {"kind": "causal", "prompts": list(prompts), "top_k": TOP_K, "greedy_tokens": greedy_tokens}
     scored = _windows(torch_model, device_tokenizer, eval_texts, max_seq) if eval_texts else None
     if scored is not None:

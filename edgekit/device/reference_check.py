@@ -28,22 +28,27 @@ def _ws(figures: dict, key: str, fmt: str) -> str:
     return "" if value is None else f"; workstation export {value:{fmt}}"
 
 
+def _tokenizer_line(match: bool, what: str) -> dict:
+    verb = "equal" if match else "DIFFER FROM"
+    return _line("tokenizer_match", match, f"tokenizer ids {verb} the build's for {what}", device=match)
+
+
 def _causal_checks(dev: dict, ref: Reference, limits: dict, ws: dict) -> list[dict]:
-    n = len(ref.meta["prompts"])
-    out = [_line("tokenizer_match", dev["tokenizer_match"], f"tokenizer ids {'equal' if dev['tokenizer_match'] else 'DIFFER FROM'} "
-                 f"the build's for {n} prompts", device=dev["tokenizer_match"])]
+    out = [_tokenizer_line(dev["tokenizer_match"], f"{len(ref.meta['prompts'])} prompts")]
     lim = limits.get("max_logit_diff")
     if lim is not None:
         out.append(_line("max_logit_diff", dev["max_logit_diff"] <= lim,
-                         f"max |logit diff| {dev['max_logit_diff']:.4f} (device vs PyTorch on its top-{ref.meta['top_k']} "
-                         f"tokens{_ws(ws, 'max_logit_diff', '.4f')}) <= {lim:g}", device=dev["max_logit_diff"],
-                         workstation=ws.get("max_logit_diff"), limit=lim))
+                         f"max |logit diff| {dev['max_logit_diff']:.4f} (device vs PyTorch on its "
+                         f"top-{ref.meta['top_k']} tokens{_ws(ws, 'max_logit_diff', '.4f')}) <= {lim:g}",
+                         device=dev["max_logit_diff"], workstation=ws.get("max_logit_diff"), limit=lim))
     lim = limits.get("min_greedy_agreement")
     if lim is not None:
         out.append(_line("greedy_agreement", dev["greedy_agreement"] >= lim,
-                         f"greedy agreement {dev['greedy_agreement']:.3f} ({dev['greedy_matched']}/{dev['greedy_total']} "
-                         f"of PyTorch's greedy tokens{_ws(ws, 'greedy_agreement', '.3f')}) >= {lim:g}",
-                         device=dev["greedy_agreement"], pytorch=1.0, workstation=ws.get("greedy_agreement"), limit=lim))
+                         f"greedy agreement {dev['greedy_agreement']:.3f} "
+                         f"({dev['greedy_matched']}/{dev['greedy_total']} of PyTorch's greedy tokens"
+                         f"{_ws(ws, 'greedy_agreement', '.3f')}) >= {lim:g}",
+                         device=dev["greedy_agreement"], pytorch=1.0, workstation=ws.get("greedy_agreement"),
+                         limit=lim))
     lim, torch_ppl = limits.get("max_perplexity_ratio"), ref.meta.get("pytorch", {}).get("perplexity")
     if lim is not None and torch_ppl and "perplexity" in dev:
         ratio = dev["perplexity"] / torch_ppl
@@ -52,15 +57,14 @@ def _causal_checks(dev: dict, ref: Reference, limits: dict, ws: dict) -> list[di
                          f"perplexity ratio {ratio:.4f} (device {dev['perplexity']:.4f} vs PyTorch {torch_ppl:.4f} on "
                          f"{tokens} tokens{_ws(ws, 'perplexity', '.4f')}) <= {lim:g}", device=dev["perplexity"],
                          pytorch=torch_ppl, workstation=ws.get("perplexity"), ratio=round(ratio, 4), limit=lim))
-    out.append(_line("greedy_prefix", None, f"free-running greedy prefix {dev['greedy_prefix']:.3f} (share of PyTorch's "
-                     f"tokens before the first difference, worst prompt{_ws(ws, 'greedy_prefix', '.3f')})",
+    out.append(_line("greedy_prefix", None, f"free-running greedy prefix {dev['greedy_prefix']:.3f} (share of "
+                     f"PyTorch's tokens before the first difference, worst prompt{_ws(ws, 'greedy_prefix', '.3f')})",
                      device=dev["greedy_prefix"], workstation=ws.get("greedy_prefix")))
     return out
 
 
 def _encoder_checks(dev: dict, ref: Reference, limits: dict, ws: dict) -> list[dict]:
-    out = [_line("tokenizer_match", dev["tokenizer_match"], f"tokenizer ids {'equal' if dev['tokenizer_match'] else 'DIFFER FROM'} "
-                 f"the build's for {dev['sentences']} sentences", device=dev["tokenizer_match"])]
+    out = [_tokenizer_line(dev["tokenizer_match"], f"{dev['sentences']} sentences")]
     lim = limits.get("min_cosine")
     if lim is not None:
         out.append(_line("min_cosine", dev["min_cosine"] >= lim,
