@@ -330,12 +330,14 @@ from edgekit.serve_cli import serve as _serve  # noqa: E402
 from edgekit.power_cli import power as _power  # noqa: E402
 from edgekit.report_cli import report as _report  # noqa: E402
 from edgekit.bench_cli import bench as _bench  # noqa: E402
+from edgekit.verify_cli import verify as _verify  # noqa: E402
 
 cli.add_command(_coral)
 cli.add_command(_serve)
 cli.add_command(_power)
 cli.add_command(_report)
 cli.add_command(_bench)
+cli.add_command(_verify)
 
 
 def main(argv: list[str] | None = None) -> None:

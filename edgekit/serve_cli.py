@@ -45,9 +45,12 @@ from edgekit.power_cli import pick_source, power_options
 @click.option("--grid-intensity", type=click.FloatRange(0, None), default=None, metavar="G_PER_KWH",
               help="Grid carbon intensity for CO2 figures [default: 475, world average].")
 @click.option("--country", default=None, metavar="ISO3", help="Use this country's approximate grid intensity.")
+@click.option("--verify", "verify_first", is_flag=True,
+              help="Before listening, check the model on this machine's kernels against the bundle's reference data "
+                   "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, api_key, max_queue,
           request_timeout, request_log, power, power_channels, board, power_hz, power_log, power_log_max_mb,
-          subtract_idle, grid_intensity, country):
+          subtract_idle, grid_intensity, country, verify_first):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -113,9 +116,21 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
                        "from every request", err=True)
             return loaded
 
+    preloaded = None
+    if verify_first:  # loads in the foreground: nothing listens until the check has passed
+        from edgekit.verify_cli import verify_before_serving
+
+        preloaded = loader()
+        code = verify_before_serving(preloaded, lambda line: click.echo(f"edgekit serve: {line}", err=True))
+        if code:
+            if session is not None:
+                session.stop()
+            if thermal is not None:
+                thermal.stop()
+            raise SystemExit(code)
     click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
-    app = create_app(loader=loader, api_key=api_key, max_queue=max_queue, request_log=request_log_file,
-                     request_timeout=request_timeout, meter=session and session.meter,
+    app = create_app(loaded=preloaded, loader=loader, api_key=api_key, max_queue=max_queue,
+                     request_log=request_log_file, request_timeout=request_timeout, meter=session and session.meter,
                      intensity=session and session.intensity, thermal=thermal)
     import signal
 

@@ -183,3 +183,38 @@ class TraceSource:
         t = self.clock()
         return Sample(watts=None if self.watts_at is None else self.watts_at(t),
                       joules=None if self.energy_at is None else self.energy_at(t))
+
+
+WORDS = ["[UNK]", ".", "the", "cat", "dog", "sat", "ran", "on", "a", "mat", "and", "then", "slept", "ate", "big", "red"]
+
+
+def word_tokenizer_file(path) -> None:
+    """A real `tokenizers` file: whitespace words -> ids of WORDS ("." = 1 is EOS), no specials."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+
+
+class BigramModel:
+    """A deterministic toy LM: the logits after token t are row t of a seeded random table, plus
+    seeded noise of scale `noise` (a stand-in for another machine's kernels)."""
+
+    def __init__(self, vocab: int = len(WORDS), seed: int = 0, noise: float = 0.0, max_sequence_length: int = 64):
+        rng = np.random.default_rng(seed)
+        self.table = rng.normal(0.0, 3.0, (vocab, vocab)).astype(np.float32)
+        self.table[:, 1] -= 2.0  # EOS rarely wins, so continuations have length
+        self.noise = noise * np.random.default_rng(seed + 1).normal(0.0, 1.0, (vocab, vocab)).astype(np.float32)
+        self.max_sequence_length = max_sequence_length
+        self.accelerator = "cpu"
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def forward(self, token_ids, cache, last_only=False):
+        if cache.length + len(token_ids) > self.max_sequence_length:
+            raise ValueError("sequence too long")
+        cache.length += len(token_ids)
+        rows = (self.table + self.noise)[np.asarray(token_ids)]
+        return rows[-1:] if last_only else rows

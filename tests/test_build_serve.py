@@ -63,7 +63,7 @@ def test_manifest_records_stages_files_and_metrics(stories_bundle):
     m = json.loads((stories_bundle / "manifest.json").read_text())
     assert m["target"]["name"] == "onnx-cpu" and m["task"] == "text-generation"
     assert m["model"]["precision"] == "int8-dynamic" and m["model"]["parameters"] == 169_152  # 3 of 5 layers
-    assert {f["path"] for f in m["files"]} == {"model.onnx", "tokenizer.json", "generation.json"}
+    assert {f["path"] for f in m["files"]} == {"model.onnx", "tokenizer.json", "generation.json", "reference.npz"}
     stages = [s["name"] for s in m["provenance"]["stages"]]
     assert stages == ["distill", "export", "quantize", "verify", "package"]
     quant = m["provenance"]["stages"][2]

@@ -96,3 +96,15 @@ def test_fp32_encoder_segments_equal_pytorch(encoder_builds, tmp_path):
     got = enc.embed([tok.encode(s) for s in SENTENCES])
     expected = _torch_embeddings(encoder_builds["student"], SENTENCES)
     assert (got * expected).sum(-1).min() > 0.9999
+
+
+@pytest.mark.parametrize("target", ["onnx-cpu", "arm-cpu"])
+def test_encoder_bundle_verifies_on_this_machine_with_torch_blocked(encoder_builds, target):
+    res = run_cli("verify", str(encoder_builds[target]), "--json", no_torch=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    m = json.loads((encoder_builds[target] / "manifest.json").read_text())
+    ws = m["metrics"]["verify"]["reference"]["workstation"]
+    assert out["passed"] is True and out["figures"]["min_cosine"] == pytest.approx(ws["min_cosine"], abs=1e-5)
+    cos = next(c for c in out["checks"] if c["name"] == "min_cosine")
+    assert cos["limit"] == m["target"]["verify"]["min_cosine"] and cos["device"] >= cos["limit"]

@@ -24,7 +24,8 @@ def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant
     m = _manifest(tflite_builds[variant])
     assert m["model"]["format"] == "tflite" and m["model"]["precision"] == precision
     assert m["model"]["runtime"] == "litert" and m["model"]["delegate"] == delegate
-    assert {f["path"] for f in m["files"]} == {"model.tflite", "host_tables.npz", "tokenizer.json", "generation.json"}
+    assert {f["path"] for f in m["files"]} == {"model.tflite", "host_tables.npz", "tokenizer.json", "generation.json",
+                                              "reference.npz"}
     sigs = m["signature"]["signatures"]
     assert set(sigs) == {"prefill", "decode"}
     p = m["signature"]["prefill_length"]

@@ -22,6 +22,7 @@ from edgekit.core.bundle import Bundle, SCHEMA_VERSION, staging_dir, write_bundl
 from edgekit.core.errors import BuildError
 from edgekit.core.recipes import Recipe
 from edgekit.core.targets import Target
+from edgekit.device.reference import REFERENCE_FILE
 from edgekit.build.pipeline import Stage, StageOutput, run_stages
 
 
@@ -234,9 +235,16 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                             limits["greedy_tokens"], eval_texts)
     if skipped:
         metrics["eval_text_missing"] = [str(s) for s in skipped]
+    from edgekit.build.reference_build import causal_reference, write_reference
+
+    ref = causal_reference(distill.values["model"], tok, device_tok, ctx.recipe.data["verify"]["prompts"],
+                           limits["greedy_tokens"], eval_texts, max_seq)
+    ref_path = d / REFERENCE_FILE
+    metrics["reference"] = write_reference(ref, device_model, device_tok, ctx.support.runtime, limits, ref_path, ctx.log)
     fails = gate_failures(metrics, limits)
     apply_gate(metrics, fails, limits, ctx.gate, ctx.log)
-    return StageOutput(metrics=metrics, parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
+    return StageOutput(files={"reference": ref_path}, metrics=metrics,
+                       parameters={"prompts": len(ctx.recipe.data["verify"]["prompts"])})
 
 
 def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
@@ -283,6 +291,7 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
             for path in outs["compile"].files.values():
                 shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
+        shutil.copyfile(outs["verify"].files["reference"], staging / REFERENCE_FILE)
         if ctx.recipe.task == "text-generation":
             g = ctx.recipe.data["generation"]
             eos = distill.values["eos"]
@@ -311,7 +320,7 @@ def _stages(task: str, compile_tool: str = "none") -> list[Stage]:
     ]
     if compile_tool != "none":
         stages.append(Stage("compile", stage_compile, uses=("quantize",)))
-    return stages + [Stage("package", stage_package, uses=("quantize", "distill"))]
+    return stages + [Stage("package", stage_package, uses=("quantize", "distill", "verify"))]
 
 
 TASKS = ("text-generation", "feature-extraction")
@@ -364,6 +373,7 @@ def run_build(ctx: BuildContext) -> Bundle:
             "signature": outs["quantize"].values["signature"],
             "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
             **({} if encoder else {"generation_file": "generation.json"}),
+            "reference_file": REFERENCE_FILE,
             "provenance": {
                 "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},
                 "recipe": ctx.recipe.data,

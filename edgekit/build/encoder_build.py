@@ -180,9 +180,16 @@ def stage_verify(ctx, d: Path, outs: dict) -> StageOutput:
     metrics = verify_encoder(distill.values["model"], distill.values["tokenizer"], device_model, device_tok,
                              sentences, rows)
     limits = ctx.target.verify
+    from edgekit.build.reference_build import encoder_reference, write_reference
+    from edgekit.device.reference import REFERENCE_FILE
+
+    ref = encoder_reference(distill.values["model"], distill.values["tokenizer"], sentences,
+                            device_model.max_sequence_length)
+    ref_path = d / REFERENCE_FILE
+    metrics["reference"] = write_reference(ref, device_model, device_tok, ctx.support.runtime, limits, ref_path, ctx.log)
     fails = encoder_gate_failures(metrics, limits)
     apply_gate(metrics, fails, limits, ctx.gate, ctx.log)
-    return StageOutput(metrics=metrics, parameters={"sentences": len(sentences)})
+    return StageOutput(files={"reference": ref_path}, metrics=metrics, parameters={"sentences": len(sentences)})
 
 
 def architecture(config) -> dict:

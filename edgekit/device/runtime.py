@@ -36,6 +36,7 @@ class LoadedModel:
     generation: dict
     threads: int = 0
     threads_source: str = ""
+    device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
 
     @property
     def accelerator(self) -> str:
@@ -51,7 +52,7 @@ class LoadedModel:
             "threads": self.threads, "threads_source": self.threads_source, "cpus_available": available_cpus(),
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
-            "gate": m.get("gate", {}).get("passed"),
+            "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
         }
 
     @property

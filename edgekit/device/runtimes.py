@@ -74,6 +74,7 @@ def missing_reason(runtime: str, machine: str | None = None) -> str:
 
 
 def require(runtime: str, where: str = "") -> None:
-    """BundleError naming the missing runtime unless it can be imported."""
-    if not status(runtime).installed:
+    """BundleError naming the missing runtime unless it can be imported. Runtimes not in PROVIDERS
+    (registered in RUNNERS by other code) bring their own implementation and are not checked."""
+    if runtime in PROVIDERS and not status(runtime).installed:
         raise BundleError(f"{where + ': ' if where else ''}this bundle needs {missing_reason(runtime)}")

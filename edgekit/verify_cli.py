@@ -1,0 +1,73 @@
+"""`edgekit verify BUNDLE`: re-run the bundle's reference data on this machine's kernels. Imports no torch.
+
+Exit status: 0 every gated check passed, 1 a check failed (or the bundle failed its sha256 checks),
+3 the bundle carries no reference data. May import: stdlib, click, edgekit.core, edgekit.device.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_FAILED = 1
+EXIT_NO_REFERENCE = 3
+
+
+def header(loaded) -> str:
+    m = loaded.bundle.manifest
+    return (f"edgekit verify: {m['name']} ({m['target']['name']}, {m['model']['precision']}, "
+            f"{m['model']['runtime']} on {loaded.accelerator})")
+
+
+def exit_code(result: dict) -> int:
+    if result["passed"] is None:
+        return EXIT_NO_REFERENCE
+    return 0 if result["passed"] else EXIT_FAILED
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Runtime intra-op threads (0 = the runtime's default).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit status).")
+def verify(bundle, threads, as_json):
+    """Check a bundle on this machine's kernels against the PyTorch reference stored at build time.
+
+    \b
+    Re-runs the verify prompts and held-out windows stored in the bundle (reference.npz) and prints
+    each check against the target's [verify] limits with the device's figure, PyTorch's and the
+    workstation export's. Exit status: 0 pass, 1 fail, 3 no reference data in the bundle.
+    """
+    from edgekit.core.bundle import load_bundle
+    from edgekit.device.reference import bundle_reference
+    from edgekit.device.reference_check import NO_REFERENCE, check_model, summary_lines
+    from edgekit.device.runtime import open_model
+
+    b = load_bundle(bundle)  # sha256 of every file, the reference data included
+    ref = bundle_reference(b)
+    if ref is None:
+        result = {"passed": None, "reason": NO_REFERENCE, "checks": []}
+        click.echo(json.dumps(result, indent=2) if as_json else f"edgekit verify: {b.manifest['name']}: {NO_REFERENCE}")
+        sys.exit(EXIT_NO_REFERENCE)
+    loaded = open_model(b, threads=threads)
+    result = check_model(loaded.model, loaded.tokenizer, ref, b.manifest["target"].get("verify", {}))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo("\n".join(summary_lines(result, header(loaded))))
+    sys.exit(exit_code(result))
+
+
+def verify_before_serving(loaded, echo) -> int:
+    """`serve --verify`: check `loaded` on this machine, print the lines through `echo`, keep the
+    result for /props (`device_verify`); returns the exit status (0 = serve it)."""
+    from edgekit.device.reference_check import check_bundle, summary_lines
+
+    result = check_bundle(loaded)
+    loaded.device_verify = result
+    for line in summary_lines(result, header(loaded)):
+        echo(line)
+    return exit_code(result)
