@@ -65,7 +65,7 @@ def serve_check(edgekit: list[str], bundle: Path, scratch: Path, env: dict, star
     t0 = time.monotonic()
     with open(scratch / "server.log", "w") as log:
         proc = subprocess.Popen([*edgekit, "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=scratch)
         try:
             if _wait_healthy(proc, base, startup_timeout, out):
                 out["startup_seconds"] = round(time.monotonic() - t0, 1)
@@ -146,9 +146,10 @@ def threads_check(props: dict, target_threads: int, cpus: int) -> tuple[str, str
     return "checked", None if got == want else f"/props threads {got}, want min({target_threads}, {cpus}) = {want}"
 
 
-def run_cli(argv: list[str], env: dict, timeout: float = 600) -> dict:
+def run_cli(argv: list[str], env: dict, cwd: Path, timeout: float = 600) -> dict:
+    """Run a command (cwd outside the checkout, so `python -m edgekit` imports the installed package)."""
     t = time.monotonic()
-    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return {"rc": r.returncode, "seconds": round(time.monotonic() - t, 1), "stdout": r.stdout[-3000:],
             "stderr": r.stderr[-3000:]}
 
@@ -193,7 +194,7 @@ def hostile_check(edgekit: list[str], tar: Path, scratch: Path, env: dict, outsi
     tmpdir = scratch / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(outside)) if outside.exists() else set()
-    res = run_cli([*edgekit, "inspect", str(tar)], dict(env, TMPDIR=str(tmpdir)))
+    res = run_cli([*edgekit, "inspect", str(tar)], dict(env, TMPDIR=str(tmpdir)), cwd=scratch)
     res["problems"] = [p for p in [one_clear_line(res)] if p]
     written = sorted((set(os.listdir(outside)) if outside.exists() else set()) - before)
     written += [str(p) for p in scratch.rglob("evil")]  # `../evil` lands beside the extraction folder

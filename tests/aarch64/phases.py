@@ -173,7 +173,7 @@ class Run:
                 "print(json.dumps({'python': sys.version.split()[0], 'machine': platform.machine(),"
                 " 'cpus': len(os.sched_getaffinity(0)), 'tar_filters': hasattr(tarfile, 'data_filter'),"
                 " 'model': open('/proc/device-tree/model').read().strip(chr(0)), 'versions': v}))")
-        r = g.run(g.venv_python(venv, "-c", code))
+        r = g.run(g.venv_python(venv, "-c", code), cwd=venv.parent)
         try:
             return json.loads(r.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -181,7 +181,7 @@ class Run:
 
     def guest_bundles(self, name: str, g, venv: Path, bundles: dict, reference: dict) -> None:
         cpus = _cpus(self.results, name)
-        verify = g.run(g.edgekit(venv, "verify", "--help")).returncode == 0
+        verify = g.run(g.edgekit(venv, "verify", "--help"), cwd=venv.parent).returncode == 0
         self.facts[f"verify_command_{name}"] = verify
         for t, b in bundles.items():
             for kind in ("dir", "tar"):
@@ -192,14 +192,14 @@ class Run:
                 problems += [threads_problem] if threads_problem else []
                 self.check(f"{name} serve {t} {kind}", problems, dict(_brief(res), threads_check=mode))
                 if verify or VERIFY_MANDATORY:
-                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind])), g.env())
+                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind])), g.env(), cwd=scratch)
                     self.check(f"{name} verify {t} {kind}", [] if v["rc"] == 0 else
                                [f"rc {v['rc']}: {(v['stderr'] or v['stdout']).strip()[-300:]}"], v)
                 else:
                     self.check(f"{name} verify {t} {kind}", [], skip="OPTIONAL: `edgekit verify` not in this build")
             tmp = self.work / f"inspect-{name}" / t / "tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-            r = checks.run_cli(g.edgekit(venv, "inspect", str(b["tar"])), dict(g.env(), TMPDIR=str(tmp)))
+            r = checks.run_cli(g.edgekit(venv, "inspect", str(b["tar"])), dict(g.env(), TMPDIR=str(tmp)), cwd=tmp.parent)
             left = checks.files_under(tmp)
             self.check(f"{name} inspect {t} tar", ([] if r["rc"] == 0 else [f"rc {r['rc']}: {r['stderr'][-300:]}"])
                        + ([f"{len(left)} file(s) left in TMPDIR"] if left else []), dict(r, tmpdir_files=left[:5]))

@@ -34,8 +34,11 @@ RELEASES = {
     "trixie": Release("trixie", 13, "3.13"),
 }
 
-# Packages beyond the python3.X-venv closure: CA certificates are not needed (pip uses certifi).
-EXTRA = ["libgomp1"]
+# Beyond the python3 / python3.X-venv closure, what every Pi OS install has and manylinux wheels
+# link against: numpy, onnxruntime and ai-edge-litert need libstdc++.so.6; libgomp for OpenMP builds.
+EXTRA = ["libstdc++6", "libgcc-s1", "libgomp1"]
+# Bump when the package set or the layout changes: older cached sysroots are rebuilt.
+LAYOUT = 2
 
 
 def _pi5_cpuinfo(cores: int = 4) -> str:
@@ -89,7 +92,7 @@ def closure(apt: Path, roots: list[str]) -> list[str]:
 
 def build(cache: Path, rel: Release, log=print) -> Path:
     """Return ROOT for `rel` under `cache`, building it if it is not there yet."""
-    root = cache / f"sysroot-{rel.name}"
+    root = cache / f"sysroot-{rel.name}-v{LAYOUT}"
     done = root / ".edgekit-sysroot-done"
     if done.exists():
         return root
