@@ -56,7 +56,8 @@ class Run:
         with self.phase(name):
             return fn(*args)
 
-    def check(self, name: str, problems: list[str], data: dict | None = None, skip: str | None = None) -> bool:
+    def check(self, name: str, problems: list[str], data: dict | None = None, skip: str | None = None,
+              note: str = "") -> bool:
         known = any(name.startswith(x) for x in self.xfail)
         if skip:
             status = "skip"
@@ -64,7 +65,7 @@ class Run:
             status = "xfail" if known else "FAIL"
         else:
             status = "xpass" if known else "pass"
-        detail = skip or "; ".join(problems)
+        detail = skip or "; ".join(problems) or note
         with self._lock:
             self.results.append({"check": name, "status": status, "detail": detail, "data": data or {}})
         self.log(f"{status:5} {name}{': ' + detail[:300] if detail else ''}")
@@ -160,7 +161,9 @@ class Run:
         litert = info.get("versions", {}).get("ai-edge-litert", "")
         if ok and not litert.startswith("2."):
             problems.append(f"ai-edge-litert {litert or 'missing'}, want 2.x (what a real aarch64 pip picks)")
-        self.check(f"{name} install", problems, dict(info, readme_steps_replaced=replaced))
+        note = (f"python {info.get('python')}, ai-edge-litert {litert}, onnxruntime "
+                f"{info.get('versions', {}).get('onnxruntime')}; README steps replaced: {replaced or 'none'}")
+        self.check(f"{name} install", problems, dict(info, readme_steps_replaced=replaced), note=note)
         if ok and with_tests:
             r = g.run(g.venv_python(venv, "-m", "pip", "install", "-q", *TEST_DEPS), PIP_CACHE_DIR=str(self.cache / "pip"))
             self.check(f"{name} install test deps", [] if r.returncode == 0 else [r.stderr[-400:]])
@@ -190,7 +193,8 @@ class Run:
                 problems = list(res["problems"]) + _compare(t, b, res, reference.get(t, {}))
                 mode, threads_problem = checks.threads_check(res.get("props", {}), _target_threads(b), cpus)
                 problems += [threads_problem] if threads_problem else []
-                self.check(f"{name} serve {t} {kind}", problems, dict(_brief(res), threads_check=mode))
+                self.check(f"{name} serve {t} {kind}", problems, dict(_brief(res), threads_check=mode),
+                           note=_serve_note(res, mode))
                 if verify or VERIFY_MANDATORY:
                     v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind])), g.env(), cwd=scratch)
                     self.check(f"{name} verify {t} {kind}", [] if v["rc"] == 0 else
@@ -200,7 +204,7 @@ class Run:
             tmp = self.work / f"inspect-{name}" / t / "tmp"
             tmp.mkdir(parents=True, exist_ok=True)
             r = checks.run_cli(g.edgekit(venv, "inspect", str(b["tar"])), dict(g.env(), TMPDIR=str(tmp)), cwd=tmp.parent)
-            left = checks.files_under(tmp)
+            left = [f for f in checks.files_under(tmp) if f not in checks.RUNTIME_TMP_FILES]
             self.check(f"{name} inspect {t} tar", ([] if r["rc"] == 0 else [f"rc {r['rc']}: {r['stderr'][-300:]}"])
                        + ([f"{len(left)} file(s) left in TMPDIR"] if left else []), dict(r, tmpdir_files=left[:5]))
 
@@ -228,11 +232,19 @@ def _host_env() -> dict:
 
 
 def _brief(res: dict) -> dict:
-    keep = ("startup_seconds", "request_seconds", "texts", "host_texts", "matches_host", "chat", "props", "exit_code", "tmpdir_files", "problems")
+    keep = ("startup_seconds", "request_seconds", "texts", "host_texts", "matches_host", "chat", "props",
+            "exit_code", "tmpdir_files", "runtime_tmp_files", "problems")
     out = {k: res[k] for k in keep if k in res}
     if res.get("problems"):
         out["log_tail"] = res.get("log_tail", "")[-1200:]
     return out
+
+
+def _serve_note(res: dict, threads_mode: str) -> str:
+    text = "" if "matches_host" not in res else ("; text = host" if res["matches_host"] else "; text != host (recorded)")
+    extra = f"; runtime tmp files {res['runtime_tmp_files']}" if res.get("runtime_tmp_files") else ""
+    return (f"startup {res.get('startup_seconds')} s, threads {res.get('props', {}).get('threads')} "
+            f"({threads_mode}){text}{extra}")
 
 
 def _compare(target: str, b: dict, res: dict, ref: dict) -> list[str]:
@@ -245,6 +257,7 @@ def _compare(target: str, b: dict, res: dict, ref: dict) -> list[str]:
         res["host_texts"] = ref["texts"]
         res["matches_host"] = res["texts"] == ref["texts"]
         return [f"empty completion for {empty}"] if empty else []
+    res["matches_host"] = res["texts"] == ref["texts"] and res.get("chat") == ref.get("chat")
     diff = [p for p in ref["texts"] if res["texts"].get(p) != ref["texts"][p]]
     if res.get("chat") != ref.get("chat"):
         diff.append("chat")

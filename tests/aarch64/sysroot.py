@@ -96,6 +96,8 @@ def build(cache: Path, rel: Release, log=print) -> Path:
     done = root / ".edgekit-sysroot-done"
     if done.exists():
         return root
+    for old in cache.glob(f"sysroot-{rel.name}*"):  # an older layout's sysroot
+        shutil.rmtree(old, ignore_errors=True)
     t0 = time.monotonic()
     apt = _apt_dir(cache, rel)
     _apt(apt, "apt-get", "update", "-q")

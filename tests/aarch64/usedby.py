@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--releases", default="bookworm,trixie", help="Debian releases (comma-separated)")
     ap.add_argument("--targets", default="arm-cpu,coral,onnx-cpu")
-    ap.add_argument("--test-tier", default="bookworm",
+    ap.add_argument("--test-tier", default="bookworm,trixie",
                     help="releases whose venv runs `pytest -m 'not full'` (comma-separated; 'none' skips)")
     ap.add_argument("--test-files", default="", help="run only these test files (comma-separated) in the tier")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEKIT_CI_CACHE", "~/.cache/edgekit-ci")))
