@@ -77,10 +77,12 @@ def serve_check(edgekit: list[str], bundle: Path, scratch: Path, env: dict, star
         finally:
             out["exit_code"] = _stop(proc)
     out["log_tail"] = (scratch / "server.log").read_text(errors="replace")[-2000:]
+    if "startup_seconds" not in out:
+        out["problems"].append(f"server said: {last_line(out['log_tail'])}")
     left = files_under(tmpdir)
     out["runtime_tmp_files"] = [f for f in left if f in RUNTIME_TMP_FILES]
     out["tmpdir_files"] = [f for f in left if f not in RUNTIME_TMP_FILES]
-    if out["exit_code"] != 0:
+    if out["exit_code"] != 0 and "startup_seconds" in out:
         out["problems"].append(f"exit code {out['exit_code']} after SIGTERM (want 0)")
     if out["tmpdir_files"]:
         out["problems"].append(f"{len(out['tmpdir_files'])} file(s) left in TMPDIR: {out['tmpdir_files'][:3]}")
@@ -158,6 +160,11 @@ def run_cli(argv: list[str], env: dict, cwd: Path, timeout: float = 600) -> dict
     r = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return {"rc": r.returncode, "seconds": round(time.monotonic() - t, 1), "stdout": r.stdout[-3000:],
             "stderr": r.stderr[-3000:]}
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def one_clear_line(result: dict) -> str | None:

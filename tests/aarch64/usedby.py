@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "aarch64.json")
     ap.add_argument("--no-binfmt", action="store_true", help="always call the emulator explicitly")
     ap.add_argument("--xfail", action="append", default=[],
-                    help="check-name prefix expected to fail (reported XFAIL/XPASS, not a job failure)")
+                    help="check-name glob expected to fail, e.g. '* tar' (reported xfail/xpass, not a job failure)")
     return ap.parse_args(argv)
 
 
