@@ -163,15 +163,20 @@ class Run:
         steps = g.make_venv(venv, wheel, [], self.cache / "pip")
         ok = bool(steps) and steps[-1]["rc"] == 0
         self.facts[f"install_steps_{name}"] = steps
-        replaced = [s["command"] for s in steps if s["rc"] and s["readme"]]
+        verbatim = [s["command"] for s in steps if s["readme"] and s["rc"] == 0]
+        failed_verbatim = [s["command"] for s in steps if s["readme"] and s["rc"]]
+        substitutes = [s["command"] for s in steps if not s["readme"]]
         info = self.guest_info(g, venv) if ok else {}
         problems = [] if ok else [f"{steps[-1]['command']}: {steps[-1]['stderr_tail'][-400:]}"]
         litert = info.get("versions", {}).get("ai-edge-litert", "")
         if ok and not litert.startswith("2."):
             problems.append(f"ai-edge-litert {litert or 'missing'}, want 2.x (what a real aarch64 pip picks)")
         note = (f"python {info.get('python')}, ai-edge-litert {litert}, onnxruntime "
-                f"{info.get('versions', {}).get('onnxruntime')}; README steps replaced: {replaced or 'none'}")
-        self.check(f"{name} install", problems, dict(info, readme_steps_replaced=replaced), note=note)
+                f"{info.get('versions', {}).get('onnxruntime')}; README verbatim: {len(verbatim)} step(s)"
+                + (f"; failed verbatim {failed_verbatim}" if failed_verbatim else "")
+                + (f"; substituted {len(substitutes)} step(s)" if substitutes else ""))
+        self.check(f"{name} install", problems, dict(info, readme_verbatim=verbatim, readme_failed=failed_verbatim,
+                                                     substitutes=substitutes), note=note)
         if ok and with_tests:
             r = g.run(g.venv_python(venv, "-m", "pip", "install", "-q", *TEST_DEPS), PIP_CACHE_DIR=str(self.cache / "pip"))
             self.check(f"{name} install test deps", [] if r.returncode == 0 else [r.stderr[-400:]])
