@@ -35,3 +35,18 @@ def test_serve_and_targets_say_which_runtime_is_missing(tmp_path):
     assert line.endswith("[cannot serve here: onnxruntime missing]")
     assert "[cannot serve" not in [ln for ln in res.stdout.splitlines() if ln.startswith("arm-cpu ")][0]
     assert "note: runtime 'onnxruntime' (onnxruntime), which is not installed here" in res.stderr
+
+
+def test_onnxruntime_leaves_no_file_in_the_temporary_folder(tmp_path):
+    """onnxruntime's telemetry writes $TMPDIR/.ses at import unless ORT_DISABLE_TELEMETRY is set: edgekit sets
+    it, so a served ONNX bundle leaves nothing behind in /tmp."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["TMPDIR"] = str(tmp_path)
+    code = "from edgekit.device.onnx_model import import_onnxruntime; print(import_onnxruntime().__version__)"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -70,9 +70,21 @@ class OnnxCausalLM:
         return outputs[0][0][-1:] if last_only else outputs[0][0]  # (a selecting graph gave 1 row)
 
 
+def import_onnxruntime():
+    """onnxruntime, imported with its telemetry off (unless the user set ORT_DISABLE_TELEMETRY): an
+    offline device server sends nothing, and onnxruntime 1.32 otherwise writes a session-id file
+    `$TMPDIR/.ses` at import, which outlives every `edgekit serve`."""
+    import os
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def ort_session(model_path, threads: int = 0):
     """An onnxruntime CPU session (threads 0 = onnxruntime's default)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     if threads > 0:
