@@ -31,7 +31,7 @@ def exit_code(result: dict) -> int:
 @click.command("verify")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
-              help="Runtime intra-op threads (0 = the runtime's default).")
+              help="Runtime threads (0 = the target's runtime.threads, capped at the CPUs this process may use).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit status).")
 def verify(bundle, threads, as_json):
     """Check a bundle on this machine's kernels against the PyTorch reference stored at build time.
