@@ -14,6 +14,7 @@ Stdlib only (runs on the CI host's Python). Times are seconds.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,22 +93,27 @@ class Guest:
         return self.root / "usr" / "bin" / f"python{self.python}"
 
     def make_venv(self, venv: Path, wheel: Path, extra: list[str], pip_cache: Path) -> list[dict]:
-        """Create `venv` and install `wheel` (+ `extra` requirements); returns the steps run, each
-        marked `readme: true` when it is the Pi user's README command run verbatim."""
-        env = {"PIP_CACHE_DIR": str(pip_cache), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        """Create `venv` (named `edgekit`, in a scratch HOME: the README says `~/edgekit`) and install
+        `wheel` (+ `extra` requirements) by running the README's "On the Raspberry Pi" install lines
+        verbatim; returns the steps run, each marked `readme: true` when it is such a line."""
+        env = {"PIP_CACHE_DIR": str(pip_cache), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HOME": str(venv.parent)}
+        make, install = readme_install_lines()
+        shutil.copy(wheel, venv.parent / wheel.name)  # the README copies the wheel to the Pi's home folder
         steps = []
-        if self.binfmt:  # the README: `python3 -m venv .venv && . .venv/bin/activate && pip install ...`
-            steps.append(self._shell(venv, f"python3 -m venv {venv.name}", env))
+        if self.binfmt:
+            steps.append(self._shell(venv, make, env))
         if not steps or steps[-1]["rc"]:
             shutil.rmtree(venv, ignore_errors=True)
             if not self._bootstrap(venv, env, steps):
                 return steps
-        reqs = " ".join([str(wheel), *(f"'{r}'" for r in extra)])
         if self.binfmt:
-            steps.append(self._shell(venv, f". {venv.name}/bin/activate && pip install {reqs}", env))
+            steps.append(self._shell(venv, install, env))
         else:
-            r = self.run(self.venv_python(venv, "-m", "pip", "install", str(wheel), *extra), **env)
-            steps.append(_step(f"python -m pip install {reqs}", r, readme=False))
+            r = self.run(self.venv_python(venv, "-m", "pip", "install", str(wheel)), **env)
+            steps.append(_step(f"python -m pip install {wheel.name}", r, readme=False))
+        if extra and steps[-1]["rc"] == 0:
+            r = self.run(self.venv_python(venv, "-m", "pip", "install", *extra), **env)
+            steps.append(_step(f"python -m pip install {' '.join(extra)}", r, readme=False))
         return steps
 
     def _shell(self, venv: Path, command: str, env: dict) -> dict:
@@ -139,6 +145,17 @@ class Guest:
 
     def venv_python(self, venv: Path, *args: str) -> list[str]:
         return self.argv(venv / "bin" / "python", *args)
+
+
+def readme_install_lines(readme: Path = Path(__file__).resolve().parents[2] / "README.md") -> tuple[str, str]:
+    """(make the venv, install the wheel): the two install lines of README's "On the Raspberry Pi"
+    section, as a Pi user types them."""
+    section = readme.read_text(encoding="utf-8").split("### On the Raspberry Pi", 1)[1].split("\n### ", 1)[0]
+    lines = [ln.strip() for block in re.findall(r"```sh\n(.*?)\n```", section, flags=re.S)
+             for ln in block.splitlines()]
+    make = next(ln for ln in lines if ln.startswith("python3 -m venv "))
+    install = next(ln for ln in lines if " install ./edgekit_ml-" in ln)
+    return make, install
 
 
 def _step(command: str, r: subprocess.CompletedProcess, readme: bool) -> dict:

@@ -158,7 +158,7 @@ class Run:
 
     # --- device side ------------------------------------------------------------------------
     def make_venv(self, name: str, g, wheel: Path, with_tests: bool) -> Path | None:
-        venv = self.work / f"venv-{name}" / ".venv"
+        venv = self.work / f"venv-{name}" / "edgekit"  # ~/edgekit, as README's Pi section makes it
         venv.parent.mkdir(parents=True, exist_ok=True)
         steps = g.make_venv(venv, wheel, [], self.cache / "pip")
         ok = bool(steps) and steps[-1]["rc"] == 0
