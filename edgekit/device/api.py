@@ -9,9 +9,8 @@ from starlette.responses import JSONResponse
 
 from edgekit.device.chat import ChatError, check_messages, render
 from edgekit.device.generate import GenerationResult
+from edgekit.device.limits import DEFAULT_LIMITS, Limits
 from edgekit.device.runtime import LoadedModel
-
-MAX_BODY_BYTES = 1 << 20
 # OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
 _IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty",
                    "logit_bias", "suffix", "stream_options"}
@@ -39,9 +38,45 @@ def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool 
     return value
 
 
-def parse_completion_request(body, loaded: LoadedModel, chat: bool = False) -> dict:
-    """Validate a /v1/completions (or, with `chat`, /v1/chat/completions) body; returns normalised
-    parameters or raises RequestError naming the field."""
+def _stop_strings(body: dict, limits: Limits) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    most, chars = limits.max_stop_strings, limits.max_stop_chars
+    if not isinstance(stop, list) or len(stop) > most or not all(isinstance(s, str) for s in stop):
+        raise RequestError(f"'stop' must be a string or a list of at most {most} strings", "stop")
+    if any(len(s) > chars for s in stop):
+        raise RequestError(f"each 'stop' string must be at most {chars} characters", "stop")
+    return stop
+
+
+def _check_prompt_size(chars: int, loaded: LoadedModel, limits: Limits, param: str) -> None:
+    """Refuse, before tokenizing, a prompt too long to fit the context (a cheap check on characters)."""
+    most = limits.max_prompt_chars(loaded.max_sequence_length)
+    if chars > most:
+        raise RequestError(f"prompt is {chars} characters; at most {most} are accepted for this model's "
+                           f"{loaded.max_sequence_length}-token context", param)
+
+
+def _chat_prompt(body: dict, gen: dict, loaded: LoadedModel, limits: Limits) -> str:
+    raw = body.get("messages")
+    if isinstance(raw, list) and len(raw) > limits.max_messages:
+        raise RequestError(f"'messages' has {len(raw)} entries; at most {limits.max_messages} are accepted",
+                           "messages")
+    try:
+        messages = check_messages(raw)
+        _check_prompt_size(sum(len(m["content"]) for m in messages), loaded, limits, "messages")
+        return render(messages, gen.get("chat_template"), gen.get("bos_token", ""), gen.get("eos_token", ""))
+    except ChatError as exc:
+        raise RequestError(str(exc), exc.param) from None
+
+
+def parse_completion_request(body, loaded: LoadedModel, chat: bool = False, limits: Limits = DEFAULT_LIMITS) -> dict:
+    """Validate a /v1/completions (or, with `chat`, /v1/chat/completions) body within `limits`; returns
+    normalised parameters or raises RequestError naming the field. Tokenizes (and renders the chat
+    template): run it off the event loop."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream"}
@@ -52,13 +87,8 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False) -> d
     gen = loaded.generation
     add_special = True
     if chat:
-        try:
-            messages = check_messages(body.get("messages"))
-            template = gen.get("chat_template")
-            prompt = render(messages, template, gen.get("bos_token", ""), gen.get("eos_token", ""))
-        except ChatError as exc:
-            raise RequestError(str(exc), exc.param) from None
-        add_special = not template  # a bundle template writes its own special tokens
+        prompt = _chat_prompt(body, gen, loaded, limits)
+        add_special = not gen.get("chat_template")  # a bundle template writes its own special tokens
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
             body = dict(body, max_tokens=body["max_completion_tokens"])
     else:
@@ -69,6 +99,7 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False) -> d
             raise RequestError("'prompt' must be a string", "prompt")
         if not prompt:
             raise RequestError("'prompt' must not be empty", "prompt")
+        _check_prompt_size(len(prompt), loaded, limits, "prompt")
     ctx_len = loaded.max_sequence_length
     params = {
         "prompt": prompt,
@@ -77,21 +108,14 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False) -> d
         "top_p": _number(body, "top_p", gen.get("top_p", 1.0), 0.0, 1.0),
         "top_k": _number(body, "top_k", gen.get("top_k", 0), 0, 1 << 20, integer=True),
         "seed": _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
-        "n": _number(body, "n", 1, 1, 1, integer=True),
+        "n": _number(body, "n", 1, 1, limits.max_n, integer=True),
         "stream": body.get("stream", False),
     }
     if params["top_p"] == 0:
         raise RequestError("'top_p' must be greater than 0", "top_p")
     if not isinstance(params["stream"], bool):
         raise RequestError("'stream' must be true or false", "stream")
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise RequestError("'stop' must be a string or a list of at most 4 strings", "stop")
-    params["stop"] = stop
+    params["stop"] = _stop_strings(body, limits)
     if params["seed"] is not None:
         params["seed"] = params["seed"] % (1 << 64)
     ids = loaded.tokenizer.encode(prompt, add_special_tokens=add_special)

@@ -11,6 +11,8 @@ import base64
 
 import numpy as np
 
+from edgekit.device.limits import DEFAULT_LIMITS
+
 MAX_INPUTS = 256
 
 
@@ -49,6 +51,9 @@ def parse_embeddings_request(body, loaded) -> tuple[list[list[int]], str]:
         if isinstance(item, str):
             if not item.strip():
                 raise EmbeddingRequestError("'input' strings must not be empty", "input")
+            most = DEFAULT_LIMITS.max_prompt_chars(loaded.max_sequence_length)
+            if len(item) > most:  # cannot fit the model: refused before tokenizing
+                raise EmbeddingRequestError(f"an input has {len(item)} characters; at most {most} are accepted", "input")
             ids = loaded.tokenizer.encode(item)
         elif isinstance(item, list) and item and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
                                                      for t in item):

@@ -23,27 +23,30 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edgekit.device.api import MAX_BODY_BYTES, RequestError, _usage, error_response, parse_completion_request
+from edgekit.device.api import RequestError, _usage, error_response, parse_completion_request
 from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
 from edgekit.device.generate import generate
+from edgekit.device.limits import DEFAULT_LIMITS, BodyLimit, Limits
 from edgekit.device.sampling import Sampler
 from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, JsonlLog, authorized, log_record
 
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,
                request_log: JsonlLog | None = None, request_timeout: float = 300.0, meter=None,
-               intensity=None, thermal=None) -> Starlette:
+               intensity=None, thermal=None, limits: Limits = DEFAULT_LIMITS) -> Starlette:
     """The ASGI app serving `loaded`, or the result of `loader()` run in a thread at startup (so
     /health answers 503 "loading" at once and 200 when the model is ready). A generation still
     running `request_timeout` seconds after its request arrived stops at the next token: 504.
     With an EnergyMeter `meter`, each request's model work is one energy window: `usage.energy`
     (joules, watts, J/token, source, measured, CO2 at `intensity`, a co2.GridIntensity). With a
     started thermal.ThermalMonitor `thermal`, each request's `usage.thermal` says the temperature at
-    its start and end and whether it ran throttled (read by the monitor's thread, not the request)."""
+    its start and end and whether it ran throttled (read by the monitor's thread, not the request).
+    `limits` caps each request (a body over `limits.max_body_bytes` is refused before it is read: 413)."""
     state = {"loaded": loaded, "error": None}
     lock = threading.Lock()
     created = int(time.time())
@@ -96,9 +99,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         return None
 
     async def read_json(request: Request, route: str, started: float):
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return None, fail(route, started, f"request body exceeds {MAX_BODY_BYTES} bytes", status=413)
+        raw = await request.body()  # at most limits.max_body_bytes: BodyLimit stops a longer one
         try:
             return json.loads(raw.decode("utf-8")), None
         except (UnicodeDecodeError, ValueError, RecursionError):
@@ -119,7 +120,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                                                 window_edges="sampler" if meter.sampler_edges else "read")
         heat = None if thermal is None else thermal.describe()
         return err or JSONResponse(dict(model().props(), max_queue=max_queue, queued=admission.waiting, power=power,
-                                        thermal=heat))
+                                        thermal=heat, limits=limits.describe(model().max_sequence_length)))
 
     async def metrics_route(request: Request):
         started = time.time()
@@ -161,7 +162,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         if err:
             return err
         try:
-            ids, fmt = parse_embeddings_request(body, model())
+            ids, fmt = await run_in_threadpool(parse_embeddings_request, body, model())
         except EmbeddingRequestError as exc:
             return fail(route, started, str(exc), exc.param)
         err = admit(route, started)
@@ -213,7 +214,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
             if err:
                 return err
             try:
-                params = parse_completion_request(body, model(), chat=chat)
+                params = await run_in_threadpool(parse_completion_request, body, model(), chat, limits)
             except RequestError as exc:
                 return fail(route, started, str(exc), exc.param, exc.status)
             err = admit(route, started)
@@ -331,7 +332,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         yield
         log.close()
 
-    return Starlette(routes=[
+    routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/props", props, methods=["GET"]),
@@ -339,4 +340,11 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         Route("/v1/completions", completion_route(False), methods=["POST"]),
         Route("/v1/chat/completions", completion_route(True), methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
-    ], lifespan=lifespan)
+    ]
+    known = {r.path for r in routes}
+
+    def refuse_body(path: str, message: str):  # any path, routed or not (unknown ones count as "other")
+        return fail(path if path in known else "other", time.time(), message, status=413)
+
+    body_limit = Middleware(BodyLimit, max_bytes=limits.max_body_bytes, reject=refuse_body)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[body_limit])
