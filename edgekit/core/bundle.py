@@ -10,7 +10,9 @@ Layout:
 
 Writing is atomic: files are staged in a temporary sibling directory and renamed into place.
 Loading verifies every listed file's size and sha256 and refuses a bundle that does not match,
-naming the file.
+naming the file. Every file the manifest names for the device to open (model, tokenizer, generation
+and reference files, the signature's host tables and segments, Edge TPU compiled files) must be
+listed in `files` and lie inside the bundle; `Bundle.file` is the one way to open them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgekit.core.errors import BundleError
 
@@ -55,9 +57,58 @@ class Bundle:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def file(self, rel: str) -> Path:
+        """The path of a file the manifest names, checked: listed in `files` (so verified) and inside
+        the bundle; else BundleError naming it."""
+        return listed_file(self.root, self.manifest, rel)
+
     @property
     def model_file(self) -> Path:
-        return self.root / self.manifest["model"]["file"]
+        return self.file(self.manifest["model"]["file"])
+
+
+def beside_model(manifest: dict, name: str) -> str:
+    """The bundle-relative path of a file the signature names (host tables, segments, compiled
+    models): they lie in the model file's folder."""
+    return (PurePosixPath(manifest["model"]["file"]).parent / name).as_posix()
+
+
+def sibling_file(folder: Path, name: str) -> Path:
+    """A file the signature names, in `folder` (the model file's, from Bundle.file): the name must be a
+    plain relative path without `..` (load_bundle has checked that it is listed and verified)."""
+    if not isinstance(name, str) or not _plain(name):
+        raise BundleError(f"{folder}: manifest names a file outside the bundle: {name!r}")
+    return Path(folder) / name
+
+
+def _plain(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and "\\" not in rel and not p.is_absolute() and ".." not in p.parts
+
+
+def referenced_files(manifest: dict) -> list[str]:
+    """Bundle-relative paths of every file the device code opens for this manifest."""
+    model, sig = manifest.get("model", {}), manifest.get("signature") or {}
+    refs = [model.get("file"), (manifest.get("tokenizer") or {}).get("file"), manifest.get("generation_file"),
+            manifest.get("reference_file")]
+    beside = [sig.get("host_file")] + [seg.get("file") for seg in sig.get("segments") or []]
+    beside += list(model.get("accelerated_files") or [])
+    refs += [beside_model(manifest, n) if isinstance(n, str) and model.get("file") else n for n in beside if n]
+    return [r for r in refs if r is not None]
+
+
+def listed_file(root: Path, manifest: dict, rel) -> Path:
+    """`root / rel` when `rel` is listed in the manifest's files and stays inside `root`; else BundleError."""
+    listed = {rec.get("path") for rec in manifest.get("files", [])}
+    if not isinstance(rel, str) or not _plain(rel):
+        raise BundleError(f"{root}: manifest names a file outside the bundle: {rel!r}")
+    if PurePosixPath(rel).as_posix() not in listed:
+        raise BundleError(f"{root}: manifest names '{rel}' for the device to open, but it is not among the "
+                          "manifest's checked files; refusing an unverified file")
+    p = (root / rel).resolve()
+    if root.resolve() not in p.parents:
+        raise BundleError(f"{root}: manifest names a file outside the bundle: {rel!r}")
+    return root / rel
 
 
 def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) -> Bundle:
@@ -141,7 +192,8 @@ def _read_manifest(root: Path) -> dict:
 
 
 def verify_files(root: Path, manifest: dict) -> None:
-    """Check each listed file exists with the recorded size and sha256; raise BundleError naming it."""
+    """Check each listed file exists with the recorded size and sha256, and that every file the
+    device opens is one of them (inside the bundle); raise BundleError naming it."""
     for rec in manifest["files"]:
         rel = rec["path"]
         p = (root / rel).resolve()
@@ -156,6 +208,8 @@ def verify_files(root: Path, manifest: dict) -> None:
             )
         if sha256_file(p) != rec["sha256"]:
             raise BundleError(f"{root}: file '{rel}' fails its sha256 check (modified or corrupted)")
+    for rel in referenced_files(manifest):
+        listed_file(root, manifest, rel)
 
 
 def load_bundle(path: str | os.PathLike, extract_to: Path | None = None) -> Bundle:

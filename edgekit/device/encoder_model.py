@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.core.bundle import sibling_file
+
 
 def encoder_inputs(tables: dict, ids: list[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(embeds [1,L,hidden], mask [1,L]) for token `ids`, zero-padded to `length` if given."""
@@ -52,7 +54,7 @@ class SentenceEncoder:
 
 
 def _tables(model_path, signature) -> dict:
-    with np.load(str(Path(model_path).parent / signature["host_file"])) as z:
+    with np.load(str(sibling_file(Path(model_path).parent, signature["host_file"]))) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -88,9 +88,7 @@ def bundle_reference(bundle: Bundle) -> Reference | None:
     rel = bundle.manifest.get("reference_file")
     if not rel:
         return None
-    if rel not in {f["path"] for f in bundle.manifest["files"]}:
-        raise BundleError(f"{bundle.root}: reference file '{rel}' is not among the manifest's checked files")
-    return read(bundle.path(rel))
+    return read(bundle.file(rel))  # listed (so its sha256 was checked) and inside the bundle, or BundleError
 
 
 def _teacher_forced(model, ref: Reference) -> dict:

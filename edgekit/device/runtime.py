@@ -125,10 +125,10 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         m = dict(m, model=model)
     model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
     tok_info = m["tokenizer"]
-    tokenizer = TextTokenizer.from_file(bundle.path(tok_info["file"]), tok_info["eos_token_ids"])
+    tokenizer = TextTokenizer.from_file(bundle.file(tok_info["file"]), tok_info["eos_token_ids"])
     generation = {}
     if m.get("generation_file"):
-        generation = json.loads(bundle.path(m["generation_file"]).read_text(encoding="utf-8"))
+        generation = json.loads(bundle.file(m["generation_file"]).read_text(encoding="utf-8"))
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads,
                        threads_source=threads_source)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.core.bundle import sibling_file
 from edgekit.device.tflite_model import RecordingRunner, _Sig, make_interpreter
 
 
@@ -35,9 +36,9 @@ def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record
     for seg in signature["segments"]:
         name = seg["file"]
         tpu_name = name.replace(".tflite", "_edgetpu.tflite")
-        interp, accel = make_interpreter(folder / name, threads, model.get("delegate", "none"),
+        interp, accel = make_interpreter(sibling_file(folder, name), threads, model.get("delegate", "none"),
                                          model.get("delegate_library", ""), model.get("delegate_options"),
-                                         folder / tpu_name if tpu_name in compiled else None)
+                                         sibling_file(folder, tpu_name) if tpu_name in compiled else None)
         raw = interp.get_signature_runner()
         rec = RecordingRunner(raw, []) if record else None
         sig = _Sig(rec or raw, length_input=0, length_axis=0)
@@ -221,7 +222,7 @@ def _open(cls, model_path, manifest: dict, threads: int, session):
     folder = Path(model_path).parent
     runners = session if session is not None else open_segment_runners(folder, sig, threads,
                                                                         model=manifest.get("model", {}))
-    with np.load(str(folder / sig["host_file"])) as z:
+    with np.load(str(sibling_file(folder, sig["host_file"]))) as z:
         tables = {k: z[k] for k in z.files}
     return cls(runners, sig, tables)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.core.bundle import sibling_file
 from edgekit.device import tflite_resident
 
 log = logging.getLogger("edgekit.device")
@@ -251,9 +252,9 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
         has_compiled = compiled in (model.get("accelerated_files") or [])
         session, accel = make_interpreter(model_path, threads, model.get("delegate", "none"),
                                           model.get("delegate_library", ""), model.get("delegate_options"),
-                                          Path(model_path).parent / compiled if has_compiled else None)
+                                          sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
     sig = manifest["signature"]
-    with np.load(str(Path(model_path).parent / sig["host_file"])) as z:
+    with np.load(str(sibling_file(Path(model_path).parent, sig["host_file"]))) as z:
         tables = {k: z[k] for k in z.files}
     lm = TfliteCausalLM(session, sig, tables)
     lm.accelerator = accel
