@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -121,19 +122,28 @@ def test_props_states_the_limits(client):
                       "max_prompt_chars": 1024}
 
 
-@pytest.fixture
-def live():
-    """A real uvicorn serving the app on a loopback port (limit 1 MiB, the default)."""
+@contextmanager
+def _serving(app):
+    """A real uvicorn serving `app` on a loopback port: yields the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(_loaded()), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def live():
+    """The toy model served by a real uvicorn (body limit 1 MiB, the default)."""
+    with _serving(create_app(_loaded())) as port:
+        yield port
 
 
 def _rss_bytes() -> int:
@@ -212,3 +222,43 @@ def test_half_sent_requests_do_not_delay_health(live):
     finally:
         for s in socks:
             s.close()
+
+
+class SlowTokenizer(FakeTokenizer):
+    """Encoding takes `seconds` of wall time (as a long prompt does on a Pi's CPU)."""
+
+    seconds = 1.5
+
+    def encode(self, text, add_special_tokens=True):
+        time.sleep(self.seconds)
+        return super().encode(text, add_special_tokens)
+
+
+def _post(port: int, body: bytes, results: list) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        reply = b""
+        while more := s.recv(65536):
+            reply += more
+    results.append(reply)
+
+
+def test_megabyte_prompts_get_4xx_while_health_answers_within_a_second():
+    loaded = _loaded()
+    loaded.tokenizer = SlowTokenizer()
+    with _serving(create_app(loaded)) as port:
+        results, threads = [], []
+        bodies = [json.dumps({"prompt": "a" * 1_000_000}).encode()] * 4  # 1 MB: refused before tokenizing
+        bodies += [json.dumps({"prompt": "ab", "max_tokens": 1}).encode()] * 2  # tokenized: 1.5 s each
+        for body in bodies:
+            threads.append(threading.Thread(target=_post, args=(port, body, results)))
+            threads[-1].start()
+        time.sleep(0.2)
+        waits = [_health_seconds(port) for _ in range(5)]
+        for t in threads:
+            t.join(30)
+    assert max(waits) < 1.0, waits
+    status = sorted(int(r.split(b" ", 2)[1]) for r in results)
+    assert status == [200, 200, 400, 400, 400, 400], results
+    assert all(b"1000000 characters" in r for r in results if b" 400 " in r[:16])

@@ -2,7 +2,9 @@
 
 Works with any model object that has `new_cache()` and `forward(ids, cache, last_only=False) ->
 logits [S, V]` (with `last_only`, [1, V] of the last token: all a prompt's prefill needs).
-Time comes from an injected clock (default time.perf_counter). Timings are seconds.
+Text is detokenized incrementally (edgekit.device.tokenizer.IncrementalText: a constant cost per
+token) and only the held-back tail is searched for stop strings. Time comes from an injected clock
+(default time.perf_counter). Timings are seconds.
 May import: stdlib, numpy, edgekit.core, edgekit.device.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from edgekit.device.sampling import Sampler
+from edgekit.device.tokenizer import IncrementalText
 
 
 @dataclass
@@ -37,8 +40,9 @@ class GenerationResult:
 
 
 def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters of `text` could still become a stop string (or a split char)."""
-    hold = 1 if text.endswith("\ufffd") else 0  # an incomplete UTF-8 sequence from byte fallback
+    """How many trailing characters of `text` could still become a stop string (at most the longest
+    stop string's length - 1: the request limits bound it)."""
+    hold = 0
     for s in stops:
         for k in range(min(len(s) - 1, len(text)), 0, -1):
             if text.endswith(s[:k]):
@@ -64,31 +68,30 @@ def generate(
     """
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
-    prompt_text = tokenizer.decode(prompt_ids)
+    detok = IncrementalText(tokenizer, prompt_ids)
     cache = model.new_cache()
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
-    emitted = 0
+    sent: list[str] = []  # text yielded so far; `pending` is produced but held back (a possible stop string)
+    pending, hit = "", False
     t0 = clock()
     logits = model.forward(prompt_ids, cache, last_only=True)[-1]
     result.prefill_seconds = clock() - t0
     t_decode = clock()
-    text = ""
     while result.completion_tokens < budget:
         token = sampler(logits)
         if token in tokenizer.eos_token_ids:
             result.finish_reason = "stop"
             break
         result.token_ids.append(token)
-        text = tokenizer.completion_text(prompt_ids, result.token_ids, prompt_text)
-        hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-        if hits:
-            text = text[: min(hits)]
+        pending, hit = _cut_at_stop(pending + detok.add(token), stops)
+        if hit:
             result.finish_reason = "stop"
             break
-        safe = len(text) - _held_back(text, stops)
-        if safe > emitted:
-            yield text[emitted:safe]
-            emitted = safe
+        safe = len(pending) - _held_back(pending, stops)
+        if safe > 0:
+            sent.append(pending[:safe])
+            yield pending[:safe]
+            pending = pending[safe:]
         if should_stop is not None and should_stop():
             result.finish_reason = "cancelled"
             break
@@ -96,10 +99,21 @@ def generate(
             break
         logits = model.forward([token], cache)[-1]
     result.decode_seconds = clock() - t_decode
-    if len(text) > emitted:
-        yield text[emitted:]
-    result.text = text
+    if not hit:  # a character still split at the end, then the last check for a stop string
+        pending, hit = _cut_at_stop(pending + detok.flush(), stops)
+        result.finish_reason = "stop" if hit else result.finish_reason
+    if pending:
+        sent.append(pending)
+        yield pending
+    result.text = "".join(sent)
     return result
+
+
+def _cut_at_stop(pending: str, stops: list[str]) -> tuple[str, bool]:
+    """(`pending` up to the first stop string in it, whether there was one). Text already sent cannot
+    hold the start of a stop string (it was held back), so only `pending` is searched."""
+    hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+    return (pending[: min(hits)], True) if hits else (pending, False)
 
 
 def drain(gen: Iterator[str]) -> GenerationResult:
