@@ -39,7 +39,12 @@ DEVICE = [
     "numpy>=1.26",
     "psutil>=5.9",
     f"onnxruntime>=1.20; {_on(_ORT_MACHINES)}",
-    f"ai-edge-litert>=1.2; {_on(_LITERT_MACHINES)}",
+    # Upper bound = the newest release tested (2.3.0, 2026-11-30): the zero-copy KV cache
+    # (edgekit/device/tflite_resident.py) calls private interpreter internals (_interpreter_wrapper,
+    # _subgraph_index, tensor/Invoke) that a release may change. Such a change is caught at load by a
+    # self-check against the public SignatureRunner (then the public path is used), but raise the bound
+    # only after the full tier passes on the new release.
+    f"ai-edge-litert>=1.2,<2.4; {_on(_LITERT_MACHINES)}",
     "tokenizers>=0.20",  # pulls huggingface_hub (pure Python); no torch
     "starlette>=0.40",
     "uvicorn>=0.30",

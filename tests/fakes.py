@@ -218,3 +218,83 @@ class BigramModel:
         cache.length += len(token_ids)
         rows = (self.table + self.noise)[np.asarray(token_ids)]
         return rows[-1:] if last_only else rows
+
+
+class FakeLiteRT:
+    """A LiteRT-like interpreter for a 1-layer static-cache decoder (signatures `prefill` of 4 tokens and
+    `decode`), with the public SignatureRunner call and the private internals the zero-copy path uses
+    (`_interpreter_wrapper.tensor/AllocateTensors/Invoke`, `_subgraph_index`). `internals`: "real" (views
+    of the tensors, as LiteRT), "copies" (tensor() returns copies: writes are lost, as if a release
+    changed the semantics) or "missing-invoke" (Invoke raises AttributeError)."""
+
+    CACHE, HIDDEN, VOCAB = 8, 2, 5
+
+    def __init__(self, internals: str = "real"):
+        self.internals = internals
+        self.tensors: dict[int, np.ndarray] = {}
+        self.sigs = {name: self._signature(base, t) for name, base, t in (("prefill", 0, 4), ("decode", 100, 1))}
+
+    def _signature(self, base: int, t: int) -> dict:
+        c, h = self.CACHE, self.HIDDEN
+        shapes = [(1, t, h), (t,), (t, h), (t, h), (1, 1, t, c), (1, 1, c, h), (1, 1, c, h)]
+        ins = {f"args_{i}": {"index": base + i, "shape": np.array(s), "dtype": np.int32 if i == 1 else np.float32,
+                             "quantization_parameters": {"scales": np.array([])}} for i, s in enumerate(shapes)}
+        outs = {f"output_{i}": {"index": base + 50 + i, "shape": np.array(s), "dtype": np.float32,
+                                "quantization_parameters": {"scales": np.array([])}}
+                for i, s in enumerate([(1, t, self.VOCAB), (1, 1, c, h), (1, 1, c, h)])}
+        for d in [*ins.values(), *outs.values()]:
+            fill = np.nan if d["dtype"] == np.float32 else 0  # fresh tensor memory: garbage
+            self.tensors[d["index"]] = np.full(tuple(d["shape"]), fill, dtype=d["dtype"])
+        return {"ins": ins, "outs": outs, "base": base}
+
+    def invoke(self, sig: dict) -> None:
+        x = [self.tensors[sig["base"] + i] for i in range(7)]
+        embeds, pos, mask, k, v = x[0], x[1], x[4], x[5].copy(), x[6].copy()
+        for row, p in enumerate(pos):
+            k[0, 0, p], v[0, 0, p] = embeds[0, row], 2 * embeds[0, row]
+        seen = (mask[0, 0] == 0).astype(np.float32)  # [t, cache]
+        score = seen @ (k[0, 0].sum(-1) + v[0, 0].sum(-1))  # [t]
+        logits = score[:, None] * np.arange(1, self.VOCAB + 1, dtype=np.float32) + embeds[0].sum(-1, keepdims=True)
+        for i, out in enumerate([logits[None], k, v]):
+            self.tensors[sig["base"] + 50 + i][...] = out
+
+    def get_signature_runner(self, name: str):
+        return _FakeRunner(self, self.sigs[name])
+
+
+class _FakeWrapper:
+    def __init__(self, interp: FakeLiteRT):
+        self.interp = interp
+
+    def tensor(self, _wrapper, index: int, _subgraph):
+        t = self.interp.tensors[index]
+        return t.copy() if self.interp.internals == "copies" else t
+
+    def AllocateTensors(self, _subgraph):  # noqa: N802 (LiteRT's spelling)
+        pass
+
+    def Invoke(self, subgraph):  # noqa: N802
+        if self.interp.internals == "missing-invoke":
+            raise AttributeError("'InterpreterWrapper' object has no attribute 'Invoke'")
+        self.interp.invoke(self.interp.sigs["prefill" if subgraph == 0 else "decode"])
+
+
+class _FakeRunner:
+    """The public SignatureRunner: copies feeds in, invokes, copies outputs out."""
+
+    def __init__(self, interp: FakeLiteRT, sig: dict):
+        self.interp, self.sig = interp, sig
+        self._interpreter_wrapper = _FakeWrapper(interp)
+        self._subgraph_index = 0 if sig["base"] == 0 else 1
+
+    def get_input_details(self):
+        return self.sig["ins"]
+
+    def get_output_details(self):
+        return self.sig["outs"]
+
+    def __call__(self, **feeds):
+        for name, value in feeds.items():
+            self.interp.tensors[self.sig["ins"][name]["index"]][...] = value
+        self.interp.invoke(self.sig)
+        return {n: self.interp.tensors[d["index"]].copy() for n, d in self.sig["outs"].items()}

@@ -49,6 +49,7 @@ class LoadedModel:
             "name": m["name"], "task": m["task"], "target": m["target"]["name"], "format": m["model"]["format"],
             "precision": m["model"]["precision"], "runtime": m["model"]["runtime"],
             "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
+            "zero_copy": getattr(self.model, "zero_copy", None),  # LiteRT: the KV cache kept in the interpreter
             "threads": self.threads, "threads_source": self.threads_source, "cpus_available": available_cpus(),
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),

@@ -33,6 +33,7 @@ from edgekit.device import tflite_resident
 
 log = logging.getLogger("edgekit.device")
 _WARNED: set[str] = set()  # delegate libraries that failed to load (warned about once)
+_ZERO_COPY_WARNED: list[str] = []  # the zero-copy self-check's failure, warned about once per process
 
 
 @dataclass(eq=False)
@@ -139,9 +140,36 @@ class TfliteCausalLM:
         self._resident = None
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
+        self.zero_copy = "off"
         if zero_copy and tflite_resident.supported(interpreter):
             self._resident = tflite_resident.ResidentCaches(interpreter, {self.prefill: "prefill",
                                                                          self.decode: "decode"})
+            self._check_resident()
+
+    def _check_resident(self) -> None:
+        """One decode step through the zero-copy path and through the public SignatureRunner on an empty
+        cache: on any difference or error, use the public path from now on (logged once per process).
+        The zero-copy path calls private interpreter internals that a LiteRT release may change."""
+        resident = self._resident
+        token = [min(1, len(self.embed) - 1)]
+        try:  # zero-copy first: the public call would leave these very inputs in the tensors
+            got = self._step(self.decode, token, 0, StaticCache([], 0))
+            resident.owner = resident.where = None  # the check's cache rows are left as masked slots
+            self._resident = None
+            want = self._step(self.decode, token, 0, StaticCache([np.zeros(self.cache_shape, np.float32)
+                                                                  for _ in range(self.n_kv)], 0))
+            same = got.shape == want.shape and bool(np.all(np.isfinite(got))) and np.allclose(got, want, 1e-5, 1e-5)
+            reason = None if same else f"logits differ (max |difference| {float(np.max(np.abs(got - want))):.3g})"
+        except Exception as exc:  # whatever the private internals raise: the public path still works
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            self._resident, self.zero_copy = resident, "on"
+            return
+        self._resident, self.zero_copy = None, f"off (self-check failed: {reason})"
+        if not _ZERO_COPY_WARNED:
+            _ZERO_COPY_WARNED.append(reason)
+            log.warning("LiteRT zero-copy KV cache disabled: its load-time self-check against the public "
+                        "SignatureRunner failed (%s); using the public path", reason)
 
     def embed_rows(self, ids: np.ndarray) -> np.ndarray:
         rows = self.embed[ids].astype(np.float32)
