@@ -11,15 +11,15 @@ USB/peripherals and the regulators' own losses.
 `vcgencmd pmic_read_adc` with a 2 s timeout). Each read forks a process (~24 ms on a Pi 5), so the
 source is `slow`: only the sampler thread reads it, never a request (see meter.py).
 
-May import: stdlib, edgekit.device.power.base.
+May import: stdlib, edgekit.device.power (base, vcgencmd).
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
 from typing import Callable
 
+from edgekit.device.power.vcgencmd import runner
 from edgekit.device.power.base import PowerSource, Sample, SourceUnavailable
 
 _LINE = re.compile(r"^\s*(?P<rail>\S+)_(?P<kind>[AV])\s+(?:current|volt)\(\d+\)=(?P<value>[-+0-9.eE]+)[AV]\s*$")
@@ -46,22 +46,8 @@ def parse_pmic_adc(text: str) -> tuple[dict[str, float], list[str]]:
 def vcgencmd_runner(executable: str = "vcgencmd", timeout_seconds: float = 2.0) -> Callable[[], str]:
     """A callable running `<executable> pmic_read_adc` and returning its stdout; FileNotFoundError
     when the command is missing, OSError (with its stderr) when it fails or times out."""
-
-    def run() -> str:
-        try:
-            proc = subprocess.run([executable, "pmic_read_adc"], capture_output=True, text=True,
-                                  timeout=timeout_seconds)
-        except FileNotFoundError:
-            raise FileNotFoundError(NOT_FOUND) from None
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"{executable} pmic_read_adc did not answer within {timeout_seconds:g} s") from None
-        if proc.returncode != 0:
-            said = (proc.stderr.strip() or proc.stdout.strip())[:300]
-            raise OSError(f"{executable} pmic_read_adc failed (exit {proc.returncode}): {said or 'no output'} "
-                          "(needs a Raspberry Pi 5 and access to /dev/vcio: add the user to the video group)")
-        return proc.stdout
-
-    return run
+    return runner("pmic_read_adc", executable, timeout_seconds, not_found=NOT_FOUND,
+                  failure_hint="needs a Raspberry Pi 5 and access to /dev/vcio: add the user to the video group")
 
 
 class RpiPmicSource(PowerSource):

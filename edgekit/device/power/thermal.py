@@ -13,14 +13,13 @@ never run in a request's path) and keeps recent readings, so a request asks `mar
 starts and `summary(mark)` when it ends: temperatures at both edges and whether any reading from
 the one before the start to the end showed a throttle condition active.
 
-May import: stdlib.
+May import: stdlib, edgekit.device.power.vcgencmd.
 """
 
 from __future__ import annotations
 
 import collections
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -80,21 +79,9 @@ def flag_names(bits: int | None) -> list[str] | None:
 def throttled_runner(executable: str = "vcgencmd", timeout_seconds: float = 2.0) -> Callable[[], str]:
     """A callable running `<executable> get_throttled`; FileNotFoundError when it is missing,
     OSError when it fails or times out."""
+    from edgekit.device.power.vcgencmd import runner
 
-    def run() -> str:
-        try:
-            proc = subprocess.run([executable, "get_throttled"], capture_output=True, text=True,
-                                  timeout=timeout_seconds)
-        except FileNotFoundError:
-            raise FileNotFoundError(NO_VCGENCMD) from None
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"{executable} get_throttled did not answer within {timeout_seconds:g} s") from None
-        if proc.returncode != 0:
-            raise OSError(f"{executable} get_throttled failed (exit {proc.returncode}): "
-                          f"{(proc.stderr.strip() or proc.stdout.strip())[:200] or 'no output'}")
-        return proc.stdout
-
-    return run
+    return runner("get_throttled", executable, timeout_seconds, not_found=NO_VCGENCMD)
 
 
 @dataclass(frozen=True)
