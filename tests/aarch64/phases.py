@@ -218,6 +218,31 @@ class Run:
             self.check(f"{name} inspect {t} tar", ([] if r["rc"] == 0 else [f"rc {r['rc']}: {checks.last_line(r['stderr'])}"])
                        + ([f"{len(left)} file(s) left in TMPDIR"] if left else []), dict(r, tmpdir_files=left[:5]))
 
+    def power(self, name: str, g, venv: Path) -> None:
+        """`edgekit power` on the emulated Pi 5 (device-tree model in the sysroot): with the recorded-output
+        stand-in vcgencmd (bench/pi5) on PATH it must pick rpi-pmic, measured; without one, the rpi5
+        estimate (measured: false), never an x86 profile."""
+        scratch = self.work / f"power-{name}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        env = dict(g.env(), EDGEKIT_VCGENCMD_SECONDS="0.024")
+        for label, path in (("pmic", f"{self.repo / 'bench' / 'pi5'}:{env.get('PATH', '')}"),
+                            ("no vcgencmd", env.get("PATH", ""))):
+            r = checks.run_cli(g.edgekit(venv, "power", "--json", "--seconds", "0.3", "--target", "arm-cpu"),
+                               dict(env, PATH=path), cwd=scratch)
+            problems = [] if r["rc"] == 0 else [f"rc {r['rc']}: {checks.last_line(r['stderr'])}"]
+            try:
+                rows = json.loads(r["stdout"])
+            except ValueError:
+                rows = []
+            chosen = next((row for row in rows if row.get("available")), {})
+            want = ("rpi-pmic", True) if label == "pmic" else ("estimate", False)
+            if (chosen.get("source"), chosen.get("measured")) != want:
+                problems.append(f"auto would use {chosen.get('source')} (measured {chosen.get('measured')}), want {want}")
+            if "x86" in json.dumps(chosen):
+                problems.append("the chosen source mentions x86 on a Pi 5")
+            self.check(f"{name} power {label}", problems, {"chosen": chosen, "rc": r["rc"]},
+                       note=f"{chosen.get('source')}: {str(chosen.get('detail', ''))[:80]}")
+
     def hostile(self, name: str, g, venv: Path, bundles: dict) -> None:
         t = next(iter(bundles))
         outside = self.work / "outside"

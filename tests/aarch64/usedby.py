@@ -93,6 +93,8 @@ def _all(run: "phases.Run", args, rels, qemu: str, binfmt: bool) -> None:
             run.guest_bundles(name, g, venvs[name], bundles, reference)
         with run.phase(f"tar-safety-{name}"):
             run.hostile(name, g, venvs[name], bundles)
+        with run.phase(f"power-{name}"):
+            run.power(name, g, venvs[name])
     for name in tier:
         if venvs.get(name) is not None:
             with run.phase(f"test-tier-{name}"):
