@@ -16,26 +16,17 @@ May import: stdlib, edgekit.core.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from edgekit.core.bundle import sha256_file
 from edgekit.core.errors import BundleError
 
 KEEP = 3
 _READY = ".edgekit-extracted"  # written last: a cache folder without it is incomplete
-
-
-def archive_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of the archive file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _umask() -> int:
@@ -96,7 +87,7 @@ def _evict(cache: Path, keep: int, current: Path) -> None:
 
 def extract_cached(archive: Path, cache: Path, keep: int = KEEP) -> Path:
     """The folder holding `archive`'s contents, extracted once under `cache/<sha256>/` and reused."""
-    digest = archive_sha256(archive)
+    digest = sha256_file(archive)
     final = cache / digest
     if (final / _READY).is_file():
         os.utime(final / _READY)  # most recently used
