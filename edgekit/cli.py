@@ -26,8 +26,9 @@ def cli():
     offline while logging power and energy.
 
     \b
-    Workstation:  edgekit build --target onnx-cpu --recipe stories260k
-    Device:       edgekit serve dist/stories260k-onnx-cpu
+    Workstation:  edgekit build --target arm-cpu --recipe stories260k --tar
+    Device:       edgekit verify stories260k-arm-cpu.tar
+                  edgekit serve stories260k-arm-cpu.tar --verify
     """
 
 
