@@ -125,7 +125,7 @@ def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) ->
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp_manifest, staging / MANIFEST)
 
-    _make_readable(staging)
+    make_readable(staging)
     if out.exists() and not (out / MANIFEST).is_file():
         raise BundleError(f"{out} exists and is not an edgekit bundle; refusing to replace it")
     old = None
@@ -155,9 +155,10 @@ def bundle_log_name(manifest: dict) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
 
 
-def _make_readable(root: Path) -> None:
-    """Directories 0755 and files 0644 (less the umask): the staging folder comes from mkdtemp (0700),
-    and a bundle copied with its permissions must stay readable by a service user on the device."""
+def make_readable(root: Path) -> None:
+    """Directories 0755 and files 0644 (less the umask) under `root`, itself included: a staging folder
+    comes from mkdtemp (0700), and a bundle copied with its permissions (or extracted from a .tar) must
+    stay readable by a service user on the device."""
     mask = os.umask(0o022)
     os.umask(mask)
     for p in [root, *root.rglob("*")]:

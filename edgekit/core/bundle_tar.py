@@ -22,17 +22,11 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edgekit.core.bundle import sha256_file
+from edgekit.core.bundle import make_readable, sha256_file
 from edgekit.core.errors import BundleError
 
 KEEP = 3
 _READY = ".edgekit-extracted"  # written last: a cache folder without it is incomplete
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:
@@ -52,7 +46,6 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
 
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract `archive` into the existing directory `dest`, refusing unsafe members (BundleError)."""
-    mask = _umask()
     try:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
@@ -64,17 +57,14 @@ def safe_extract(archive: Path, dest: Path) -> None:
                 target = dest.joinpath(*PurePosixPath(m.name).parts)
                 if m.isdir():
                     target.mkdir(parents=True, exist_ok=True)
-                    os.chmod(target, 0o777 & ~mask)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 src = tf.extractfile(m)
                 with src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
-                os.chmod(target, 0o666 & ~mask)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BundleError(f"{archive}: cannot extract bundle: {exc}") from None
-    for d in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
-        os.chmod(d, 0o777 & ~mask)
+    make_readable(dest)
 
 
 def _evict(cache: Path, keep: int, current: Path) -> None:
