@@ -11,11 +11,10 @@ Sessions/interpreters are injected, so tests can pass fakes. May import: stdlib,
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from edgekit.core.bundle import sibling_file
+from edgekit.device.tflite_model import load_host_tables
 
 
 def encoder_inputs(tables: dict, ids: list[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,11 +52,6 @@ class SentenceEncoder:
         return np.stack(out)
 
 
-def _tables(model_path, signature) -> dict:
-    with np.load(str(sibling_file(Path(model_path).parent, signature["host_file"]))) as z:
-        return {k: z[k] for k in z.files}
-
-
 def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
     if session is None:
         from edgekit.device.onnx_model import ort_session
@@ -68,7 +62,7 @@ def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None
         return session.run(["embedding"], {"embeds": embeds, "mask": mask})[0]
 
     sig = manifest["signature"]
-    enc = SentenceEncoder(run, _tables(model_path, sig), sig["max_sequence_length"], None)
+    enc = SentenceEncoder(run, load_host_tables(model_path, sig), sig["max_sequence_length"], None)
     enc.accelerator = "cpu (onnxruntime)"
     return enc
 
@@ -86,6 +80,6 @@ def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=No
         return sig_runner([embeds, mask])[0]
 
     sig = manifest["signature"]
-    enc = SentenceEncoder(run, _tables(model_path, sig), sig["max_sequence_length"], sig["max_sequence_length"])
+    enc = SentenceEncoder(run, load_host_tables(model_path, sig), sig["max_sequence_length"], sig["max_sequence_length"])
     enc.accelerator = accel
     return enc

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
-from edgekit.device.tflite_model import RecordingRunner, _Sig, make_interpreter
+from edgekit.device.tflite_model import RecordingRunner, _Sig, load_host_tables, make_interpreter
 
 
 @dataclass
@@ -222,9 +222,7 @@ def _open(cls, model_path, manifest: dict, threads: int, session):
     folder = Path(model_path).parent
     runners = session if session is not None else open_segment_runners(folder, sig, threads,
                                                                         model=manifest.get("model", {}))
-    with np.load(str(sibling_file(folder, sig["host_file"]))) as z:
-        tables = {k: z[k] for k in z.files}
-    return cls(runners, sig, tables)
+    return cls(runners, sig, load_host_tables(model_path, sig))
 
 
 def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedCausalLM:

@@ -271,6 +271,13 @@ def make_interpreter(model_path, threads: int = 0, delegate: str = "none", deleg
     return lite.Interpreter(**kwargs), "cpu (xnnpack)"
 
 
+def load_host_tables(model_path, signature: dict) -> dict:
+    """The host-side lookup tables (token embeddings, rotary or position rows, scales) that the
+    signature's `host_file` holds beside the model file, as arrays by name."""
+    with np.load(str(sibling_file(Path(model_path).parent, signature["host_file"]))) as z:
+        return {k: z[k] for k in z.files}
+
+
 def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
     model = manifest["model"]
@@ -282,8 +289,6 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
                                           model.get("delegate_library", ""), model.get("delegate_options"),
                                           sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
     sig = manifest["signature"]
-    with np.load(str(sibling_file(Path(model_path).parent, sig["host_file"]))) as z:
-        tables = {k: z[k] for k in z.files}
-    lm = TfliteCausalLM(session, sig, tables)
+    lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.accelerator = accel
     return lm
