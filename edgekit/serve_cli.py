@@ -69,8 +69,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     """
     import uvicorn
 
-    from edgekit.core.bundle import load_bundle
-    from edgekit.core.bundle import bundle_log_name
+    from edgekit.core.bundle import bundle_log_name, load_bundle
     from edgekit.core.paths import edgekit_home
     from edgekit.device.runtime import open_model, runner_for
     from edgekit.device.server import create_app
@@ -85,7 +84,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     b = load_bundle(bundle)  # sha256 of every file, before anything listens
     runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
     name = b.manifest["name"]
-    log_path = request_log or edgekit_home() / "logs" / f"{bundle_log_name(b.manifest)}-requests.jsonl"
+    logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
+    log_path = request_log or logs / f"{stem}-requests.jsonl"
 
     def loader():
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None)
@@ -103,7 +103,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     from edgekit.device.power.thermal import start_monitor
 
     thermal = start_monitor(say=lambda line: click.echo(f"edgekit serve: {line}", err=True))
-    session = _power_session(b, name, power, list(power_channels), board, power_hz, power_log, power_log_max_mb,
+    session = _power_session(b, power, list(power_channels), board, power_hz,
+                             power_log or logs / f"{stem}-power.jsonl", power_log_max_mb,
                              grid_intensity, country, thermal)
     if session is not None and subtract_idle:
         plain_loader = loader
@@ -148,10 +149,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     click.echo("edgekit serve: stopped", err=True)
 
 
-def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, grams_per_kwh, country, thermal=None):
-    """The started PowerSession for `--power`, or None for `--power none`."""
-    from edgekit.core.bundle import bundle_log_name
-    from edgekit.core.paths import edgekit_home
+def _power_session(b, power, channels, board, hz, path, log_max_mb, grams_per_kwh, country, thermal=None):
+    """The started PowerSession for `--power` logging to `path`, or None for `--power none`."""
     from edgekit.device.power.co2 import grid_intensity
     from edgekit.device.power.probe import Machine
     from edgekit.device.power.session import PowerSession
@@ -167,7 +166,6 @@ def _power_session(b, name, power, channels, board, hz, log_path, log_max_mb, gr
                          log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
     if source is None:
         return None
-    path = log_path or edgekit_home() / "logs" / f"{bundle_log_name(b.manifest)}-power.jsonl"
     try:
         session = PowerSession(source, hz=hz, log_path=path, log_max_bytes=int(log_max_mb * 1e6), intensity=intensity,
                                battery=lambda: battery_percent(machine.power_supply, machine.battery_info),

@@ -68,10 +68,10 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         result, window = (work(), None) if meter is None else meter.measure(name, work)
         return result, window, None if thermal is None else thermal.summary(mark)
 
-    def usage_of(res, window, heat) -> dict:
-        usage = _usage(res)
+    def with_meters(usage: dict, window, tokens: int, heat) -> dict:
+        """`usage` plus `energy` (joules per one of `tokens`) and `thermal`, where measured."""
         if window is not None:
-            usage["energy"] = energy_usage(window, res.completion_tokens, intensity)
+            usage["energy"] = energy_usage(window, tokens, intensity)
         if heat is not None:
             usage["thermal"] = heat
         return usage
@@ -177,11 +177,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
         finally:
             admission.release()
         tokens = sum(map(len, ids))
-        usage = {"prompt_tokens": tokens, "completion_tokens": 0}
-        if window is not None:
-            usage["energy"] = energy_usage(window, tokens, intensity)
-        if heat is not None:
-            usage["thermal"] = heat
+        usage = with_meters({"prompt_tokens": tokens, "completion_tokens": 0}, window, tokens, heat)
         finish(route, 200, started, usage)
         return JSONResponse(embeddings_body(vectors, fmt, model().name, tokens))
 
@@ -252,7 +248,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
                 try:
                     with lock:
                         res, window, heat = metered(cid, run)
-                    usage = usage_of(res, window, heat)
+                    usage = with_meters(_usage(res), window, res.completion_tokens, heat)
                     channel.put(("done", (res, "".join(parts), usage)))
                     if params["stream"]:  # logged here: a disconnected client never reads "done"
                         status = 504 if timed_out(res) else 499 if res.finish_reason == "cancelled" else 200
