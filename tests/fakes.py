@@ -298,3 +298,13 @@ class _FakeRunner:
             self.interp.tensors[self.sig["ins"][name]["index"]][...] = value
         self.interp.invoke(self.sig)
         return {n: self.interp.tensors[d["index"]].copy() for n, d in self.sig["outs"].items()}
+
+
+def run_generation(gen) -> tuple[list[str], object]:
+    """(every text delta a `generate` generator yields, its GenerationResult)."""
+    deltas = []
+    while True:
+        try:
+            deltas.append(next(gen))
+        except StopIteration as stop:
+            return deltas, stop.value

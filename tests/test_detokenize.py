@@ -11,7 +11,7 @@ from edgekit.device.generate import drain, generate
 from edgekit.device.sampling import Sampler
 from edgekit.device.tokenizer import IncrementalText, TextTokenizer
 
-from fakes import ScriptedModel
+from fakes import ScriptedModel, run_generation
 
 
 def _llama_style(path) -> TextTokenizer:
@@ -78,13 +78,7 @@ def test_stop_string_split_across_pieces_is_cut_and_never_sent():
     from fakes import FakeTokenizer
 
     gen = generate(ScriptedModel([2, 3, 4, 5]), FakeTokenizer(), [0], 20, Sampler(0.0), stop=["da", "zz"])
-    sent = []
-    while True:
-        try:
-            sent.append(next(gen))
-        except StopIteration as stop:
-            res = stop.value
-            break
+    sent, res = run_generation(gen)
     assert "".join(sent) == res.text == "abc" and res.finish_reason == "stop"
 
 

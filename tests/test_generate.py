@@ -11,7 +11,7 @@ from edgekit.device.generate import drain, generate
 from edgekit.device.onnx_model import OnnxCausalLM
 from edgekit.device.sampling import Sampler
 
-from fakes import FakeOrtSession, FakeTokenizer, ScriptedModel
+from fakes import FakeOrtSession, FakeTokenizer, ScriptedModel, run_generation
 
 
 def test_greedy_prefills_once_then_one_token_per_step():
@@ -29,14 +29,7 @@ def test_eos_stops_with_reason_stop():
 
 def test_stop_string_truncates_and_is_never_streamed():
     model = ScriptedModel([2, 3, 4, 5, 6, 7])  # prompt [0] -> "abcdef..."
-    deltas = []
-    gen = generate(model, FakeTokenizer(), [0], 10, Sampler(0.0), stop=["cd"])
-    while True:
-        try:
-            deltas.append(next(gen))
-        except StopIteration as s:
-            res = s.value
-            break
+    deltas, res = run_generation(generate(model, FakeTokenizer(), [0], 10, Sampler(0.0), stop=["cd"]))
     assert res.text == "ab" and res.finish_reason == "stop"
     assert "".join(deltas) == "ab"  # the "c" that might have begun "cd" was held back, then dropped
 

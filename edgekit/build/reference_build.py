@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import platform
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,11 @@ from edgekit.build.verify import TOP_K, _torch_greedy, eval_token_ids
 from edgekit.device import quality
 from edgekit.device.reference import Reference, flatten, measure, save
 from edgekit.device.reference_check import judge
+from edgekit.device.runtimes import status
 
 WINDOW_TOKENS = 128  # tokens scored per window (plus one target)
 WINDOWS = 2  # held-out windows: 256 scored tokens keep a Pi's check to seconds
 MAX_SENTENCES = 24
-_RUNTIME_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert", "litert-segments": "ai-edge-litert"}
 
 
 def _topk(torch_model, seq: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -85,11 +84,8 @@ def encoder_reference(torch_model, tokenizer, sentences: list[str], max_len: int
 
 
 def _runtime_label(runtime: str) -> str:
-    dist = _RUNTIME_DISTRIBUTIONS.get(runtime)
-    try:
-        return f"{runtime} ({dist} {metadata.version(dist)})" if dist else runtime
-    except metadata.PackageNotFoundError:
-        return runtime
+    st = status(runtime)
+    return f"{runtime} ({st.package} {st.version})" if st.version else runtime
 
 
 def write_reference(ref: Reference, device_model, device_tokenizer, runtime: str, limits: dict, path: Path,

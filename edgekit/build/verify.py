@@ -17,24 +17,13 @@ import torch
 
 from edgekit.device import quality
 from edgekit.device.generate import drain, generate
+from edgekit.device.reference import shared_prefix
 from edgekit.device.sampling import Sampler
 
 # max_logit_diff is measured on the reference's top tokens at each position: the full-vocabulary
 # maximum is dominated by one of 49,152 rarely-sampled entries (SmolLM2 60-minute student, int8:
 # 7.5 over the whole vocabulary while perplexity moved 0.2% and every flip was a near-tie).
 TOP_K = 10
-
-
-def _shared_prefix(ref: list[int], got: list[int]) -> float:
-    n = max(len(ref), len(got))
-    if n == 0:
-        return 1.0
-    same = 0
-    for a, b in zip(ref, got):
-        if a != b:
-            break
-        same += 1
-    return same / n
 
 
 def _torch_greedy(model, ids: list[int], new_tokens: int, eos: set[int]) -> list[int]:
@@ -105,7 +94,7 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
         matched, total = matched + hits, total + len(ref_new)
         agree = hits / len(ref_new) if ref_new else 1.0
         got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
-        prefix = _shared_prefix(ref_new, got.token_ids)
+        prefix = shared_prefix(ref_new, got.token_ids)
         worst_prefix = min(worst_prefix, prefix)
         per_prompt.append({
             "prompt": prompt,

@@ -115,10 +115,15 @@ def _greedy_prefix(model, tokenizer, ref: Reference) -> float:
     worst = 1.0
     for prompt, new in zip(ref.ragged("prompt_ids"), ref.ragged("continuation_ids")):
         got = drain(generate(model, tokenizer, prompt, ref.meta["greedy_tokens"], Sampler(0.0))).token_ids
-        same = next((i for i, (a, b) in enumerate(zip(new, got)) if a != b), min(len(new), len(got)))
-        longest = max(len(new), len(got))
-        worst = min(worst, same / longest if longest else 1.0)
+        worst = min(worst, shared_prefix(new, got))
     return round(worst, 4)
+
+
+def shared_prefix(ref: list[int], got: list[int]) -> float:
+    """Leading tokens of `got` equal to `ref`'s, as a share of the longer of the two (1.0 when both are empty)."""
+    longest = max(len(ref), len(got))
+    same = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+    return same / longest if longest else 1.0
 
 
 def measure_causal(model, tokenizer, ref: Reference) -> dict:
