@@ -166,18 +166,19 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
 
         distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, max_minutes, max_steps, out, restart)
         return
-    from edgekit.build.distill import Budget, run_distill, settings_from_recipe
+    from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
     from edgekit.build.teacher import teacher_from_cli
 
     keep = _int_list(keep_layers)
-    settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
-                                    keep, auto_layers, ffn_ratio)
-    if not settings.keep_layers and not settings.auto_layers:
-        raise click.UsageError(f"recipe '{rcp.name}' keeps every layer; pass --keep-layers or --auto-layers")
     d = rcp.data["distill"]
     budget = Budget(max_steps=d["max_steps"] if max_steps is None else max_steps,
                     max_minutes=d["max_minutes"] if max_minutes is None else max_minutes,
                     checkpoint_every=checkpoint_every or d["checkpoint_every"], eval_every_minutes=eval_every_minutes)
+    settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
+                                    keep, auto_layers, ffn_ratio, max_minutes=budget.max_minutes)
+    if not settings.keep_layers and not settings.auto_layers:
+        raise click.UsageError(f"recipe '{rcp.name}' keeps every layer; pass --keep-layers or --auto-layers")
+    chat = chat_settings_from_recipe(rcp, settings)
     out = out or Path("students") / rcp.name
     ckpt_dir = out.with_name(out.name + ".checkpoints")
     if restart and ckpt_dir.exists():
@@ -185,10 +186,15 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
 
         shutil.rmtree(ckpt_dir)
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    m = run_distill(settings, budget, out, ckpt_dir, rcp.data["data"]["eval"], log=log)
+    m = run_distill(settings, budget, out, ckpt_dir, rcp.data["data"]["eval"], log=log, chat_settings=chat)
     for name, p in m["perplexity"].items():
         click.echo(f"{name}: perplexity teacher {p['teacher']:.3f}, student {p['student']:.3f} ({p['ratio']:.3f}x) "
                    f"on {p['eval_tokens']} held-out tokens")
+    if "chat" in m:
+        c = m["chat"]
+        click.echo(f"held-out chat answers: perplexity teacher {c['teacher']['perplexity']:.3f}, student "
+                   f"{c['student']['perplexity']:.3f} ({c['perplexity_ratio']:.3f}x); top-1 agreement teacher "
+                   f"{c['teacher']['agreement']:.3f}, student {c['student']['agreement']:.3f}")
     ps = m["parameters"]
     click.echo(f"student: {ps['student']['total']:,} parameters ({ps['layer_ratio']:.0%} of the teacher's layer "
                f"parameters), layers {m['keep_layers']}, {m['steps']} steps in {m['train_minutes']:.1f} min -> {out}")

@@ -117,20 +117,24 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         metrics = {"teacher_parameters": n_params, "student_parameters": n_params}
         params = {"mode": mode, "teacher": ctx.teacher_source}
     else:
-        from edgekit.build.distill import Budget, run_distill, settings_from_recipe
+        from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+        from edgekit.build.student_gate import apply_student_gate
 
-        settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source)
         dcfg = ctx.recipe.data["distill"]
         budget = Budget(max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
                         max_minutes=dcfg["max_minutes"] if ctx.max_minutes is None else ctx.max_minutes,
                         checkpoint_every=dcfg["checkpoint_every"])
+        settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source,
+                                        max_minutes=budget.max_minutes)
+        chat = chat_settings_from_recipe(ctx.recipe, settings)
         dm = run_distill(settings, budget, student_dir, ctx.work_dir / "checkpoints",
-                         ctx.recipe.data["data"]["eval"], log=ctx.log)
+                         ctx.recipe.data["data"]["eval"], log=ctx.log, chat_settings=chat)
         model, tokenizer = load_causal_lm(student_dir)
         teacher_path = settings.teacher
         metrics = {"teacher_parameters": dm["parameters"]["teacher"]["total"],
                    "student_parameters": dm["parameters"]["student"]["total"],
                    "distill": {k: v for k, v in dm.items() if k != "settings"}}
+        metrics["student_gate"] = apply_student_gate(dm, ctx.recipe.data["gate"], ctx.gate, ctx.log)
         params = {"mode": mode, **dm["settings"], "max_steps": budget.max_steps, "max_minutes": budget.max_minutes}
     if not (student_dir / "tokenizer.json").is_file():
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")

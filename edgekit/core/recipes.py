@@ -35,6 +35,17 @@ def _check_student(s: dict, err) -> None:
         raise err("auto_layers", "give either keep_layers or auto_layers, not both")
     if len(set(s["keep_layers"])) != len(s["keep_layers"]):
         raise err("keep_layers", "layer indices must be unique")
+    if len(s["budget_minutes"]) != len(s["budget_layers"]):
+        raise err("budget_layers", "needs one layer count per entry of budget_minutes")
+    if list(s["budget_minutes"]) != sorted(s["budget_minutes"]):
+        raise err("budget_minutes", "must be in increasing order")
+
+
+def _check_chat(c: dict, err) -> None:
+    if c["enabled"] and not c["topics"] and c["self_instruct"]:
+        raise err("topics", "self_instruct questions need a list of topics")
+    if c["enabled"] and not c["heldout_prompts"]:
+        raise err("heldout_prompts", "chat distillation needs held-out prompts to measure the student on")
 
 
 SCHEMA = Table(
@@ -57,6 +68,10 @@ SCHEMA = Table(
                 "keep_layers": Field(int, default=(), minimum=0, list_of=True, doc="teacher layers to keep"),
                 "auto_layers": Field(int, default=0, minimum=0, doc="keep N layers chosen by influence score"),
                 "ffn_ratio": Field(float, default=1.0, minimum=0.05, maximum=1.0),
+                "budget_minutes": Field(float, default=(), minimum=0.0, list_of=True,
+                                        doc="training budgets (minutes) that get fewer layers dropped"),
+                "budget_layers": Field(int, default=(), minimum=1, list_of=True,
+                                       doc="layers kept for a budget up to budget_minutes[i] (auto_layers above)"),
             },
             check=_check_student,
         ),
@@ -91,6 +106,31 @@ SCHEMA = Table(
             }
         ),
         "verify": Table({"prompts": Field(str, default=("Once upon a time",), list_of=True)}),
+        "chat": Table(
+            {
+                "enabled": Field(bool, default=False, doc="distill on the teacher's own chat answers"),
+                "fraction": Field(float, default=0.75, minimum=0.0, maximum=1.0,
+                                  doc="share of training steps on chat examples (the rest on plain text)"),
+                "self_instruct": Field(int, default=0, minimum=0, doc="questions the teacher writes"),
+                "topics": Field(str, default=(), list_of=True, doc="one topic per self-instruct question"),
+                "corpus_prompts": Field(int, default=0, minimum=0, doc="tasks built on training paragraphs"),
+                "heldout_prompts": Field(str, default=(), list_of=True, doc="always held out, never trained on"),
+                "heldout_fraction": Field(float, default=0.1, minimum=0.0, maximum=0.5),
+                "answer_tokens": Field(int, default=96, minimum=8, doc="longest teacher answer"),
+                "seq_len": Field(int, default=256, minimum=16, doc="longest training example in tokens"),
+            },
+            check=_check_chat,
+        ),
+        "gate": Table(
+            {
+                "max_text_perplexity_ratio": Field(float, default=0.0, minimum=0.0,
+                                                   doc="student/teacher on held-out text; 0 = no limit"),
+                "max_chat_perplexity_ratio": Field(float, default=0.0, minimum=0.0,
+                                                   doc="student/teacher on held-out teacher answers; 0 = none"),
+                "min_chat_agreement": Field(float, default=0.0, minimum=0.0, maximum=1.0,
+                                            doc="top-1 agreement with held-out teacher answers"),
+            }
+        ),
     }
 )
 

@@ -1,0 +1,279 @@
+"""Chat data for distilling an Instruct teacher: prompts and the teacher's own greedy answers.
+
+Prompts come from what is available offline: the teacher writes questions itself (self-instruct,
+one topic per question, from the recipe's topic list) and tasks are built from paragraphs of the
+training text (never its held-out tail). The recipe's fixed `heldout_prompts` plus a random share
+of the rest are held out: never trained on, and any training prompt that shares half its words
+with a held-out one is dropped. Answers are generated greedily by the teacher exported to ONNX
+(fp32) and run with edgekit's own runtime, not PyTorch eager (measured about 20x faster here).
+Everything is cached under $EDGEKIT_HOME/chatdata/<key>/ (key = teacher + settings) and appended
+as it is produced, so an interrupted run resumes. Times are seconds.
+May import: stdlib, numpy, edgekit; torch/transformers via edgekit.build modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgekit.core.errors import ConfigError
+from edgekit.core.paths import edgekit_home
+from edgekit.device.chat_examples import prompt_text, read_examples
+
+QUESTION_REQUEST = "Write one short question that a curious person might ask about {topic}. Write only the question."
+CORPUS_TASKS = (
+    "Summarize this story in one sentence.",
+    "Give this story a short title.",
+    "Who is the main character of this story, and what happens to them?",
+    "What lesson does this story teach?",
+)
+GENERATOR_SEQUENCE = 512  # tokens: prompt + answer of one generated example
+
+
+@dataclass
+class ChatSettings:
+    """What determines the generated data (hashed into the cache key)."""
+
+    teacher_key: str
+    topics: list[str]
+    self_instruct: int
+    corpus_prompts: int
+    corpus_files: list[str]
+    heldout_prompts: list[str]
+    heldout_fraction: float = 0.1
+    answer_tokens: int = 96
+    seed: int = 0
+    version: int = 1  # bump when the way data is made changes
+    files_sha256: list[str] = field(default_factory=list)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ChatData:
+    train: list[dict]  # {"prompt", "answer", "finished", "source"}
+    heldout: list[dict]
+    folder: Path
+    generated_seconds: float
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _overlaps(prompt: str, held: list[set[str]]) -> bool:
+    w = _words(prompt)
+    return any(len(w & h) / max(1, len(w | h)) >= 0.5 for h in held)
+
+
+def clean_question(text: str) -> str | None:
+    """The first line of a generated question, or None when it is not a usable question."""
+    line = text.strip().split("\n")[0].strip().strip('"').strip()
+    line = re.sub(r"^(question|q)\s*[:.]\s*", "", line, flags=re.I)
+    if not (12 <= len(line) <= 200) or not line.endswith("?"):
+        return None
+    return line
+
+
+def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
+    """Tasks on paragraphs of the training part of `files` (150-700 characters each)."""
+    from edgekit.build.textdata import read_text, split_heldout
+
+    paragraphs = []
+    for f in files:
+        train, _ = split_heldout(read_text(f), eval_fraction)
+        paragraphs += [p.strip() for p in train.split("\n\n") if 150 <= len(p.strip()) <= 700]
+    rng = random.Random(seed)
+    picked = rng.sample(paragraphs, min(count, len(paragraphs)))
+    return [{"prompt": f"{CORPUS_TASKS[i % len(CORPUS_TASKS)]}\n\n{p}", "source": "corpus"}
+            for i, p in enumerate(picked)]
+
+
+def split_prompts(prompts: list[dict], fixed_heldout: list[str], fraction: float, seed: int) -> list[dict]:
+    """Mark each prompt train/heldout; drop duplicates and training prompts too close to a held-out one."""
+    seen, out = set(), []
+    for p in [{"prompt": q, "source": "fixed"} for q in fixed_heldout] + prompts:
+        norm = " ".join(sorted(_words(p["prompt"])))
+        if norm in seen:
+            continue
+        seen.add(norm)
+        out.append(dict(p))
+    rng = random.Random(seed + 1)
+    for p in out:
+        p["split"] = "heldout" if p["source"] == "fixed" or rng.random() < fraction else "train"
+    held = [_words(p["prompt"]) for p in out if p["split"] == "heldout"]
+    return [p for p in out if p["split"] == "heldout" or not _overlaps(p["prompt"], held)]
+
+
+class TeacherGenerator:
+    """The teacher as an fp32 ONNX decoder run by edgekit's device runtime (cached per teacher)."""
+
+    def __init__(self, teacher_path: Path, model, tokenizer, cache: Path, log: Callable[[str], None]):
+        from edgekit.device.onnx_model import open_onnx
+        from edgekit.device.tokenizer import TextTokenizer
+
+        onnx_path = cache / "model.onnx"
+        if not onnx_path.is_file():
+            from edgekit.build.onnx_export import export_onnx
+
+            log(f"exporting the teacher to ONNX for fast generation (once per teacher) -> {onnx_path}")
+            tmp = cache.with_name(cache.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            export_onnx(model, tmp / "model.onnx", GENERATOR_SEQUENCE)
+            shutil.rmtree(cache, ignore_errors=True)
+            tmp.replace(cache)
+        eos = [i for i in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+               if isinstance(i, int)]
+        self.tokenizer = TextTokenizer.from_file(Path(teacher_path) / "tokenizer.json", eos)
+        self.model = open_onnx(onnx_path, {"model": {"max_sequence_length": GENERATOR_SEQUENCE}})
+        self.template = tokenizer.chat_template
+        self.bos, self.eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+
+    def answer(self, prompt: str, max_new_tokens: int, sampler=None) -> tuple[str, bool]:
+        """(answer text, finished with the end-of-turn token) for one user turn."""
+        from edgekit.device.generate import drain, generate
+        from edgekit.device.sampling import Sampler
+
+        ids = self.tokenizer.encode(prompt_text(prompt, self.template, self.bos, self.eos), add_special_tokens=False)
+        budget = min(max_new_tokens, GENERATOR_SEQUENCE - len(ids))
+        if budget < 8:
+            return "", False
+        result = drain(generate(self.model, self.tokenizer, ids, budget, sampler or Sampler()))
+        return result.text.strip(), result.finish_reason == "stop"
+
+
+def _append(path: Path, rec: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _done(path: Path) -> list[dict]:
+    return read_examples(path) if path.is_file() and path.stat().st_size else []
+
+
+def _questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar) -> list[dict]:
+    """Self-instruct questions, one topic at a time; appended to questions.jsonl as they come."""
+    from edgekit.device.sampling import Sampler
+
+    path = folder / "questions.jsonl"
+    out = _done(path)
+    start, tries = len(out), 0  # a resumed run continues with the next topic
+    while len(out) < s.self_instruct and tries < 3 * s.self_instruct:
+        n = start + tries
+        text, _ = gen.answer(QUESTION_REQUEST.format(topic=s.topics[n % len(s.topics)]), 40,
+                             Sampler(temperature=0.7, top_p=0.9, seed=s.seed * 1_000_003 + n))
+        tries += 1
+        q = clean_question(text)
+        if q is not None:
+            rec = {"prompt": q, "source": "self-instruct", "topic": s.topics[n % len(s.topics)]}
+            out.append(rec)
+            _append(path, rec)
+            bar.update(1)
+    return out
+
+
+def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: Callable[[str], None] = print,
+                    progress: bool = True, clock: Callable[[], float] = time.monotonic) -> ChatData:
+    """Generate (or load from the cache) the prompts and the teacher's answers."""
+    from tqdm.auto import tqdm
+
+    if not tokenizer.chat_template:
+        raise ConfigError(f"teacher {teacher_path} has no chat template, so it cannot be distilled as a chat "
+                          "assistant: use a recipe with [chat] enabled = false")
+    folder = edgekit_home() / "chatdata" / s.key()
+    folder.mkdir(parents=True, exist_ok=True)
+    answers_path = folder / "answers.jsonl"
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        return _load(folder, json.loads(meta_path.read_text()))
+    t0 = clock()
+    gen = TeacherGenerator(teacher_path, model, tokenizer, edgekit_home() / "chatdata" / f"generator-{s.teacher_key}", log)
+    from edgekit.build.textdata import expand_paths
+
+    prompts_path = folder / "prompts.jsonl"
+    if not prompts_path.is_file():
+        with tqdm(total=s.self_instruct, desc="teacher writes questions", unit="q", disable=not progress) as bar:
+            questions = _questions(gen, s, folder, bar)
+        corpus = corpus_prompts(expand_paths(s.corpus_files), s.corpus_prompts, 0.05, s.seed)
+        from edgekit.device.chat_examples import write_examples
+
+        write_examples(prompts_path, split_prompts(questions + corpus, s.heldout_prompts, s.heldout_fraction, s.seed))
+    prompts = read_examples(prompts_path)
+    done = {r["prompt"] for r in _done(answers_path)}
+    todo = [p for p in prompts if p["prompt"] not in done]
+    log(f"chat data: {len(prompts)} prompts ({sum(p['split'] == 'heldout' for p in prompts)} held out), "
+        f"{len(done)} answered before, {len(todo)} to answer -> {folder}")
+    for p in tqdm(todo, desc="teacher answers", unit="answer", disable=not progress):
+        text, finished = gen.answer(p["prompt"], s.answer_tokens)
+        _append(answers_path, {**p, "answer": text, "finished": finished})
+    meta = {"settings": asdict(s), "generated_seconds": round(clock() - t0, 1), "generator": "onnxruntime fp32 "
+            "(the teacher exported by edgekit), greedy"}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return _load(folder, meta)
+
+
+def _load(folder: Path, meta: dict) -> ChatData:
+    rows = [r for r in read_examples(folder / "answers.jsonl") if r.get("answer")]
+    return ChatData(train=[r for r in rows if r["split"] == "train"], heldout=[r for r in rows if r["split"] == "heldout"],
+                    folder=folder, generated_seconds=meta.get("generated_seconds", 0.0))
+
+
+def tokenized(tokenizer, examples: list[dict], max_tokens: int) -> list:
+    """ChatIds of each example (the answer closed with end-of-turn only when the teacher finished it),
+    cut to `max_tokens`; examples whose prompt alone fills the window are skipped."""
+    from edgekit.device.chat_examples import example_ids
+
+    encode = lambda t: tokenizer(t, add_special_tokens=False, verbose=False).input_ids  # noqa: E731
+    out = []
+    for ex in examples:
+        ids = example_ids(encode, ex["prompt"], ex["answer"], tokenizer.chat_template,
+                          tokenizer.eos_token_id if ex.get("finished", True) else None,
+                          tokenizer.bos_token or "", tokenizer.eos_token or "")
+        if ids.answer_start < max_tokens - 8:
+            out.append(type(ids)(ids.ids[:max_tokens], ids.answer_start))
+    return out
+
+
+def pad_batch(items: list, pad_id: int):
+    """(ids [B, L], answer mask over targets [B, L-1]) for a batch of ChatIds, right-padded."""
+    import torch
+
+    length = max(len(c.ids) for c in items)
+    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), length - 1), dtype=torch.bool)
+    for i, c in enumerate(items):
+        ids[i, : len(c.ids)] = torch.tensor(c.ids)
+        mask[i, c.answer_start - 1: len(c.ids) - 1] = True  # targets at positions >= answer_start
+    return ids, mask
+
+
+def chat_scores(model, items: list, batch_size: int = 8) -> dict:
+    """Answer perplexity and teacher-forced top-1 agreement with the reference answers (PyTorch)."""
+    import math
+
+    import torch
+
+    nll, hits, count = 0.0, 0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            ids, mask = pad_batch(items[i: i + batch_size], 0)
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids[:, :-1]).logits.float()
+            targets = ids[:, 1:]
+            lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+            nll -= float(lp[mask].sum())
+            hits += int((logits.argmax(-1) == targets)[mask].sum())
+            count += int(mask.sum())
+    if count == 0:
+        raise ConfigError("no held-out chat answer tokens to score")
+    return {"perplexity": math.exp(nll / count), "agreement": hits / count, "tokens": count}
