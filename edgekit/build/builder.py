@@ -292,18 +292,16 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                 shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
         shutil.copyfile(outs["verify"].files["reference"], staging / REFERENCE_FILE)
+        generation = None
         if ctx.recipe.task == "text-generation":
-            g = ctx.recipe.data["generation"]
-            eos = distill.values["eos"]
-            tok = distill.values["tokenizer"]
-            chat = {"chat_template": tok.chat_template} if getattr(tok, "chat_template", None) else {}
-            specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token") if isinstance(getattr(tok, k, None), str)}
-            (staging / "generation.json").write_text(
-                json.dumps({**g, "eos_token_ids": eos, **specials, **chat}, indent=2) + "\n")
+            from edgekit.build.generation_defaults import write_generation
+
+            generation = write_generation(staging, ctx.recipe, Path(distill.values["teacher_path"]),
+                                          distill.values["tokenizer"], distill.values["eos"], ctx.log)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return StageOutput(values={"staging": staging})
+    return StageOutput(values={"staging": staging, "generation": generation})
 
 
 def _stages(task: str, compile_tool: str = "none") -> list[Stage]:
@@ -372,7 +370,8 @@ def run_build(ctx: BuildContext) -> Bundle:
             },
             "signature": outs["quantize"].values["signature"],
             "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
-            **({} if encoder else {"generation_file": "generation.json"}),
+            **({} if encoder else {"generation_file": "generation.json",
+                                   "generation": outs["package"].values["generation"]}),
             "reference_file": REFERENCE_FILE,
             "provenance": {
                 "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},
