@@ -109,6 +109,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         teacher_path = resolve_teacher(ctx.teacher_source, t["file"] if from_recipe else "",
                                        t["sha256"] if from_recipe else "")
         model, tokenizer = load_causal_lm(teacher_path)
+        teacher_dir = teacher_path
         model.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
         from edgekit.build.student import parameter_counts
@@ -128,6 +129,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                          ctx.recipe.data["data"]["eval"], log=ctx.log)
         model, tokenizer = load_causal_lm(student_dir)
         teacher_path = settings.teacher
+        teacher_dir = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
         metrics = {"teacher_parameters": dm["parameters"]["teacher"]["total"],
                    "student_parameters": dm["parameters"]["student"]["total"],
                    "distill": {k: v for k, v in dm.items() if k != "settings"}}
@@ -136,7 +138,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
     return StageOutput(
         files={"student": student_dir},
-        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path),
+        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path), "teacher_dir": teacher_dir,
                 "eos": _eos_ids(tokenizer, model)},
         parameters=params,
         metrics=metrics,
@@ -296,7 +298,7 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         if ctx.recipe.task == "text-generation":
             from edgekit.build.generation_defaults import write_generation
 
-            generation = write_generation(staging, ctx.recipe, Path(distill.values["teacher_path"]),
+            generation = write_generation(staging, ctx.recipe, Path(distill.values["teacher_dir"]),
                                           distill.values["tokenizer"], distill.values["eos"], ctx.log)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
