@@ -56,9 +56,12 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     \b
     GET  /health               503 while the model loads, 200 when ready (no auth)
     GET  /v1/models            the served model
-    GET  /props                bundle, target, runtime, accelerator actually in use, threads, queue
+    GET  /props                bundle, target, runtime, accelerator actually in use, threads, queue,
+                               generation defaults (each with its source)
     GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
-    POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream
+    POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream,
+                               frequency_penalty, presence_penalty (OpenAI), repeat_penalty,
+                               repeat_last_n (llama.cpp; prompt in the window)
     POST /v1/chat/completions  messages (chat template from the bundle), same sampling fields
     POST /v1/embeddings        input (feature-extraction bundles), encoding_format
     The bundle is verified (sha256 of every file) before it is loaded. SIGTERM / Ctrl-C finish the

@@ -50,6 +50,22 @@ class ScriptedModel:
         return np.stack(rows[-1:] if last_only else rows)
 
 
+class RepeatingModel:
+    """The same logits at every position (EOS -1, 'a' 4, 'b' 3, the rest 0): greedy generation
+    repeats 'a' forever, so only a repetition penalty can change what it picks."""
+
+    max_sequence_length = 64
+
+    def new_cache(self) -> KVCache:
+        return KVCache()
+
+    def forward(self, token_ids, cache, last_only=False):
+        cache.length += len(token_ids)
+        row = np.zeros(VOCAB, dtype=np.float32)
+        row[1], row[2], row[3] = -1.0, 4.0, 3.0
+        return np.stack([row] * (1 if last_only else len(token_ids)))
+
+
 @dataclass
 class _Info:
     name: str

@@ -15,7 +15,7 @@ from edgekit.core.bundle import Bundle
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.server import create_app
 
-from fakes import FakeTokenizer, ScriptedModel
+from fakes import FakeTokenizer, RepeatingModel, ScriptedModel
 
 
 @pytest.fixture
@@ -56,6 +56,32 @@ def test_defaults_come_from_generation_settings(client):
     assert r.json()["usage"]["completion_tokens"] == 5
 
 
+def _repeating_client(generation: dict) -> TestClient:
+    manifest = {"name": "rep", "task": "text-generation", "target": {"name": "fake"},
+                "model": {"max_sequence_length": 64, "format": "onnx", "precision": "fp32", "runtime": "fake"}}
+    return TestClient(create_app(LoadedModel(bundle=Bundle(Path("."), manifest), model=RepeatingModel(),
+                                             tokenizer=FakeTokenizer(), generation=generation)))
+
+
+def test_penalties_over_http_and_bundle_defaults_for_omitted_fields():
+    plain = _repeating_client({"max_new_tokens": 5})
+    assert plain.post("/v1/completions", json={"prompt": "b"}).json()["choices"][0]["text"] == "aaaaa"
+    body = {"prompt": "b", "repeat_penalty": 2.0, "repeat_last_n": 1}
+    assert plain.post("/v1/completions", json=body).json()["choices"][0]["text"] == "ababa"
+    body = {"prompt": "a", "frequency_penalty": 0.6, "presence_penalty": 0}
+    assert plain.post("/v1/completions", json=body).json()["choices"][0]["text"] == "aabab"
+    defaults = {"max_new_tokens": 5, "repeat_penalty": 2.0, "repeat_last_n": 1,
+                "sources": {"repeat_penalty": "recipe [generation]"}}
+    penalised = _repeating_client(defaults)
+    assert penalised.post("/v1/completions", json={"prompt": "b"}).json()["choices"][0]["text"] == "ababa"
+    off = {"prompt": "b", "repeat_penalty": 1.0}  # a request's field beats the bundle default
+    assert penalised.post("/v1/completions", json=off).json()["choices"][0]["text"] == "aaaaa"
+    shown = penalised.get("/props").json()["generation_defaults"]
+    assert shown["repeat_penalty"] == {"value": 2.0, "source": "recipe [generation]"}
+    assert shown["repeat_last_n"] == {"value": 1, "source": "bundle generation.json"}
+    assert shown["presence_penalty"] == {"value": 0.0, "source": "edgekit default (not in the bundle)"}
+
+
 def test_stop_and_stream(client):
     r = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 5, "stop": "d"})
     assert r.json()["choices"][0] == {"text": "bc", "index": 0, "logprobs": None, "finish_reason": "stop"}
@@ -84,6 +110,14 @@ def test_stop_and_stream(client):
     ({"prompt": "a", "seed": 1.5}, "seed"),
     ({"prompt": "a", "top_k": -1}, "top_k"),
     ({"prompt": "a", "max_tokens": True}, "max_tokens"),
+    ({"prompt": "a", "frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"prompt": "a", "frequency_penalty": "1"}, "frequency_penalty"),
+    ({"prompt": "a", "presence_penalty": -2.01}, "presence_penalty"),
+    ({"prompt": "a", "repeat_penalty": 0}, "repeat_penalty"),
+    ({"prompt": "a", "repeat_penalty": -1.1}, "repeat_penalty"),
+    ({"prompt": "a", "repeat_last_n": -2}, "repeat_last_n"),
+    ({"prompt": "a", "repeat_last_n": 1.5}, "repeat_last_n"),
+    ({"messages": [{"role": "user", "content": "a"}], "presence_penalty": 3}, "presence_penalty", "chat"),
     ({"prompt": ["a", "b"]}, "prompt"),
     ({"messages": []}, "messages", "chat"),
     ({"messages": [{"role": "robot", "content": "a"}]}, "messages", "chat"),

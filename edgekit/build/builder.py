@@ -109,6 +109,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         teacher_path = resolve_teacher(ctx.teacher_source, t["file"] if from_recipe else "",
                                        t["sha256"] if from_recipe else "")
         model, tokenizer = load_causal_lm(teacher_path)
+        teacher_dir = teacher_path
         model.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
         from edgekit.build.student import parameter_counts
@@ -131,6 +132,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                          ctx.recipe.data["data"]["eval"], log=ctx.log, chat_settings=chat)
         model, tokenizer = load_causal_lm(student_dir)
         teacher_path = settings.teacher
+        teacher_dir = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
         metrics = {"teacher_parameters": dm["parameters"]["teacher"]["total"],
                    "student_parameters": dm["parameters"]["student"]["total"],
                    "distill": {k: v for k, v in dm.items() if k != "settings"}}
@@ -140,7 +142,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
     return StageOutput(
         files={"student": student_dir},
-        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path),
+        values={"model": model, "tokenizer": tokenizer, "teacher_path": str(teacher_path), "teacher_dir": teacher_dir,
                 "eos": _eos_ids(tokenizer, model)},
         parameters=params,
         metrics=metrics,
@@ -296,18 +298,16 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                 shutil.copyfile(path, staging / path.name)
         shutil.copyfile(distill.files["student"] / "tokenizer.json", staging / "tokenizer.json")
         shutil.copyfile(outs["verify"].files["reference"], staging / REFERENCE_FILE)
+        generation = None
         if ctx.recipe.task == "text-generation":
-            g = ctx.recipe.data["generation"]
-            eos = distill.values["eos"]
-            tok = distill.values["tokenizer"]
-            chat = {"chat_template": tok.chat_template} if getattr(tok, "chat_template", None) else {}
-            specials = {k: getattr(tok, k) for k in ("bos_token", "eos_token") if isinstance(getattr(tok, k, None), str)}
-            (staging / "generation.json").write_text(
-                json.dumps({**g, "eos_token_ids": eos, **specials, **chat}, indent=2) + "\n")
+            from edgekit.build.generation_defaults import write_generation
+
+            generation = write_generation(staging, ctx.recipe, Path(distill.values["teacher_dir"]),
+                                          distill.values["tokenizer"], distill.values["eos"], ctx.log)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return StageOutput(values={"staging": staging})
+    return StageOutput(values={"staging": staging, "generation": generation})
 
 
 def _stages(task: str, compile_tool: str = "none") -> list[Stage]:
@@ -376,7 +376,8 @@ def run_build(ctx: BuildContext) -> Bundle:
             },
             "signature": outs["quantize"].values["signature"],
             "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
-            **({} if encoder else {"generation_file": "generation.json"}),
+            **({} if encoder else {"generation_file": "generation.json",
+                                   "generation": outs["package"].values["generation"]}),
             "reference_file": REFERENCE_FILE,
             "provenance": {
                 "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},

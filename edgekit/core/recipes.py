@@ -103,7 +103,14 @@ SCHEMA = Table(
                 "temperature": Field(float, default=0.0, minimum=0.0, maximum=5.0),
                 "top_p": Field(float, default=1.0, minimum=0.0, maximum=1.0),
                 "top_k": Field(int, default=0, minimum=0),
-            }
+                "frequency_penalty": Field(float, default=0.0, minimum=-2.0, maximum=2.0, doc="OpenAI's"),
+                "presence_penalty": Field(float, default=0.0, minimum=-2.0, maximum=2.0, doc="OpenAI's"),
+                "repeat_penalty": Field(float, default=1.0, minimum=0.01, maximum=10.0,
+                                        doc="llama.cpp's; 1.0 = off"),
+                "repeat_last_n": Field(int, default=64, minimum=-1, doc="repeat_penalty window; -1 = whole context"),
+            },
+            doc="serve's defaults for a request that omits a field; keys not set here come from the teacher's "
+                "generation_config.json where it has them",
         ),
         "verify": Table({"prompts": Field(str, default=("Once upon a time",), list_of=True)}),
         "chat": Table(

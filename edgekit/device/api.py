@@ -12,8 +12,10 @@ from edgekit.device.generate import GenerationResult
 from edgekit.device.limits import DEFAULT_LIMITS, Limits
 from edgekit.device.runtime import LoadedModel
 # OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
-_IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "presence_penalty", "frequency_penalty",
-                   "logit_bias", "suffix", "stream_options"}
+_IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
+# Repetition penalties (edgekit.device.sampling.Penalties): request field -> (low, high, integer).
+PENALTY_FIELDS = {"frequency_penalty": (-2.0, 2.0, False), "presence_penalty": (-2.0, 2.0, False),
+                  "repeat_penalty": (0.0, 10.0, False), "repeat_last_n": (-1, 1 << 20, True)}
 
 
 class RequestError(Exception):
@@ -52,6 +54,12 @@ def _stop_strings(body: dict, limits: Limits) -> list[str]:
     return stop
 
 
+def _penalties(body: dict, defaults: dict) -> dict:
+    """The repetition-penalty fields of a request; an omitted one takes the bundle's default."""
+    return {name: _number(body, name, defaults[name], lo, hi, integer=integer)
+            for name, (lo, hi, integer) in PENALTY_FIELDS.items()}
+
+
 def _check_prompt_size(chars: int, loaded: LoadedModel, limits: Limits, param: str) -> None:
     """Refuse, before tokenizing, a prompt too long to fit the context (a cheap check on characters)."""
     most = limits.max_prompt_chars(loaded.max_sequence_length)
@@ -79,7 +87,7 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False, limi
     template): run it off the event loop."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream"}
+    known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", *PENALTY_FIELDS}
     known |= {"messages", "max_completion_tokens"} if chat else {"prompt"}
     unknown = sorted(set(body) - known - _IGNORED_FIELDS)
     if unknown:
@@ -100,19 +108,21 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False, limi
         if not prompt:
             raise RequestError("'prompt' must not be empty", "prompt")
         _check_prompt_size(len(prompt), loaded, limits, "prompt")
-    ctx_len = loaded.max_sequence_length
+    ctx_len, d = loaded.max_sequence_length, loaded.sampling_defaults
     params = {
         "prompt": prompt,
-        "max_tokens": _number(body, "max_tokens", gen.get("max_new_tokens", 128), 1, ctx_len, integer=True),
-        "temperature": _number(body, "temperature", gen.get("temperature", 0.0), 0.0, 2.0),
-        "top_p": _number(body, "top_p", gen.get("top_p", 1.0), 0.0, 1.0),
-        "top_k": _number(body, "top_k", gen.get("top_k", 0), 0, 1 << 20, integer=True),
+        "max_tokens": _number(body, "max_tokens", min(d["max_new_tokens"], ctx_len), 1, ctx_len, integer=True),
+        "temperature": _number(body, "temperature", d["temperature"], 0.0, 2.0),
+        "top_p": _number(body, "top_p", d["top_p"], 0.0, 1.0),
+        "top_k": _number(body, "top_k", d["top_k"], 0, 1 << 20, integer=True),
         "seed": _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
         "n": _number(body, "n", 1, 1, limits.max_n, integer=True),
         "stream": body.get("stream", False),
     }
-    if params["top_p"] == 0:
-        raise RequestError("'top_p' must be greater than 0", "top_p")
+    params.update(_penalties(body, d))
+    for name in ("top_p", "repeat_penalty"):
+        if params[name] == 0:
+            raise RequestError(f"'{name}' must be greater than 0", name)
     if not isinstance(params["stream"], bool):
         raise RequestError("'stream' must be true or false", "stream")
     params["stop"] = _stop_strings(body, limits)

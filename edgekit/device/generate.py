@@ -3,8 +3,9 @@
 Works with any model object that has `new_cache()` and `forward(ids, cache, last_only=False) ->
 logits [S, V]` (with `last_only`, [1, V] of the last token: all a prompt's prefill needs).
 Text is detokenized incrementally (edgekit.device.tokenizer.IncrementalText: a constant cost per
-token) and only the held-back tail is searched for stop strings. Time comes from an injected clock
-(default time.perf_counter). Timings are seconds.
+token) and only the held-back tail is searched for stop strings. The sampler's repetition
+penalties (edgekit.device.sampling.Penalties) apply to every step's logits, greedy included.
+Time comes from an injected clock (default time.perf_counter). Timings are seconds.
 May import: stdlib, numpy, edgekit.core, edgekit.device.
 """
 
@@ -77,12 +78,14 @@ def generate(
     logits = model.forward(prompt_ids, cache, last_only=True)[-1]
     result.prefill_seconds = clock() - t0
     t_decode = clock()
+    history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
     while result.completion_tokens < budget:
-        token = sampler(logits)
+        token = sampler(history.apply(logits))
         if token in tokenizer.eos_token_ids:
             result.finish_reason = "stop"
             break
         result.token_ids.append(token)
+        history.add(token)
         pending, hit = _cut_at_stop(pending + detok.add(token), stops)
         if hit:
             result.finish_reason = "stop"

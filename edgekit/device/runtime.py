@@ -12,12 +12,30 @@ from dataclasses import dataclass
 
 from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
+from edgekit.core.recipes import SCHEMA as RECIPE_SCHEMA
 from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
 from edgekit.device.runtimes import require
 from edgekit.device.segmented_model import open_segmented, open_segmented_encoder
 from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
+
+# What a request may omit, with edgekit's defaults (the recipe schema's [generation] table, one source).
+GENERATION_FIELDS = {k: f.default for k, f in RECIPE_SCHEMA.fields["generation"].fields.items()}
+
+
+def generation_defaults(generation: dict) -> dict:
+    """{field: {"value", "source"}} for every field a request may omit, from a bundle's generation.json
+    (bundles built before sources were recorded say so; a field they lack takes edgekit's default)."""
+    sources = generation.get("sources") or {}
+    out = {}
+    for key, default in GENERATION_FIELDS.items():
+        if key in generation:
+            out[key] = {"value": generation[key], "source": sources.get(key, "bundle generation.json")}
+        else:
+            out[key] = {"value": default, "source": "edgekit default (not in the bundle)"}
+    return out
+
 
 RUNNERS = {
     "text-generation": {"onnxruntime": open_onnx, "litert": open_tflite, "litert-segments": open_segmented},
@@ -39,6 +57,11 @@ class LoadedModel:
     device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
 
     @property
+    def sampling_defaults(self) -> dict:
+        """Value of every field a request may omit (generation_defaults without the sources)."""
+        return {k: v["value"] for k, v in generation_defaults(self.generation).items()}
+
+    @property
     def accelerator(self) -> str:
         """What actually runs the model (a delegate that failed to load shows as CPU here)."""
         return getattr(self.model, "accelerator", "cpu")
@@ -54,6 +77,7 @@ class LoadedModel:
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
             "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
+            **({"generation_defaults": generation_defaults(self.generation)} if m["task"] == "text-generation" else {}),
         }
 
     @property

@@ -28,11 +28,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edgekit.device.api import RequestError, _usage, error_response, parse_completion_request
+from edgekit.device.api import PENALTY_FIELDS, RequestError, _usage, error_response, parse_completion_request
 from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, parse_embeddings_request
 from edgekit.device.generate import generate
 from edgekit.device.limits import DEFAULT_LIMITS, BodyLimit, Limits
-from edgekit.device.sampling import Sampler
+from edgekit.device.sampling import Penalties, Sampler
 from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, JsonlLog, authorized, log_record
 
 
@@ -197,7 +197,8 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
 
     def generation(params: dict, should_stop=None):
         m = model()
-        sampler = Sampler(params["temperature"], params["top_p"], params["top_k"], params["seed"])
+        penalties = Penalties(**{k: params[k] for k in PENALTY_FIELDS})
+        sampler = Sampler(params["temperature"], params["top_p"], params["top_k"], params["seed"], penalties)
         return generate(m.model, m.tokenizer, params["prompt_ids"], params["max_tokens"], sampler, params["stop"],
                         should_stop=should_stop)
 
