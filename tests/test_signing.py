@@ -97,6 +97,12 @@ def test_malformed_signature_file_is_one_clear_error(tmp_path, keys):
     (out / SIGNATURE).write_text('{"format": "edgekit-manifest-signature", "algorithm": "rsa"}')
     with pytest.raises(BundleError, match="manifest.sig is not a valid signature file"):
         load_bundle(out, check=_check(keys["good.pub"]))
+    doc = json.loads(signing.signature_file(signing.load_private_key(keys["good"]), (out / MANIFEST).read_bytes()))
+    doc["key_sha256"] = "0123\nerror: all fine" + "0" * 44  # a hostile id must not reach a message
+    (out / SIGNATURE).write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="not a valid signature file") as exc:
+        load_bundle(out, check=_check(keys["good.pub"]))
+    assert "\n" not in str(exc.value)
 
 
 def test_tar_bundle_signed_in_place_and_checked_after_extraction(tmp_path, keys):

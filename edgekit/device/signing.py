@@ -25,6 +25,7 @@ import binascii
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from edgekit.core.errors import BundleError, ConfigError
 FORMAT = "edgekit-manifest-signature"
 ALGORITHM = "ed25519"
 KEY_SUFFIXES = (".pub", ".pem")  # files read from a --trust folder
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # key_sha256; anything else (e.g. a newline) never reaches a message
 
 
 def _crypto():
@@ -181,8 +183,9 @@ def read_signature(root: Path) -> Signature | None:
                         base64.b64decode(doc["signature"], validate=True))
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, binascii.Error) as exc:
         raise BundleError(f"{root}: {SIGNATURE} is not a valid signature file ({exc})") from None
-    if len(sig.public_key) != 32 or len(sig.signature) != 64:
-        raise BundleError(f"{root}: {SIGNATURE} is not a valid signature file (wrong key or signature length)")
+    if len(sig.public_key) != 32 or len(sig.signature) != 64 or not _HEX64.fullmatch(sig.key_sha256):
+        raise BundleError(f"{root}: {SIGNATURE} is not a valid signature file (wrong key, key_sha256 or signature "
+                          "length)")
     return sig
 
 
