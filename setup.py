@@ -50,6 +50,10 @@ DEVICE = [
     "uvicorn>=0.30",
     "jinja2>=3.1",  # chat templates (rendered in a sandbox, like transformers does)
     "prometheus-client>=0.20",  # GET /metrics
+    # Bundle signatures (Ed25519, edgekit/device/signing.py). Wheels (PyPI, 2026-11-30): cryptography 50.0.2
+    # abi3 for manylinux aarch64 (4.7 MB), armv7l and x86_64; its dependency cffi has no armv7l wheel on PyPI
+    # (a C build), so 32-bit ARM skips it like the runtimes: `keygen`/`sign`/`--trust` then say it is missing.
+    f"cryptography>=41; {_on(_LITERT_MACHINES)}",
 ]
 BUILD = [
     # litert-torch 0.10 requires torch<2.15; a "+cpu" pin would not resolve on users' machines,

@@ -17,6 +17,7 @@ import click
 from edgekit import __version__
 from edgekit.core.errors import EdgekitError
 from edgekit.core.units import format_bytes, format_seconds
+from edgekit.sign_cli import signed_line, trust_check, trust_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -93,7 +94,11 @@ def recipes(as_json):
 @click.option("--compiler", default=None, metavar="PATH",
               help="Accelerator compiler for targets with a [compile] step (coral: edgetpu_compiler; "
                    "default: found on PATH, else the step is recorded as pending).")
-def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler):
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
+              help="Sign the bundle (and its .tar) with this Ed25519 private key (`edgekit keygen`): writes "
+                   "manifest.sig, checked by `serve --trust`.")
+def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler,
+          sign_key):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
     Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
@@ -106,6 +111,13 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     tgt = load_target(target)
     rcp = load_recipe(recipe)
     prec = tgt.precision(precision)
+    signer = None
+    if sign_key is not None:  # read the key before a long build, not after
+        from functools import partial
+
+        from edgekit.device.signing import load_private_key, signature_file
+
+        signer = partial(signature_file, load_private_key(sign_key))
     from edgekit.build.teacher import teacher_from_cli
 
     source = teacher_from_cli(teacher) if teacher else rcp.teacher["source"]
@@ -118,9 +130,10 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
     bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
                                     work_dir=work_dir, gate=not no_gate, tar=tar, log=log,
-                                    max_minutes=max_minutes, max_steps=max_steps, compiler=compiler))
+                                    max_minutes=max_minutes, max_steps=max_steps, compiler=compiler,
+                                    sign=signer))
     size = sum(f["bytes"] for f in bundle.manifest["files"])
-    click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})")
+    click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})" + (f"; {signed_line(bundle, None)}" if signer else ""))
 
 
 def _int_list(value: str | None) -> list[int] | None:
@@ -236,9 +249,10 @@ def eval_cmd(model, data, recipe, tokens, window, as_json):
         click.echo(f"  {name:<45} STS-B Spearman {r['spearman']:.4f}  ({r['pairs']} pairs)")
 
 
-def _print_manifest(root: Path, m: dict) -> None:
+def _print_manifest(root: Path, m: dict, signed: str) -> None:
     model = m["model"]
     click.echo(f"bundle     {root}")
+    click.echo(f"signature  {signed}")
     click.echo(f"name       {m['name']}  (task {m['task']}, edgekit {m['edgekit_version']}, schema {m['schema_version']})")
     click.echo(f"target     {m['target']['name']}: {m['target']['description']}")
     click.echo(f"model      {model['file']}  {model['format']} {model['precision']}  runtime {model['runtime']}"
@@ -321,15 +335,18 @@ def _print_manifest(root: Path, m: dict) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json (after verification) for scripts.")
-def inspect(bundle, as_json):
-    """Verify a bundle (every file's sha256) and print what it holds and how it was built."""
+@trust_option
+def inspect(bundle, as_json, trust):
+    """Verify a bundle (every file's sha256; with --trust its signature too) and print what it holds, who
+    signed it and how it was built."""
     from edgekit.core.bundle import load_bundle
 
-    b = load_bundle(bundle)
+    check = trust_check(trust)
+    b = load_bundle(bundle, check=check)
     if as_json:
         click.echo(json.dumps(b.manifest, indent=2))
     else:
-        _print_manifest(b.root, b.manifest)
+        _print_manifest(b.root, b.manifest, signed_line(b, check))
 
 
 from edgekit.coral_cli import coral as _coral  # noqa: E402  (command groups in their own modules)
@@ -338,6 +355,7 @@ from edgekit.power_cli import power as _power  # noqa: E402
 from edgekit.report_cli import report as _report  # noqa: E402
 from edgekit.bench_cli import bench as _bench  # noqa: E402
 from edgekit.verify_cli import verify as _verify  # noqa: E402
+from edgekit.sign_cli import keygen as _keygen, sign as _sign  # noqa: E402
 
 cli.add_command(_coral)
 cli.add_command(_serve)
@@ -345,6 +363,8 @@ cli.add_command(_power)
 cli.add_command(_report)
 cli.add_command(_bench)
 cli.add_command(_verify)
+cli.add_command(_keygen)
+cli.add_command(_sign)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -84,7 +84,7 @@ def compile_(bundle, compiler, out):
     import tempfile
 
     from edgekit.build.coral_compile import find_compiler, run_compile_stage
-    from edgekit.core.bundle import load_bundle, staging_dir, write_bundle
+    from edgekit.core.bundle import SIGNATURE, load_bundle, staging_dir, write_bundle
     from edgekit.core.errors import BuildError
 
     if Path(bundle).is_file() and out is None:
@@ -122,6 +122,10 @@ def compile_(bundle, compiler, out):
     manifest = {k: v for k, v in m.items() if k != "files"}
     manifest["model"] = dict(m["model"], accelerated_files=comp["files"])
     manifest["metrics"] = dict(m.get("metrics", {}), edgetpu=record)
+    was_signed = (b.root / SIGNATURE).is_file()
     write_bundle(staging, manifest, out)
     click.echo(f"compiled: {comp['ops_on_tpu']} ops on the Edge TPU, {comp['ops_on_cpu']} on the CPU; "
                f"{len(comp['disagreements'])} disagreements with the prediction -> {out}")
+    if was_signed:
+        click.echo(f"note: the compiled bundle has a new manifest, so its signature was dropped; sign it again: "
+                   f"edgekit sign {out} --key KEY", err=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edgekit.power_cli import pick_source, power_options
+from edgekit.sign_cli import signed_line, trust_check, trust_option
 
 
 @click.command()
@@ -48,9 +49,10 @@ from edgekit.power_cli import pick_source, power_options
 @click.option("--verify", "verify_first", is_flag=True,
               help="Before listening, check the model on this machine's kernels against the bundle's reference data "
                    "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
+@trust_option
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, api_key, max_queue,
           request_timeout, request_log, power, power_channels, board, power_hz, power_log, power_log_max_mb,
-          subtract_idle, grid_intensity, country, verify_first):
+          subtract_idle, grid_intensity, country, verify_first, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -64,7 +66,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
                                repeat_last_n (llama.cpp; prompt in the window)
     POST /v1/chat/completions  messages (chat template from the bundle), same sampling fields
     POST /v1/embeddings        input (feature-extraction bundles), encoding_format
-    The bundle is verified (sha256 of every file) before it is loaded. SIGTERM / Ctrl-C finish the
+    The bundle is verified (sha256 of every file; with --trust, its signature by a trusted key) before
+    it is loaded and before anything listens. SIGTERM / Ctrl-C finish the
     requests in flight (up to 10 s), flush the request log and exit 0.
 
     Every response's usage carries energy: joules, watts, joules per token, the power source and
@@ -84,7 +87,10 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
         if not sep or not key:
             raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--delegate-option")
         options[key] = value
-    b = load_bundle(bundle)  # sha256 of every file, before anything listens
+    check = trust_check(trust)
+    b = load_bundle(bundle, check=check)  # signature (--trust) and sha256 of every file, before anything listens
+    if check is not None:
+        click.echo(f"edgekit serve: {signed_line(b, check)}", err=True)
     runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
     name = b.manifest["name"]
     logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)

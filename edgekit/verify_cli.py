@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from edgekit.sign_cli import trust_check, trust_option
+
 EXIT_FAILED = 1
 EXIT_NO_REFERENCE = 3
 
@@ -33,7 +35,8 @@ def exit_code(result: dict) -> int:
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
               help="Runtime threads (0 = the target's runtime.threads, capped at the CPUs this process may use).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit status).")
-def verify(bundle, threads, as_json):
+@trust_option
+def verify(bundle, threads, as_json, trust):
     """Check a bundle on this machine's kernels against the PyTorch reference stored at build time.
 
     \b
@@ -46,7 +49,7 @@ def verify(bundle, threads, as_json):
     from edgekit.device.reference_check import NO_REFERENCE, check_model, summary_lines
     from edgekit.device.runtime import open_model
 
-    b = load_bundle(bundle)  # sha256 of every file, the reference data included
+    b = load_bundle(bundle, check=trust_check(trust))  # signature (--trust), sha256 of every file
     ref = bundle_reference(b)
     if ref is None:
         result = {"passed": None, "reason": NO_REFERENCE, "checks": []}

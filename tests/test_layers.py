@@ -16,7 +16,7 @@ from conftest import ROOT, run_cli
 PKG = ROOT / "edgekit"
 BUILD_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
 DEVICE_OK = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "tokenizers", "starlette", "uvicorn",
-             "jinja2", "prometheus_client", "psutil", "click", "edgekit"}
+             "jinja2", "prometheus_client", "psutil", "click", "cryptography", "edgekit"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -89,6 +89,7 @@ class BuildContext:
     max_minutes: float | None = None  # distillation budget overrides (None = recipe's)
     max_steps: int | None = None
     compiler: str | None = None  # accelerator compiler path (coral: edgetpu_compiler)
+    sign: Callable[[bytes], bytes] | None = None  # manifest bytes -> manifest.sig bytes (build --sign)
     support: FormatSupport | None = field(default=None)
 
 
@@ -388,7 +389,7 @@ def run_build(ctx: BuildContext) -> Bundle:
                         **({"edgetpu": outs["compile"].values["record"]} if "compile" in outs else {})},
             "gate": outs["verify"].metrics["gate"],
         }
-        return write_bundle(staging, manifest, ctx.out, tar=ctx.tar)
+        return write_bundle(staging, manifest, ctx.out, tar=ctx.tar, sign=ctx.sign)
     except BaseException:
         staging = outs.get("package").values.get("staging") if outs.get("package") else None
         if staging is not None and staging.exists():

@@ -7,12 +7,17 @@ Layout:
   model.*            the model file(s) for the target's runtime
   tokenizer.json     a Hugging Face `tokenizers` file
   generation.json    generation defaults
+  manifest.sig       optional: an Ed25519 signature over the exact bytes of manifest.json (written
+                     and checked by edgekit.device.signing; never listed in `files`, since the
+                     manifest it signs already holds every file's sha256)
 
 Writing is atomic: files are staged in a temporary sibling directory and renamed into place.
 Loading verifies every listed file's size and sha256 and refuses a bundle that does not match,
 naming the file. Every file the manifest names for the device to open (model, tokenizer, generation
 and reference files, the signature's host tables and segments, Edge TPU compiled files) must be
 listed in `files` and lie inside the bundle; `Bundle.file` is the one way to open them.
+`write_bundle` and `load_bundle` take an optional callable (`sign`, `check`) for the signature, so the
+cryptography lives in the device layer and this module stays stdlib-only.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from edgekit.core.errors import BundleError
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # signature over MANIFEST's bytes; outside `files` (see module docstring)
 SCHEMA_VERSION = 1
 _REQUIRED_KEYS = ("schema_version", "edgekit_version", "name", "target", "task", "model", "files")
 
@@ -111,19 +118,24 @@ def listed_file(root: Path, manifest: dict, rel) -> Path:
     return root / rel
 
 
-def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) -> Bundle:
+def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False,
+                 sign: Callable[[bytes], bytes] | None = None) -> Bundle:
     """Hash every file in `staging`, add manifest.json, and move the result to `out` atomically.
 
     `staging` must be a directory on the same filesystem as `out` (see `staging_dir`). An
     existing bundle at `out` is replaced; an existing non-bundle path is refused. With `tar`,
-    `out` + ".tar" is written too (also via a temporary name).
+    `out` + ".tar" is written too (also via a temporary name). With `sign` (manifest bytes ->
+    signature file bytes), manifest.sig is written before the bundle is published, so the folder
+    and the .tar carry it; a stale manifest.sig in `staging` is dropped (it signed another manifest).
     """
+    (staging / SIGNATURE).unlink(missing_ok=True)
     files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = dict(manifest, files=[file_record(p, staging) for p in files])
     manifest.setdefault("schema_version", SCHEMA_VERSION)
-    tmp_manifest = staging / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp_manifest, staging / MANIFEST)
+    raw = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    write_atomic(staging / MANIFEST, raw)
+    if sign is not None:
+        write_atomic(staging / SIGNATURE, sign(raw))
 
     make_readable(staging)
     if out.exists() and not (out / MANIFEST).is_file():
@@ -136,12 +148,24 @@ def write_bundle(staging: Path, manifest: dict, out: Path, tar: bool = False) ->
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     if tar:
-        tar_path = out.with_name(out.name + ".tar")
-        tmp_tar = tar_path.with_name(tar_path.name + ".tmp")
-        with tarfile.open(tmp_tar, "w") as tf:
-            tf.add(out, arcname=out.name)
-        os.replace(tmp_tar, tar_path)
+        write_tar(out, out.with_name(out.name + ".tar"))
     return Bundle(out, manifest)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary sibling renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_tar(root: Path, tar_path: Path) -> None:
+    """`tar_path`: an uncompressed .tar of the bundle folder `root` (member names start with its
+    name), written under a temporary name and renamed into place."""
+    tmp_tar = tar_path.with_name(tar_path.name + ".tmp")
+    with tarfile.open(tmp_tar, "w") as tf:
+        tf.add(root, arcname=root.name)
+    os.replace(tmp_tar, tar_path)
 
 
 def bundle_log_name(manifest: dict) -> str:
@@ -173,12 +197,15 @@ def staging_dir(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
 
 
-def _read_manifest(root: Path) -> dict:
+def _read_manifest(root: Path, check: Callable[[Path, bytes], None] | None = None) -> dict:
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{root}: not an edgekit bundle (no {MANIFEST})")
+    raw = mpath.read_bytes()
+    if check is not None:
+        check(root, raw)  # the bytes checked are the bytes parsed below
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath}: manifest is not valid JSON ({exc})") from None
     missing = [k for k in _REQUIRED_KEYS if k not in manifest]
@@ -213,12 +240,15 @@ def verify_files(root: Path, manifest: dict) -> None:
         listed_file(root, manifest, rel)
 
 
-def load_bundle(path: str | os.PathLike, extract_to: Path | None = None) -> Bundle:
+def load_bundle(path: str | os.PathLike, extract_to: Path | None = None,
+                check: Callable[[Path, bytes], None] | None = None) -> Bundle:
     """Open and verify a bundle directory or .tar.
 
     A .tar is extracted safely on every supported Python (edgekit.core.bundle_tar: no absolute
     paths, `..`, links or devices) into `extract_to`, or by default once into the cache
     `<EDGEKIT_HOME>/bundles/<sha256 of the archive>/`, reused by later opens (nothing in /tmp).
+    `check(root, manifest_bytes)` (e.g. the device layer's signature check) runs on the manifest's
+    bytes before they are parsed and before any file is hashed; it raises BundleError to refuse.
     """
     from edgekit.core.bundle_tar import extract_cached, safe_extract
 
@@ -240,6 +270,6 @@ def load_bundle(path: str | os.PathLike, extract_to: Path | None = None) -> Bund
         if len(roots) != 1:
             raise BundleError(f"{p}: archive does not contain exactly one bundle directory")
         p = roots[0]
-    manifest = _read_manifest(p)
+    manifest = _read_manifest(p, check)
     verify_files(p, manifest)
     return Bundle(p, manifest)
