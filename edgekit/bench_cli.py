@@ -34,10 +34,10 @@ def _load(path: Path, threads: int, allow_cpu_fallback: bool = False):
                                        "bundles only")
         runner_for(b)
         loaded = open_model(b, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
-        if loaded.delegation is not None and loaded.delegation.hardware:
-            _say(loaded.delegation.line())
-        if loaded.fallback_warning:
+        if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
             _say(loaded.fallback_warning)
+        elif loaded.delegation is not None and loaded.delegation.hardware:
+            _say(loaded.delegation.line())
         return loaded
     except EdgekitError as exc:
         raise click.ClickException(str(exc)) from None

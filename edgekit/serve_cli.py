@@ -100,10 +100,10 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     def open_checked():
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None,
                             allow_cpu_fallback=allow_cpu_fallback)  # an unusable delegate: DelegateUnusable
-        if loaded.delegation is not None and loaded.delegation.hardware:
-            say(loaded.delegation.line())
-        if loaded.fallback_warning:
+        if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
             say(loaded.fallback_warning)
+        elif loaded.delegation is not None and loaded.delegation.hardware:
+            say(loaded.delegation.line())
         return loaded
 
     # a GPU / Edge TPU bundle loads before anything listens: a missing or useless delegate is an error now

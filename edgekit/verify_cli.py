@@ -27,7 +27,7 @@ def delegation_lines(loaded) -> list[str]:
     d = loaded.delegation
     if d is None or not d.hardware:
         return []
-    return [f"  {d.line()}"] + ([f"  {loaded.fallback_warning}"] if loaded.fallback_warning else [])
+    return [f"  {loaded.fallback_warning or d.line()}"]
 
 
 def exit_code(result: dict) -> int:

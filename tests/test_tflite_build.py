@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from test_build_serve import _torch_greedy, serving
+from test_build_serve import _torch_greedy, serving, start_server
 
 pytestmark = pytest.mark.full
 
@@ -188,11 +188,17 @@ def test_missing_or_useless_delegate_refuses_to_serve_unless_cpu_fallback(tflite
                   no_torch=True, timeout=120)
     first = summary(bundle / "model.tflite")["subgraphs"][0]["operators"]  # LiteRT reads the first subgraph
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert f"edgekit serve: delegate gpu: 0 of {first} nodes delegated (all on CPU)" in res.stderr
     assert f"it takes no work: the delegate loaded but took none of the {first} nodes" in res.stderr
-    with serving(bundle, "--delegate-library", str(lib), "--allow-cpu-fallback") as base:
+    proc, base = start_server(bundle, "--delegate-library", str(lib), "--allow-cpu-fallback", "--power", "none")
+    try:
         props = httpx.get(base + "/props", timeout=10).json()
         r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 4}, timeout=60)
+    finally:
+        proc.terminate()
+        stderr = proc.communicate(timeout=30)[1]
+    warnings = [line for line in stderr.splitlines() if line.startswith("edgekit serve:") and "delegate" in line]
+    assert warnings == [f"edgekit serve: WARNING: delegate gpu: 0 of {first} nodes delegated (all on CPU); "
+                        "continuing on the CPU (--allow-cpu-fallback)"]  # said once
     d = props["delegation"]
     assert props["accelerator"] == "cpu (xnnpack)" and d["loaded"] is True and d["cpu_fallback"] is True
     assert (d["nodes_delegated"], d["nodes_cpu"], d["library"]) == (0, first, str(lib))

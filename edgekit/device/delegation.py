@@ -185,4 +185,4 @@ def settle(d: Delegation | None, target: str, allow_cpu_fallback: bool) -> str |
     if not allow_cpu_fallback:
         raise DelegateUnusable(d.refusal(target))
     d.cpu_fallback = True
-    return f"WARNING: {d.delegate} delegate unusable ({d._why()}); running on the CPU (--allow-cpu-fallback)"
+    return f"WARNING: {d.line()}; continuing on the CPU (--allow-cpu-fallback)"
