@@ -120,6 +120,8 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_files"] == []
     shown = run_cli("inspect", str(bundle), no_torch=True).stdout
     assert "compile step PENDING" in shown and f"edgekit coral compile {bundle}" in shown
+    # read from the files: no segment holds an edgetpu-custom-op until compiled
+    assert f"delegate     0 of {len(segments)} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op" in shown
 
     copy = tmp_path / "coral"
     shutil.copytree(bundle, copy)

@@ -163,13 +163,13 @@ def combine(parts: list[Delegation]) -> Delegation:
     if unread:
         d.reason = unread
     elif d.segments_delegated == 0:
-        d.reason = measured_reason(d)
+        d.reason = _none_taken(d)
     else:
         d.reason = f"{d.segments_delegated} of {len(parts)} segments delegated"
     return d
 
 
-def measured_reason(d: Delegation) -> str:
+def _none_taken(d: Delegation) -> str:
     total = d.nodes_delegated + d.nodes_cpu
     why = f"the delegate loaded but took none of the {total} nodes in {d.segments_total} segments"
     if d.edgetpu_custom_ops == 0:
