@@ -20,7 +20,7 @@ def _say(msg: str) -> None:
     click.echo(f"edgekit bench: {msg}", err=True)
 
 
-def _load(path: Path, threads: int):
+def _load(path: Path, threads: int, allow_cpu_fallback: bool = False):
     """Verify (sha256 of every file) and open a text-generation bundle; ClickException otherwise."""
     from edgekit.core.bundle import load_bundle
     from edgekit.core.errors import EdgekitError
@@ -33,7 +33,12 @@ def _load(path: Path, threads: int):
             raise click.ClickException(f"{path}: a '{task}' bundle; edgekit bench benchmarks text-generation "
                                        "bundles only")
         runner_for(b)
-        return open_model(b, threads=threads)
+        loaded = open_model(b, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+        if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
+            _say(loaded.fallback_warning)
+        elif loaded.delegation is not None and loaded.delegation.hardware:
+            _say(loaded.delegation.line())
+        return loaded
     except EdgekitError as exc:
         raise click.ClickException(str(exc)) from None
     except ImportError as exc:
@@ -63,7 +68,7 @@ def _host() -> dict:
 
 
 def _sustained(bundle: Path, seconds: float, interval_seconds: float, max_tokens: int, warmup: int, threads: int,
-               power: tuple, out: Path) -> None:
+               power: tuple, out: Path, allow_cpu_fallback: bool = False) -> None:
     """`bench --sustained`: one bundle, generating back to back for `seconds`; a row per interval."""
     from edgekit import __version__
     from edgekit.device.benchmark import peak_rss_bytes, summarize, warm_up
@@ -75,7 +80,7 @@ def _sustained(bundle: Path, seconds: float, interval_seconds: float, max_tokens
     thermal = start_monitor(say=_say)
     try:
         _say(f"loading {bundle}")
-        loaded = _load(bundle, threads)
+        loaded = _load(bundle, threads, allow_cpu_fallback)
         warm_up(loaded, warmup, max_tokens)
         _say(f"generating for {seconds / 60:g} min, a row every {interval_seconds:g} s")
         result, records = run_sustained(loaded, seconds, interval_seconds, session and session.meter, thermal,
@@ -130,8 +135,11 @@ def _label(loaded) -> str:
                    "temperature and throttling per --interval (one bundle).")
 @click.option("--interval", "interval_seconds", default=30.0, show_default=True, type=click.FloatRange(0.1, None),
               metavar="SECONDS", help="Interval length for --sustained.")
+@click.option("--allow-cpu-fallback", is_flag=True,
+              help="Benchmark on the CPU when a bundle's GPU / Edge TPU delegate is missing or takes no nodes "
+                   "(otherwise that is an error).")
 def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_channels, board, power_hz, out, plot,
-          sustained, interval_seconds):
+          sustained, interval_seconds, allow_cpu_fallback):
     """Benchmark text-generation bundles on this device: speed, memory and energy per token.
 
     \b
@@ -175,14 +183,14 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
         if compare:
             raise click.BadParameter("takes one bundle; drop --compare", param_hint="--sustained")
         return _sustained(bundle, sustained * 60, interval_seconds, max_tokens, warmup, threads,
-                          (power, list(power_channels), board, power_hz), out)
+                          (power, list(power_channels), board, power_hz), out, allow_cpu_fallback)
     prefer = _target_power_prefer(paths[0])
     session = _power_session(prefer, power, list(power_channels), board, power_hz)  # fails fast, before loading
     loaded = []
     try:
         for p in paths:
             _say(f"loading {p}")
-            loaded.append(_load(p, threads))
+            loaded.append(_load(p, threads, allow_cpu_fallback))
     except BaseException:
         if session is not None:
             session.stop()

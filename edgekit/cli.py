@@ -326,10 +326,22 @@ def _print_manifest(root: Path, m: dict, signed: str) -> None:
         else:
             click.echo(f"  compiler FAILED on {', '.join(comp.get('failed', []))}; see the build's compile stage logs")
         click.echo("  per-op table: edgekit coral check " + str(root))
+        _print_edgetpu_files(root, m)
     gate = m.get("gate")
     if gate:
         state = "passed" if gate["passed"] else ("FAILED (packaged with --no-gate)" if not gate["enforced"] else "FAILED")
         click.echo(f"gate       {state}" + "".join(f"\n  - {f}" for f in gate.get("failures", [])))
+
+
+def _print_edgetpu_files(root: Path, m: dict) -> None:
+    """What the Edge TPU delegate could take, from the files themselves (edgetpu-custom-op nodes)."""
+    from edgekit.device.tflite_inspect import edgetpu_files
+
+    found = edgetpu_files(root, m)
+    if found is not None:
+        with_op, total = found
+        click.echo(f"  delegate     {with_op} of {total} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op"
+                   + ("" if with_op else ": it would take nothing (serve refuses unless --allow-cpu-fallback)"))
 
 
 @cli.command()

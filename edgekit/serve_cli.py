@@ -25,7 +25,11 @@ from edgekit.sign_cli import signed_line, trust_check, trust_option
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log verbosity.")
 @click.option("--delegate-library", envvar="EDGEKIT_DELEGATE_LIBRARY", default=None, metavar="PATH",
               help="Delegate library for TFLite bundles (GPU / Edge TPU), overriding the target's default "
-                   "[env EDGEKIT_DELEGATE_LIBRARY]. If it cannot be loaded the model runs on the CPU (XNNPACK).")
+                   "[env EDGEKIT_DELEGATE_LIBRARY]. If it cannot be loaded, or takes no nodes, serve refuses to "
+                   "start unless --allow-cpu-fallback.")
+@click.option("--allow-cpu-fallback", is_flag=True,
+              help="Serve on the CPU (XNNPACK) when the target's GPU / Edge TPU delegate is missing or takes no "
+                   "nodes: one warning line, and /props shows delegation.cpu_fallback = true.")
 @click.option("--delegate-option", "delegate_options", multiple=True, metavar="KEY=VALUE",
               help="Option passed to the delegate (repeatable). Edge TPU: device=usb, device=usb:0, device=pci:0.")
 @click.option("--api-key", envvar="EDGEKIT_API_KEY", default=None,
@@ -50,7 +54,8 @@ from edgekit.sign_cli import signed_line, trust_check, trust_option
               help="Before listening, check the model on this machine's kernels against the bundle's reference data "
                    "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
 @trust_option
-def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, api_key, max_queue,
+def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, allow_cpu_fallback, api_key,
+          max_queue,
           request_timeout, request_log, power, power_channels, board, power_hz, power_log, power_log_max_mb,
           subtract_idle, grid_intensity, country, verify_first, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
@@ -58,7 +63,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     \b
     GET  /health               503 while the model loads, 200 when ready (no auth)
     GET  /v1/models            the served model
-    GET  /props                bundle, target, runtime, accelerator actually in use, threads, queue,
+    GET  /props                bundle, target, runtime, accelerator actually in use (delegation: nodes and
+                               segments the GPU / Edge TPU delegate took vs the CPU), threads, queue,
                                generation defaults (each with its source)
     GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
     POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream,
@@ -77,7 +83,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
 
     from edgekit.core.bundle import bundle_log_name, load_bundle
     from edgekit.core.paths import edgekit_home
-    from edgekit.device.runtime import open_model, runner_for
+    from edgekit.device.delegation import DelegateUnusable
+    from edgekit.device.runtime import open_model, requests_hardware_delegate, runner_for
     from edgekit.device.server import create_app
     from edgekit.device.serving import JsonlLog
 
@@ -96,8 +103,26 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
     log_path = request_log or logs / f"{stem}-requests.jsonl"
 
+    def say(line):
+        click.echo(f"edgekit serve: {line}", err=True)
+
+    def open_checked():
+        loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None,
+                            allow_cpu_fallback=allow_cpu_fallback)  # an unusable delegate: DelegateUnusable
+        if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
+            say(loaded.fallback_warning)
+        elif loaded.delegation is not None and loaded.delegation.hardware:
+            say(loaded.delegation.line())
+        return loaded
+
+    # a GPU / Edge TPU bundle loads before anything listens: a missing or useless delegate is an error now
+    try:
+        early = open_checked() if requests_hardware_delegate(b.manifest) else None
+    except DelegateUnusable as exc:
+        raise click.ClickException(str(exc)) from None
+
     def loader():
-        loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None)
+        loaded = early if early is not None else open_checked()
         click.echo(f"edgekit serve: {name} ready ({b.manifest['model']['precision']}, "
                    f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
                    f"{loaded.threads_source})", err=True)

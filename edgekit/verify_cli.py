@@ -24,6 +24,14 @@ def header(loaded) -> str:
             f"{m['model']['runtime']} on {loaded.accelerator})")
 
 
+def delegation_lines(loaded) -> list[str]:
+    """The delegate's line (and the CPU fallback warning) for a GPU / Edge TPU bundle; else none."""
+    d = loaded.delegation
+    if d is None or not d.hardware:
+        return []
+    return [f"  {loaded.fallback_warning or d.line()}"]
+
+
 def exit_code(result: dict) -> int:
     if result["passed"] is None:
         return EXIT_NO_REFERENCE
@@ -35,8 +43,11 @@ def exit_code(result: dict) -> int:
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0, 256),
               help="Runtime threads (0 = the target's runtime.threads, capped at the CPUs this process may use).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (same exit status).")
+@click.option("--allow-cpu-fallback", is_flag=True,
+              help="Check on the CPU when the target's GPU / Edge TPU delegate is missing or takes no nodes "
+                   "(otherwise that is an error, exit 1).")
 @trust_option
-def verify(bundle, threads, as_json, trust):
+def verify(bundle, threads, as_json, allow_cpu_fallback, trust):
     """Check a bundle on this machine's kernels against the PyTorch reference stored at build time.
 
     \b
@@ -45,6 +56,7 @@ def verify(bundle, threads, as_json, trust):
     workstation export's. Exit status: 0 pass, 1 fail, 3 no reference data in the bundle.
     """
     from edgekit.core.bundle import load_bundle
+    from edgekit.device.delegation import DelegateUnusable
     from edgekit.device.reference import bundle_reference
     from edgekit.device.reference_check import NO_REFERENCE, check_model, summary_lines
     from edgekit.device.runtime import open_model
@@ -55,12 +67,17 @@ def verify(bundle, threads, as_json, trust):
         result = {"passed": None, "reason": NO_REFERENCE, "checks": []}
         click.echo(json.dumps(result, indent=2) if as_json else f"edgekit verify: {b.manifest['name']}: {NO_REFERENCE}")
         sys.exit(EXIT_NO_REFERENCE)
-    loaded = open_model(b, threads=threads)
+    try:
+        loaded = open_model(b, threads=threads, allow_cpu_fallback=allow_cpu_fallback)
+    except DelegateUnusable as exc:
+        raise click.ClickException(str(exc)) from None
     result = check_model(loaded.model, loaded.tokenizer, ref, b.manifest["target"].get("verify", {}))
+    if loaded.delegation is not None:
+        result["delegation"] = loaded.delegation.as_dict()
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo("\n".join(summary_lines(result, header(loaded))))
+        click.echo("\n".join(summary_lines(result, header(loaded)) + delegation_lines(loaded)))
     sys.exit(exit_code(result))
 
 

@@ -324,3 +324,34 @@ def run_generation(gen) -> tuple[list[str], object]:
             deltas.append(next(gen))
         except StopIteration as stop:
             return deltas, stop.value
+
+
+# A real LiteRT delegate plugin (the load_delegate ABI: tflite_plugin_create_delegate) whose Prepare
+# claims no node: the "loaded but useless" delegate, e.g. an Edge TPU library facing an uncompiled
+# model. The struct is TfLiteDelegate's leading layout (data_, Prepare, three buffer-handle hooks, flags).
+USELESS_DELEGATE_C = r"""
+#include <stdint.h>
+#include <stdlib.h>
+typedef struct D { void* data; int (*prepare)(void*, struct D*); void* copy_from; void* copy_to; void* free_handle;
+                   int64_t flags; void* opaque_builder; } D;
+static int prepare(void* context, D* delegate) { (void)context; (void)delegate; return 0; }
+D* tflite_plugin_create_delegate(char** keys, char** values, size_t n, void (*report)(const char*)) {
+  (void)keys; (void)values; (void)n; (void)report;
+  D* d = calloc(1, sizeof(D)); d->prepare = prepare; return d; }
+void tflite_plugin_destroy_delegate(D* d) { free(d); }
+"""
+
+
+def useless_delegate_library(folder):
+    """Compile USELESS_DELEGATE_C into folder/libuseless_delegate.so; None when no C compiler is here."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src, lib = Path(folder) / "useless_delegate.c", Path(folder) / "libuseless_delegate.so"
+    src.write_text(USELESS_DELEGATE_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True)
+    return lib

@@ -120,6 +120,8 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_files"] == []
     shown = run_cli("inspect", str(bundle), no_torch=True).stdout
     assert "compile step PENDING" in shown and f"edgekit coral compile {bundle}" in shown
+    # read from the files: no segment holds an edgetpu-custom-op until compiled
+    assert f"delegate     0 of {len(segments)} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op" in shown
 
     copy = tmp_path / "coral"
     shutil.copytree(bundle, copy)
@@ -135,9 +137,11 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert "disagreements with the prediction" in res.stdout
     assert set(compiled) <= {f["path"] for f in m2["files"]}
     # no Edge TPU here: the server says so and runs the CPU model
-    with serving(copy) as base:
+    with serving(copy, "--allow-cpu-fallback") as base:
         props = httpx.get(base + "/props", timeout=10).json()
         assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == "edgetpu"
+        d = props["delegation"]
+        assert d["cpu_fallback"] is True and d["loaded"] is False and d["segments_total"] == len(segments)
         r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 8}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
 

@@ -46,9 +46,13 @@ def test_onnx_bundle_and_its_tar_verify_on_this_machine(stories_build):
 
 @pytest.mark.parametrize("variant", ["arm-cpu", "coral"])
 def test_tflite_and_coral_bundles_verify_on_this_machine(tflite_builds, variant):
-    res, m = _verify(tflite_builds[variant], "--json")
+    if variant == "coral":  # no Edge TPU here: an error, unless the CPU is allowed
+        refused, _ = _verify(tflite_builds[variant], "--json")
+        assert refused.returncode == 1 and "--allow-cpu-fallback" in refused.stderr
+    res, m = _verify(tflite_builds[variant], "--json", *(["--allow-cpu-fallback"] if variant == "coral" else []))
     assert res.returncode == 0, res.stdout + res.stderr
     out = json.loads(res.stdout)
+    assert out["delegation"]["cpu_fallback"] is (variant == "coral")
     assert out["passed"] is True and out["seconds"] < 2.0
     _same_as_workstation(out, m)
     assert {c["name"] for c in out["checks"]} >= {"max_logit_diff", "greedy_agreement", "perplexity_ratio"}

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from test_build_serve import _torch_greedy, serving
+from test_build_serve import _torch_greedy, serving, start_server
 
 pytestmark = pytest.mark.full
 
@@ -62,11 +62,16 @@ def test_manifest_holds_signatures_ops_parity_and_quality(tflite_builds, variant
 def test_each_target_serves_what_verify_recorded(tflite_builds, variant):
     m = _manifest(tflite_builds[variant])
     verify = m["metrics"]["verify"]
-    with serving(tflite_builds[variant]) as base:
+    hardware = m["model"]["delegate"] != "xnnpack"
+    with serving(tflite_builds[variant], *(["--allow-cpu-fallback"] if hardware else [])) as base:
         props = httpx.get(base + "/props", timeout=10).json()
         assert props["target"] == variant and props["runtime"] in ("litert", "litert-segments")
         # no GPU / Edge TPU delegate library on this machine: the server says it runs on the CPU
         assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == m["model"]["delegate"]
+        d = props["delegation"]
+        assert d["delegate"] == m["model"]["delegate"] and d["cpu_fallback"] is hardware
+        if hardware:
+            assert d["loaded"] is False and "could not be loaded" in d["reason"] and d["nodes_delegated"] is None
         # the target's thread count (4), capped at the CPUs this process may use
         assert props["threads"] == min(m["target"]["runtime"]["threads"], props["cpus_available"])
         assert "runtime.threads" in props["threads_source"]
@@ -79,7 +84,7 @@ def test_each_target_serves_what_verify_recorded(tflite_builds, variant):
 
 def test_fp16_bundle_generates_pytorch_greedy_text(tflite_builds, stories_build):
     expected = _torch_greedy(stories_build["student"], "Once upon a time", 24)
-    with serving(tflite_builds["mobile-gpu"]) as base:
+    with serving(tflite_builds["mobile-gpu"], "--allow-cpu-fallback") as base:
         r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 24,
                                                        "temperature": 0}, timeout=60)
         assert r.json()["choices"][0]["text"] == expected
@@ -161,3 +166,40 @@ def test_one_row_prefill_equals_the_last_row_of_decode_steps(tflite_builds):
         n = full_cache.length
         assert all(np.allclose(a[:, :, :n], b[:, :, :n], atol=1e-5)
                    for a, b in zip(lm.cache_arrays(full_cache), lm.cache_arrays(last_cache)))
+
+
+def test_missing_or_useless_delegate_refuses_to_serve_unless_cpu_fallback(tflite_builds, tmp_path):
+    """mobile-gpu here: the GPU library is missing (refused); a real delegate plugin that loads and takes
+    no node (refused, then served with --allow-cpu-fallback: /props counts LiteRT's nodes)."""
+    from conftest import run_cli
+    from edgekit.device.tflite_inspect import summary
+    from fakes import useless_delegate_library
+
+    bundle = tflite_builds["mobile-gpu"]
+    res = run_cli("serve", str(bundle), "--port", "0", "--power", "none", no_torch=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr and " on http://" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "Error: target mobile-gpu requests the gpu delegate but it is not available here: library "
+        "'libLiteRtGpuAccelerator.so' could not be loaded")
+    lib = useless_delegate_library(tmp_path)
+    if lib is None:
+        pytest.skip("no C compiler to build the test delegate plugin")
+    res = run_cli("serve", str(bundle), "--port", "0", "--power", "none", "--delegate-library", str(lib),
+                  no_torch=True, timeout=120)
+    first = summary(bundle / "model.tflite")["subgraphs"][0]["operators"]  # LiteRT reads the first subgraph
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"it takes no work: the delegate loaded but took none of the {first} nodes" in res.stderr
+    proc, base = start_server(bundle, "--delegate-library", str(lib), "--allow-cpu-fallback", "--power", "none")
+    try:
+        props = httpx.get(base + "/props", timeout=10).json()
+        r = httpx.post(base + "/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 4}, timeout=60)
+    finally:
+        proc.terminate()
+        stderr = proc.communicate(timeout=30)[1]
+    warnings = [line for line in stderr.splitlines() if line.startswith("edgekit serve:") and "delegate" in line]
+    assert warnings == [f"edgekit serve: WARNING: delegate gpu: 0 of {first} nodes delegated (all on CPU); "
+                        "continuing on the CPU (--allow-cpu-fallback)"]  # said once
+    d = props["delegation"]
+    assert props["accelerator"] == "cpu (xnnpack)" and d["loaded"] is True and d["cpu_fallback"] is True
+    assert (d["nodes_delegated"], d["nodes_cpu"], d["library"]) == (0, first, str(lib))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4

@@ -54,10 +54,11 @@ def eval_causal(model_ref: str, texts: dict[str, str], max_tokens: int, window: 
     if path.exists() and _is_bundle(path):
         from edgekit.device.runtime import load
 
-        loaded = load(path)
+        loaded = load(path, allow_cpu_fallback=True)  # the bundle's numbers, wherever its kernels run here
         model, encode = loaded.model, lambda t: loaded.tokenizer.encode(t, add_special_tokens=False)
         run = lambda wins: quality.perplexity(model, wins)  # noqa: E731
-        kind = f"bundle ({loaded.bundle.manifest['model']['precision']}, {loaded.bundle.manifest['model']['runtime']})"
+        kind = (f"bundle ({loaded.bundle.manifest['model']['precision']}, {loaded.bundle.manifest['model']['runtime']}"
+                f" on {loaded.accelerator})")
     else:
         import torch
 

@@ -70,10 +70,11 @@ def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None
 def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
     from edgekit.device.tflite_model import _Sig, make_interpreter
 
-    accel = "injected"
+    found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     if session is None:
         m = manifest["model"]
-        session, accel = make_interpreter(model_path, threads, m.get("delegate", "none"), m.get("delegate_library", ""))
+        session, found = make_interpreter(model_path, threads, m.get("delegate", "none"), m.get("delegate_library", ""),
+                                          m.get("delegate_options"))
     sig_runner = _Sig(session.get_signature_runner("encode"), length_input=1, length_axis=1)
 
     def run(embeds, mask):
@@ -81,5 +82,6 @@ def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=No
 
     sig = manifest["signature"]
     enc = SentenceEncoder(run, load_host_tables(model_path, sig), sig["max_sequence_length"], sig["max_sequence_length"])
-    enc.accelerator = accel
+    enc.delegation = found
+    enc.accelerator = found.accelerator if found is not None else "injected"
     return enc

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from edgekit.core.bundle import Bundle, load_bundle
 from edgekit.core.errors import BundleError
 from edgekit.core.recipes import SCHEMA as RECIPE_SCHEMA
+from edgekit.device.delegation import CPU_DELEGATES, settle
 from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
 from edgekit.device.runtimes import require
@@ -55,6 +56,13 @@ class LoadedModel:
     threads: int = 0
     threads_source: str = ""
     device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
+    fallback_warning: str | None = None  # --allow-cpu-fallback let an unusable delegate run on the CPU
+
+    @property
+    def delegation(self):
+        """What the hardware delegate really took (edgekit.device.delegation.Delegation), or None for
+        runtimes without delegates (ONNX Runtime) and injected sessions."""
+        return getattr(self.model, "delegation", None)
 
     @property
     def sampling_defaults(self) -> dict:
@@ -72,6 +80,7 @@ class LoadedModel:
             "name": m["name"], "task": m["task"], "target": m["target"]["name"], "format": m["model"]["format"],
             "precision": m["model"]["precision"], "runtime": m["model"]["runtime"],
             "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
+            "delegation": self.delegation.as_dict() if self.delegation is not None else None,
             "zero_copy": getattr(self.model, "zero_copy", None),  # LiteRT: the KV cache kept in the interpreter
             "threads": self.threads, "threads_source": self.threads_source, "cpus_available": available_cpus(),
             "max_sequence_length": self.max_sequence_length,
@@ -91,6 +100,11 @@ class LoadedModel:
     @property
     def max_sequence_length(self) -> int:
         return self.bundle.manifest["model"]["max_sequence_length"]
+
+
+def requests_hardware_delegate(manifest: dict) -> bool:
+    """The bundle's model asks for a GPU / Edge TPU delegate (its load must then be checked)."""
+    return manifest["model"].get("delegate", "none") not in CPU_DELEGATES
 
 
 def available_cpus() -> int:
@@ -135,10 +149,12 @@ def runner_for(bundle: Bundle, check_installed: bool = True):
 
 
 def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None,
-               delegate_options: dict | None = None) -> LoadedModel:
+               delegate_options: dict | None = None, allow_cpu_fallback: bool = False) -> LoadedModel:
     """Build the runner for an already verified bundle. `session` injects a fake runtime session;
     `delegate_library` overrides the target's delegate library path (GPU / Edge TPU) and
-    `delegate_options` are passed to it (Edge TPU: {"device": "usb:0"})."""
+    `delegate_options` are passed to it (Edge TPU: {"device": "usb:0"}). A requested hardware
+    delegate that is missing or takes no nodes raises DelegateUnusable unless `allow_cpu_fallback`
+    (then `fallback_warning` says so and the model's delegation shows cpu_fallback)."""
     m = bundle.manifest
     threads, threads_source = resolve_threads(threads, m)
     if delegate_library or delegate_options:
@@ -149,16 +165,18 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
             model["delegate_options"] = delegate_options
         m = dict(m, model=model)
     model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
+    warning = settle(getattr(model, "delegation", None), m["target"]["name"], allow_cpu_fallback)
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.file(tok_info["file"]), tok_info["eos_token_ids"])
     generation = {}
     if m.get("generation_file"):
         generation = json.loads(bundle.file(m["generation_file"]).read_text(encoding="utf-8"))
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads,
-                       threads_source=threads_source)
+                       threads_source=threads_source, fallback_warning=warning)
 
 
-def load(path, threads: int = 0, delegate_library: str | None = None, delegate_options: dict | None = None) -> LoadedModel:
+def load(path, threads: int = 0, delegate_library: str | None = None, delegate_options: dict | None = None,
+         allow_cpu_fallback: bool = False) -> LoadedModel:
     """Verify the bundle at `path` (directory or .tar) and open it."""
     return open_model(load_bundle(path), threads=threads, delegate_library=delegate_library,
-                      delegate_options=delegate_options)
+                      delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
+from edgekit.device import delegation
 from edgekit.device.tflite_model import RecordingRunner, _Sig, load_host_tables, make_interpreter
 
 
@@ -31,19 +32,19 @@ def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record
     """One callable per segment: takes [x] or [x, a] float arrays, returns float outputs.
     With `record`, each keeps the raw feeds it saw in `.recorded` (calibration)."""
     model = model or {}
-    runners, accel = [], "cpu (xnnpack)"
+    runners = []
     compiled = set(model.get("accelerated_files") or [])
     for seg in signature["segments"]:
         name = seg["file"]
         tpu_name = name.replace(".tflite", "_edgetpu.tflite")
-        interp, accel = make_interpreter(sibling_file(folder, name), threads, model.get("delegate", "none"),
+        interp, found = make_interpreter(sibling_file(folder, name), threads, model.get("delegate", "none"),
                                          model.get("delegate_library", ""), model.get("delegate_options"),
                                          sibling_file(folder, tpu_name) if tpu_name in compiled else None)
         raw = interp.get_signature_runner()
         rec = RecordingRunner(raw, []) if record else None
         sig = _Sig(rec or raw, length_input=0, length_axis=0)
         sig.recorded = rec.sink if rec else None
-        sig.accelerator = accel
+        sig.delegation = found
         runners.append(sig)
     return runners
 
@@ -62,6 +63,15 @@ class _LinearSegments:
         s = float(np.abs(x).max()) or 1.0
         outs = [o * s for o in self.runners[k]([x / s])]
         return [o if b is None else o + b for o, b in zip(outs, self.biases[k])]
+
+
+def _delegation(runners: list):
+    """(combined Delegation of the segment runners or None, accelerator text)."""
+    parts = [getattr(r, "delegation", None) for r in runners]
+    if not parts or any(p is None for p in parts):  # injected runners without facts (tests)
+        return None, "cpu"
+    found = delegation.combine(parts)
+    return found, found.accelerator
 
 
 class SegmentedCausalLM:
@@ -85,7 +95,7 @@ class SegmentedCausalLM:
         self.input_norm = np.asarray(host_tables["input_norm"], np.float32)
         self.post_norm = np.asarray(host_tables["post_norm"], np.float32)
         self.final_norm = np.asarray(host_tables["final_norm"], np.float32)
-        self.accelerator = getattr(runners[0], "accelerator", "cpu") if runners else "cpu"
+        self.delegation, self.accelerator = _delegation(runners)
 
     def new_cache(self) -> SegmentCache:
         shape = (self.kv_heads, self.cache_length, self.head_dim)
@@ -167,7 +177,7 @@ class SegmentedEncoder:
         self.head_dim = int(signature["head_dim"])
         self.eps = float(signature["layer_norm_eps"])
         self.max_sequence_length = int(signature["max_sequence_length"])
-        self.accelerator = getattr(runners[0], "accelerator", "cpu") if runners else "cpu"
+        self.delegation, self.accelerator = _delegation(runners)
         if signature.get("activation", "gelu") != "gelu":
             raise ValueError(f"activation {signature.get('activation')} is not supported by the segmented encoder")
 

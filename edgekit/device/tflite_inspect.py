@@ -57,3 +57,20 @@ def summary(path: Path) -> dict:
 
 def op_counts(path: Path) -> dict[str, int]:
     return summary(path)["ops"]
+
+
+def edgetpu_files(folder: Path, manifest: dict) -> tuple[int, int] | None:
+    """(files holding an edgetpu-custom-op, files) among those the Edge TPU delegate would open for a
+    bundle (each segment, or the model; its `_edgetpu.tflite` build when the bundle has one), or None
+    when this is not an Edge TPU bundle or the flatbuffers cannot be read here."""
+    model = manifest.get("model", {})
+    if model.get("delegate") != "edgetpu" or model.get("format") != "tflite":
+        return None
+    names = [s["file"] for s in manifest.get("signature", {}).get("segments", [])] or [model["file"]]
+    compiled = set(model.get("accelerated_files") or [])
+    opened = [n.replace(".tflite", "_edgetpu.tflite") if n.replace(".tflite", "_edgetpu.tflite") in compiled else n
+              for n in names]
+    try:
+        return sum("CUSTOM:edgetpu-custom-op" in op_counts(Path(folder) / n) for n in opened), len(opened)
+    except (ImportError, OSError):
+        return None

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
-from edgekit.device import tflite_resident
+from edgekit.device import delegation, tflite_resident
 
 log = logging.getLogger("edgekit.device")
-_WARNED: set[str] = set()  # delegate libraries that failed to load (warned about once)
 _ZERO_COPY_WARNED: list[str] = []  # the zero-copy self-check's failure, warned about once per process
 
 
@@ -238,37 +237,57 @@ class TfliteCausalLM:
 
 
 def make_interpreter(model_path, threads: int = 0, delegate: str = "none", delegate_library: str = "",
-                     delegate_options: dict | None = None, accelerated_path=None):
-    """A LiteRT interpreter; returns (interpreter, accelerator in use as text).
+                     delegate_options: dict | None = None, accelerated_path=None, lite=None):
+    """A LiteRT interpreter; returns (interpreter, Delegation: what the delegate really took).
 
     XNNPACK is LiteRT's default CPU path. A named delegate library (GPU, Edge TPU) is loaded when it
     can be, with `delegate_options` (Edge TPU: {"device": "usb:0"}); the interpreter then opens
-    `accelerated_path` if given (a model compiled for that accelerator) else `model_path`. When the
-    library cannot be loaded this logs once that the model runs on the CPU, from `model_path`.
+    `accelerated_path` if given (a model compiled for that accelerator) else `model_path`, and the
+    nodes the delegate took are counted (edgekit.device.delegation). When the library cannot be
+    loaded the model opens from `model_path` on the CPU and the Delegation says why (whether that
+    is allowed is the caller's call: runtime.open_model). `lite` injects the
+    interpreter module (tests); default ai_edge_litert.interpreter, or tflite_runtime's.
     """
+    real, lite = lite is None, lite or _lite()
+    kwargs = {"model_path": str(model_path)}
+    if threads > 0:
+        kwargs["num_threads"] = threads
+    if delegate in delegation.CPU_DELEGATES:
+        return lite.Interpreter(**kwargs), delegation.no_delegate(delegate)
+    if not delegate_library:
+        return lite.Interpreter(**kwargs), delegation.not_loaded(delegate, "", "no delegate library configured")
+    try:
+        if real:
+            import ctypes
+
+            ctypes.CDLL(delegate_library)  # probe first: a failed load_delegate leaves a noisy __del__
+        dlg = lite.load_delegate(delegate_library, delegate_options or {})
+    except (ValueError, OSError, RuntimeError) as e:
+        why = f"library '{delegate_library}' could not be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return lite.Interpreter(**kwargs), delegation.not_loaded(delegate, delegate_library, why)
+    if accelerated_path is not None:
+        kwargs["model_path"] = str(accelerated_path)
+    interpreter = lite.Interpreter(experimental_delegates=[dlg], **kwargs)
+    custom = _edgetpu_ops(kwargs["model_path"]) if delegate == "edgetpu" else None
+    return interpreter, delegation.measured(interpreter, delegate, delegate_library, custom)
+
+
+def _lite():
     try:
         from ai_edge_litert import interpreter as lite
     except ImportError:  # older devices: the deprecated tflite_runtime wheel has the same API
         from tflite_runtime import interpreter as lite  # type: ignore[no-redef]
-    kwargs = {"model_path": str(model_path)}
-    if threads > 0:
-        kwargs["num_threads"] = threads
-    if delegate not in ("none", "xnnpack") and delegate_library:
-        try:
-            import ctypes
+    return lite
 
-            ctypes.CDLL(delegate_library)  # probe first: a failed load_delegate leaves a noisy __del__
-            dlg = lite.load_delegate(delegate_library, delegate_options or {})
-            if accelerated_path is not None:
-                kwargs["model_path"] = str(accelerated_path)
-            return lite.Interpreter(experimental_delegates=[dlg], **kwargs), f"{delegate} ({delegate_library})"
-        except (ValueError, OSError, RuntimeError) as e:
-            if delegate_library in _WARNED:  # once per library and process (TPU segments open dozens of files)
-                return lite.Interpreter(**kwargs), "cpu (xnnpack)"
-            _WARNED.add(delegate_library)
-            log.warning("%s delegate library '%s' could not be loaded (%s); running on CPU (XNNPACK)",
-                        delegate, delegate_library, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    return lite.Interpreter(**kwargs), "cpu (xnnpack)"
+
+def _edgetpu_ops(path) -> int | None:
+    """edgetpu-custom-op nodes in the model file, or None when the flatbuffer cannot be read here."""
+    try:
+        from edgekit.device.tflite_inspect import op_counts
+
+        return op_counts(Path(path)).get("CUSTOM:" + delegation.EDGETPU_OP, 0)
+    except Exception:  # no schema module (tflite_runtime) or an unreadable file: the count is unknown
+        return None
 
 
 def load_host_tables(model_path, signature: dict) -> dict:
@@ -281,14 +300,15 @@ def load_host_tables(model_path, signature: dict) -> dict:
 def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
     model = manifest["model"]
-    accel = "injected"
+    found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     if session is None:
         compiled = Path(model_path).stem + "_edgetpu.tflite"
         has_compiled = compiled in (model.get("accelerated_files") or [])
-        session, accel = make_interpreter(model_path, threads, model.get("delegate", "none"),
+        session, found = make_interpreter(model_path, threads, model.get("delegate", "none"),
                                           model.get("delegate_library", ""), model.get("delegate_options"),
                                           sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
     sig = manifest["signature"]
     lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
-    lm.accelerator = accel
+    lm.delegation = found
+    lm.accelerator = found.accelerator if found is not None else "injected"
     return lm
