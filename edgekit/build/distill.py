@@ -100,6 +100,20 @@ def _calibration(data: textdata.TextData, n: int = 4) -> list[torch.Tensor]:
     return [data.train[i: i + 1, :-1] for i in range(min(n, len(data.train)))]
 
 
+# --- several processes (accelerate launch): logging and clocks that agree across processes ---
+def _main_only(accel, log: Callable[[str], None]) -> Callable[[str], None]:
+    return log if accel.is_main_process else (lambda msg: None)
+
+
+def _slowest_seconds(accel, seconds: float) -> float:
+    """The step time of the slowest process, so every process counts the same training seconds and
+    stops (max_minutes) and evaluates (eval_every_minutes) at the same step; one differing stop
+    would leave the others waiting forever in the next gradient all-reduce."""
+    if accel.num_processes == 1:
+        return seconds
+    return float(accel.reduce(torch.tensor([seconds], dtype=torch.float64, device=accel.device), "max").item())
+
+
 def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkpoint_dir: Path,
                 eval_files: list[str] = (), log: Callable[[str], None] = print, progress: bool = True,
                 clock: Callable[[], float] = time.monotonic) -> dict:
@@ -112,8 +126,10 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
 
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
-    teacher, tokenizer = load_causal_lm(resolve_teacher(settings.teacher, settings.teacher_file,
-                                                        settings.teacher_sha256))
+    log = _main_only(accel, log)
+    with accel.main_process_first():  # one process downloads/converts the teacher; the others reuse its cache
+        teacher, tokenizer = load_causal_lm(resolve_teacher(settings.teacher, settings.teacher_file,
+                                                            settings.teacher_sha256))
     teacher.requires_grad_(False)
     files = textdata.expand_paths(settings.data)
     data = textdata.prepare(tokenizer, files, settings.seq_len, settings.eval_fraction, budget.eval_tokens,
@@ -164,7 +180,8 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
         if accel.is_main_process:
             _save_checkpoint(ckpt, accel.unwrap_model(student), tokenizer, optimizer, state)
 
-    per_step = settings.batch_size * accel.num_processes
+    per_step = settings.batch_size * accel.num_processes  # the global batch, in windows
+    log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch {per_step} windows")
     gen = torch.Generator().manual_seed(settings.seed)
     order = torch.randperm(len(data.train), generator=gen)
     max_seconds = budget.max_minutes * 60 if budget.max_minutes > 0 else float("inf")
@@ -197,7 +214,7 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
             accel.clip_grad_norm_(params, 1.0)
             optimizer.step()
             state["step"] += 1
-            dt = clock() - t0
+            dt = _slowest_seconds(accel, clock() - t0)
             state["train_seconds"] += dt
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", kl=f"{parts['kl']:.3f}", tok_s=f"{x.numel() * accel.num_processes / dt:.0f}")
@@ -247,6 +264,8 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+    accel.wait_for_everyone()  # every process ends after the student is written
+    accel.end_training()
     return metrics
 
 
