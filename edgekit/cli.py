@@ -156,20 +156,23 @@ def _int_list(value: str | None) -> list[int] | None:
 @click.option("--max-minutes", type=click.FloatRange(0, None), default=None, help="Training-time budget in minutes.")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Stop after this many optimizer steps.")
 @click.option("--checkpoint-every", type=click.IntRange(1, None), default=None, help="Steps between checkpoints.")
+@click.option("--batch-size", type=click.IntRange(1, None), default=None,
+              help="Windows per step per process (overrides the recipe); the global batch is this x processes.")
 @click.option("--eval-every-minutes", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Held-out perplexity for the learning curve every N training minutes (0 = only start and end).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Student folder (Hugging Face format) [default: ./students/<recipe>].")
 @click.option("--restart", is_flag=True, help="Discard an existing checkpoint instead of resuming from it.")
 def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minutes, max_steps, checkpoint_every,
-            eval_every_minutes, out, restart):
+            batch_size, eval_every_minutes, out, restart):
     """Distill the recipe's teacher into a smaller student (a standard Hugging Face folder).
 
     The student starts as a copy of chosen teacher layers and learns from the teacher's logits
     (temperature-scaled KL + next-token cross-entropy). Checkpoints go to <out>.checkpoints/;
     Ctrl-C saves one, and running the same command again resumes. Held-out perplexity of teacher
     and student is printed and saved in <out>/distill_metrics.json.
-    For several GPUs: accelerate launch -m edgekit.build.distill --recipe R [options].
+    For several GPUs: accelerate launch --multi_gpu --num_processes N -m edgekit.build.distill
+    --recipe R [options] (docs/distillation.md, "Scale-out").
     """
     from edgekit.core.recipes import load_recipe
 
@@ -189,6 +192,10 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
                     checkpoint_every=checkpoint_every or d["checkpoint_every"], eval_every_minutes=eval_every_minutes)
     settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
                                     keep, auto_layers, ffn_ratio, max_minutes=budget.max_minutes)
+    if batch_size:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, batch_size=batch_size)
     if not settings.keep_layers and not settings.auto_layers:
         raise click.UsageError(f"recipe '{rcp.name}' keeps every layer; pass --keep-layers or --auto-layers")
     chat = chat_settings_from_recipe(rcp, settings)
@@ -197,9 +204,13 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
     if restart and ckpt_dir.exists():
         import shutil
 
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # under accelerate launch every process removes it
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     m = run_distill(settings, budget, out, ckpt_dir, rcp.data["data"]["eval"], log=log, chat_settings=chat)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # one summary from a multi-process (accelerate launch) run
+        return
     for name, p in m["perplexity"].items():
         click.echo(f"{name}: perplexity teacher {p['teacher']:.3f}, student {p['student']:.3f} ({p['ratio']:.3f}x) "
                    f"on {p['eval_tokens']} held-out tokens")

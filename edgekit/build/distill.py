@@ -108,6 +108,20 @@ def _calibration(data: textdata.TextData, n: int = 4) -> list[torch.Tensor]:
     return [data.train[i: i + 1, :-1] for i in range(min(n, len(data.train)))]
 
 
+# --- several processes (accelerate launch): logging and clocks that agree across processes ---
+def _main_only(accel, log: Callable[[str], None]) -> Callable[[str], None]:
+    return log if accel.is_main_process else (lambda msg: None)
+
+
+def _slowest_seconds(accel, seconds: float) -> float:
+    """The step time of the slowest process, so every process counts the same training seconds and
+    stops (max_minutes) and evaluates (eval_every_minutes) at the same step; one differing stop
+    would leave the others waiting forever in the next gradient all-reduce."""
+    if accel.num_processes == 1:
+        return seconds
+    return float(accel.reduce(torch.tensor([seconds], dtype=torch.float64, device=accel.device), "max").item())
+
+
 @dataclass
 class _Chat:
     """Tokenized chat examples for training and the held-out ones for scoring."""
@@ -180,16 +194,21 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
 
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
-    teacher_path = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
-    teacher, tokenizer = load_causal_lm(teacher_path)
+    log = _main_only(accel, log)
+    with accel.main_process_first():  # one process downloads/converts the teacher and makes the chat data
+        teacher_path = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
+        teacher, tokenizer = load_causal_lm(teacher_path)
     teacher.requires_grad_(False)
     files = textdata.expand_paths(settings.data)
     data = textdata.prepare(tokenizer, files, settings.seq_len, settings.eval_fraction, budget.eval_tokens,
                             eval_files=textdata.expand_paths(list(eval_files)))
     log(f"data: {data.train_tokens:,} training tokens ({len(data.train)} windows of {settings.seq_len}) from "
         f"{len(files)} files; held-out: " + ", ".join(f"{k} {v.numel() - len(v):,} tokens" for k, v in data.evals.items()))
-    chat = _prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
-                         progress and accel.is_local_main_process)
+    with accel.main_process_first():
+        chat = _prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
+                             progress and accel.is_local_main_process)
+    log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
+        f"{settings.batch_size * accel.num_processes} windows")
     ckpt = checkpoint_dir / "checkpoint"
     student, state = _open_student(settings, budget, teacher, data, ckpt, log)
     keep = state["keep_layers"]
@@ -223,7 +242,8 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
-    accel.wait_for_everyone()
+    accel.wait_for_everyone()  # every process ends after the student is written
+    accel.end_training()
     return metrics
 
 
@@ -346,7 +366,7 @@ class _Loop:
                 t0 = self.clock()
                 parts = self.step()
                 st["step"] += 1
-                dt = self.clock() - t0
+                dt = _slowest_seconds(self.accel, self.clock() - t0)
                 st["train_seconds"] += dt
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", kl=f"{parts['kl']:.3f}", tok_s=f"{parts['tokens'] / dt:.0f}")
