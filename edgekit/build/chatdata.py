@@ -121,19 +121,20 @@ class TeacherGenerator:
         from edgekit.device.tokenizer import TextTokenizer
 
         onnx_path = cache / "model.onnx"
-        if not onnx_path.is_file():
+        if not (onnx_path.is_file() and (cache / "tokenizer.json").is_file()):
             from edgekit.build.onnx_export import export_onnx
 
-            log(f"exporting the teacher to ONNX for fast generation (once per teacher) -> {onnx_path}")
+            log(f"exporting the teacher {teacher_path} to ONNX for fast generation (once per teacher) -> {cache}")
             tmp = cache.with_name(cache.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             export_onnx(model, tmp / "model.onnx", GENERATOR_SEQUENCE)
+            tokenizer.save_pretrained(tmp)  # tokenizer.json for the device tokenizer (any teacher source)
             shutil.rmtree(cache, ignore_errors=True)
             tmp.replace(cache)
         eos = [i for i in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
                if isinstance(i, int)]
-        self.tokenizer = TextTokenizer.from_file(Path(teacher_path) / "tokenizer.json", eos)
+        self.tokenizer = TextTokenizer.from_file(cache / "tokenizer.json", eos)
         self.model = open_onnx(onnx_path, {"model": {"max_sequence_length": GENERATOR_SEQUENCE}})
         self.template = tokenizer.chat_template
         self.bos, self.eos = tokenizer.bos_token or "", tokenizer.eos_token or ""

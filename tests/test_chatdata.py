@@ -1,0 +1,92 @@
+"""Chat data for distillation: prompt cleaning, held-out split without leakage, corpus tasks, the
+student-vs-teacher gate and the budget -> depth rule (fast tier)."""
+
+import pytest
+
+from edgekit.build.chatdata import clean_question, corpus_prompts, split_prompts
+from edgekit.build.student_gate import apply_student_gate, student_gate_failures
+from edgekit.core.errors import BuildError
+
+
+def test_clean_question_keeps_one_real_question():
+    assert clean_question('"What makes the sky blue?"\nAnd more text') == "What makes the sky blue?"
+    assert clean_question("Question: How do bees fly?") == "How do bees fly?"
+    assert clean_question("Bees are insects.") is None  # not a question
+    assert clean_question("Why?") is None  # too short
+
+
+def test_held_out_prompts_never_leak_into_training():
+    prompts = [{"prompt": "What is the capital city of France?", "source": "self-instruct"},
+               {"prompt": "How do volcanoes erupt?", "source": "self-instruct"},
+               {"prompt": "How do volcanoes erupt?", "source": "self-instruct"},  # duplicate
+               {"prompt": "Why is the ocean salty?", "source": "self-instruct"}]
+    out = split_prompts(prompts, ["What is the capital of France?"], fraction=0.0, seed=0)
+    by = {p["prompt"]: p["split"] for p in out}
+    assert by["What is the capital of France?"] == "heldout"
+    assert "What is the capital city of France?" not in by  # shares most words with a held-out prompt
+    assert by["How do volcanoes erupt?"] == "train" and by["Why is the ocean salty?"] == "train"
+    assert len(out) == 3  # the duplicate is dropped
+
+
+def test_random_share_is_held_out():
+    prompts = [{"prompt": f"Question number {i} about topic {i * 7}?", "source": "self-instruct"} for i in range(200)]
+    out = split_prompts(prompts, [], fraction=0.25, seed=3)
+    held = sum(p["split"] == "heldout" for p in out)
+    assert 25 <= held <= 75
+
+
+def test_corpus_prompts_come_from_the_training_part_only(tmp_path):
+    paras = [f"Story {i}: " + "Tom had a red ball and he played with it every day in the park. " * 3
+             for i in range(40)]
+    f = tmp_path / "t.txt"
+    f.write_text("\n\n".join(paras))
+    out = corpus_prompts([f], 100, eval_fraction=0.25, seed=0)
+    used = {int(p["prompt"].split("Story ")[1].split(":")[0]) for p in out}
+    assert used and max(used) < 31  # the last quarter (stories 31-39) is the held-out tail
+    assert all(p["source"] == "corpus" and "\n\n" in p["prompt"] for p in out)
+
+
+LIMITS = {"max_text_perplexity_ratio": 1.5, "max_chat_perplexity_ratio": 2.0, "min_chat_agreement": 0.6}
+
+
+def _metrics(text_ratio, chat_ratio, agreement):
+    return {"perplexity": {"wiki": {"teacher": 10.0, "student": 10.0 * text_ratio, "ratio": text_ratio}},
+            "chat": {"teacher": {"perplexity": 2.0, "agreement": 1.0}, "student": {"perplexity": 2.0 * chat_ratio,
+                     "agreement": agreement}, "perplexity_ratio": chat_ratio}}
+
+
+def test_student_gate_names_both_numbers():
+    fails, figures = student_gate_failures(_metrics(1.7, 2.5, 0.5), LIMITS)
+    assert len(fails) == 3
+    assert "student perplexity 17.000 vs teacher 10.000 = 1.700x > 1.5x" in fails[0]
+    assert "5.000 vs teacher 2.000 = 2.500x > 2x" in fails[1]
+    assert "agreement 0.500 (teacher 1.000) < 0.6" in fails[2]
+    assert figures["chat"]["perplexity_ratio"] == 2.5
+    assert student_gate_failures(_metrics(1.2, 1.5, 0.7), LIMITS)[0] == []
+
+
+def test_student_gate_enforced_or_recorded():
+    logs = []
+    with pytest.raises(BuildError, match="student-vs-teacher gate failed.*--no-gate"):
+        apply_student_gate(_metrics(1.7, 1.0, 0.9), LIMITS, True, logs.append)
+    rec = apply_student_gate(_metrics(1.7, 1.0, 0.9), LIMITS, False, logs.append)
+    assert rec["passed"] is False and rec["enforced"] is False and logs and "packaged anyway" in logs[-1]
+    no_chat = {"perplexity": _metrics(1.0, 1.0, 1.0)["perplexity"]}
+    assert "no chat data" in student_gate_failures(no_chat, LIMITS)[0][0]
+
+
+def test_budget_picks_the_depth():
+    pytest.importorskip("torch")
+    from edgekit.build.distill import _is_chat_step, _slice, layers_for_budget
+
+    student = {"auto_layers": 15, "budget_minutes": [5.0, 20.0], "budget_layers": [24, 20]}
+    assert layers_for_budget(student, 5)[0] == 24
+    assert layers_for_budget(student, 10)[0] == 20
+    n, why = layers_for_budget(student, 60)
+    assert n == 15 and "over 20 min" in why
+    assert layers_for_budget(student, 0)[0] == 15  # no time limit: the full-quality choice
+    chat = sum(_is_chat_step(i, 0.75) for i in range(1000))
+    assert 740 <= chat <= 760
+    order = list(range(10))
+    both = _slice(order, 3, 4, 2, 0) + _slice(order, 3, 4, 2, 1)
+    assert both == _slice(order, 3, 4, 4, 0) == [2, 3, 4, 5]  # 2 processes x 2 = 1 process x 4
