@@ -1,12 +1,14 @@
-"""Distillation benchmark: SmolLM2-135M-Instruct -> the default 15-layer student.
+"""Distillation benchmark: SmolLM2-135M-Instruct -> students, recipes side by side.
 
-    python bench/distill.py [--minutes 60] [--eval-every 5] [--out bench/results/distill-smollm2]
+    python bench/distill.py [--minutes 60] [--eval-every 5] [--compare bench/recipes/smollm2-135m-text-only.toml]
 
-Trains with the `smollm2-135m` recipe for a training-time budget, evaluating held-out TinyStories
-perplexity every few minutes (the curve), then reports teacher and student perplexity on the
-held-out TinyStories and WikiText-2 tails. Writes <out>/distill.json and <out>/curve.png.
-Resumable: running it again continues from the last checkpoint. Needs the `bench` extra
-(matplotlib) for the plot. Minutes are training time measured on this machine's clock.
+Trains each recipe for the same training-time budget, evaluating every few minutes (the curve):
+held-out text perplexity and, on the default recipe's held-out chat prompts (never trained on by
+either), the perplexity of the teacher's answers and top-1 agreement with them. A recipe without
+chat data is scored on the same held-out prompts (its chat fraction is 0: it never trains on them).
+Writes <out>/distill.json (every run) and <out>/curve.png. Resumable per recipe. The teacher is the
+Q4_1 GGUF dequantized to fp32: every ratio is against that teacher. Minutes are training time on
+this machine's clock; the depth follows the budget as the recipe says (override: --layers N).
 """
 
 from __future__ import annotations
@@ -22,59 +24,92 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def plot(metrics: dict, path: Path) -> None:
+def plot(runs: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curve = metrics["curve"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["minutes"] for c in curve], [c["ratio"] for c in curve], marker="o")
-    ax.axhline(1.30, color="grey", linestyle="--", label="target 1.30x")
-    ax.set_yscale("log")
-    ax.set_xlabel("training minutes (2-core CPU)")
-    ax.set_ylabel("student / teacher perplexity (held-out TinyStories)")
-    ax.set_title("SmolLM2-135M -> 15-layer student")
-    ax.legend()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, m in runs.items():
+        curve = m["curve"]
+        mins = [c["minutes"] for c in curve]
+        axes[0].plot(mins, [c["ratio"] for c in curve], marker="o", label=name)
+        if any("chat_agreement" in c for c in curve):
+            axes[1].plot(mins, [c.get("chat_perplexity_ratio") for c in curve], marker="o", label=name)
+            axes[2].plot(mins, [c.get("chat_agreement") for c in curve], marker="o", label=name)
+    axes[0].set_ylabel(f"student / teacher perplexity ({curve[0]['eval_file']}, held out)")
+    axes[1].set_ylabel("student / teacher perplexity of held-out chat answers")
+    axes[2].set_ylabel("top-1 agreement with held-out chat answers")
+    for ax, target in zip(axes, (1.30, 1.30, 0.75)):
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target}")
+        ax.set_xlabel("training minutes (2-core CPU)")
+        ax.legend()
+    fig.suptitle("SmolLM2-135M-Instruct (Q4_1 GGUF -> fp32) teacher -> students")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+
+
+def run_one(recipe_ref: str, chat_recipe, minutes: float, eval_every: float, out: Path, layers: int | None) -> dict:
+    from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+    from edgekit.core.recipes import load_recipe
+
+    recipe = load_recipe(recipe_ref)
+    settings = settings_from_recipe(recipe, max_minutes=minutes, auto_layers=layers)
+    trains_chat = recipe.data["chat"]["enabled"]
+    chat = chat_settings_from_recipe(recipe if trains_chat else chat_recipe, settings)  # same held-out prompts
+    if not trains_chat:
+        settings.chat_fraction = 0.0
+    budget = Budget(max_minutes=minutes, checkpoint_every=25, eval_every_minutes=eval_every)
+    t0 = time.time()
+    metrics = run_distill(settings, budget, out / recipe.name / "student", out / recipe.name / "checkpoints",
+                          recipe.data["data"]["eval"], log=lambda m: print(m, flush=True), progress=False,
+                          chat_settings=chat)
+    metrics["wall_seconds_this_run"] = round(time.time() - t0, 1)
+    return metrics
+
+
+def report(name: str, m: dict) -> None:
+    print(f"== {name}: {len(m['keep_layers'])} layers ({m['layer_reason'] or 'recipe'}), {m['steps']} steps "
+          f"({m.get('chat_steps', 0)} on chat), {m['train_minutes']:.1f} training minutes")
+    for text, p in m["perplexity"].items():
+        print(f"   {text}: teacher {p['teacher']:.3f}  student {p['student']:.3f}  ratio {p['ratio']:.3f}x")
+    if "chat" in m:
+        c = m["chat"]
+        print(f"   held-out chat answers: perplexity ratio {c['perplexity_ratio']:.3f}x, top-1 agreement "
+              f"{c['student']['agreement']:.3f} (teacher {c['teacher']['agreement']:.3f})")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="smollm2-135m")
+    ap.add_argument("--compare", action="append", default=[], help="another recipe to run side by side")
     ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--layers", type=int, default=None, help="keep N layers (default: as the recipe picks)")
     ap.add_argument("--eval-every", type=float, default=5.0, help="minutes between curve points")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill-smollm2")
     ap.add_argument("--plot-only", action="store_true", help="redraw curve.png from an existing distill.json")
     args = ap.parse_args()
+    path = args.out / "distill.json"
     if args.plot_only:
-        plot(json.loads((args.out / "distill.json").read_text()), args.out / "curve.png")
-        print(f"wrote {args.out / 'curve.png'}")
+        plot(json.loads(path.read_text())["runs"], args.out / "curve.png")
         return 0
-
-    from edgekit.build.distill import Budget, run_distill, settings_from_recipe
     from edgekit.core.recipes import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    settings = settings_from_recipe(recipe)
-    budget = Budget(max_minutes=args.minutes, checkpoint_every=25, eval_every_minutes=args.eval_every)
+    chat_recipe = load_recipe(args.recipe)
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    metrics = run_distill(settings, budget, args.out / "student", args.out / "checkpoints",
-                          recipe.data["data"]["eval"], log=lambda m: print(m, flush=True), progress=False)
-    metrics["wall_seconds_this_run"] = round(time.time() - t0, 1)
-    metrics["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
-                          "python": platform.python_version()}
-    (args.out / "distill.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    for name, p in metrics["perplexity"].items():
-        print(f"{name}: teacher {p['teacher']:.3f}  student {p['student']:.3f}  ratio {p['ratio']:.3f}x")
-    print(f"{metrics['steps']} steps, {metrics['train_minutes']:.1f} training minutes, "
-          f"layer parameters {metrics['parameters']['layer_ratio']:.0%} of the teacher's")
+    runs = {}
+    for ref in [args.recipe, *args.compare]:
+        runs[load_recipe(ref).name] = run_one(ref, chat_recipe, args.minutes, args.eval_every, args.out, args.layers)
+    result = {"minutes": args.minutes, "teacher": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32",
+              "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "python": platform.python_version()}, "runs": runs}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for name, m in runs.items():
+        report(name, m)
     try:
-        plot(metrics, args.out / "curve.png")
-        print(f"wrote {args.out / 'distill.json'} and {args.out / 'curve.png'}")
+        plot(runs, args.out / "curve.png")
+        print(f"wrote {path} and {args.out / 'curve.png'}")
     except ImportError:
         print("matplotlib not installed (pip install -e '.[bench]'): no plot")
     return 0

@@ -33,12 +33,34 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
+DEFAULT_QUESTIONS = ("What is the capital of France?", "What is the largest planet in our solar system?")
+
+
+def _ask(base: str, args) -> list[dict]:
+    """Greedy chat answers to held-out questions (never trained on), when the bundle is a chat model."""
+    with urllib.request.urlopen(base + "/props", timeout=10) as r:
+        props = json.loads(r.read())
+    if args.ask is None and not props.get("chat_template"):
+        return []
+    out = []
+    for q in args.ask or DEFAULT_QUESTIONS:
+        body = _post(base + "/v1/chat/completions", {"messages": [{"role": "user", "content": q}],
+                                                      "max_tokens": 48, "temperature": 0})
+        answer = body["choices"][0]["message"]["content"]
+        print(f"user: {q}\nassistant: {answer!r}")
+        out.append({"question": q, "answer": answer})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", default="Once upon a time")
+    ap.add_argument("--ask", action="append", default=None, metavar="QUESTION",
+                    help="chat question(s) asked over /v1/chat/completions, greedy, answers printed "
+                         "[default: two of the recipe's held-out questions; none for a bundle without a chat template]")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json-out", type=Path, default=Path("bench/results/serve_smoke.json"))
     args = ap.parse_args()
@@ -74,6 +96,7 @@ def main() -> int:
             runs.append({"wall_seconds": wall, **u})
             if i == 0:
                 print(f"prompt: {args.prompt!r}\ncompletion: {body['choices'][0]['text']!r}")
+        answers = _ask(base, args)
         decode = [r["decode_tokens_per_second"] for r in runs]
         result = {
             "bundle": str(args.bundle),
@@ -84,6 +107,7 @@ def main() -> int:
             "decode_tokens_per_second_median": statistics.median(decode),
             "request_seconds_median": statistics.median(r["wall_seconds"] for r in runs),
             "runs": runs,
+            "chat": answers,
         }
         print(f"server ready in {ready_seconds:.2f} s; {len(runs)} requests x {runs[0]['completion_tokens']} tokens: "
               f"prefill {result['prefill_ms_median']:.2f} ms, decode {result['decode_tokens_per_second_median']:.0f} "

@@ -86,7 +86,9 @@ class LoadedModel:
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
             "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
-            **({"generation_defaults": generation_defaults(self.generation)} if m["task"] == "text-generation" else {}),
+            **({"generation_defaults": generation_defaults(self.generation),
+                "chat_template": self.generation.get("chat_template") or None}  # as llama-server's /props
+               if m["task"] == "text-generation" else {}),
         }
 
     @property
