@@ -55,6 +55,12 @@ def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat
     rcp = load_recipe(recipe)
     run = _encoder_runner(rcp, data) if rcp.task == "feature-extraction" else _causal_runner(
         rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_sentences, sst2_phrasing)
+    if rcp.task != "feature-extraction":
+        from edgekit.build.evaluate import model_source
+
+        for ref in [model] if model else columns.values():
+            if ref != "recipe" and not Path(ref).expanduser().exists():
+                model_source(ref)  # a missing path fails before a model loads
     if model:
         result = run(model)
         click.echo(json.dumps(result, indent=2) if as_json else "\n".join(single_lines(result)))

@@ -135,3 +135,6 @@ def test_eval_cli_errors_are_one_line(tmp_path):
     assert res.returncode == 1 and "no example has an \"answer\"" in res.stderr
     res = run_cli("eval", "m", "--bundle", "b", no_torch=True)
     assert res.returncode != 0 and "not both" in res.stderr
+    res = run_cli("eval", "--teacher", "recipe", "--bundle", str(tmp_path / "missing"), "--recipe", "stories260k",
+                  no_torch=True)  # fails before the teacher loads (torch blocked here)
+    assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith(f"error: model not found: {tmp_path}")

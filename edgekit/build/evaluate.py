@@ -115,7 +115,7 @@ def open_scorer(model_ref: str, recipe=None):
         from edgekit.device.scorer import BundleScorer
 
         return BundleScorer(load(path))
-    from edgekit.build.teacher import load_causal_lm, resolve_teacher, teacher_from_cli
+    from edgekit.build.teacher import load_causal_lm, resolve_teacher
 
     if model_ref == "recipe" and recipe is not None and not path.exists():
         t = recipe.data["teacher"]
@@ -123,8 +123,20 @@ def open_scorer(model_ref: str, recipe=None):
         gguf = Path(t.get("file", "")).name if t.get("file", "").endswith(".gguf") else ""
         kind = f"PyTorch fp32, recipe teacher {t['source']}" + (f", dequantized from {gguf}" if gguf else "")
         return TorchScorer(*load_causal_lm(folder), kind=kind)
-    folder = resolve_teacher(teacher_from_cli(model_ref))
+    folder = resolve_teacher(model_source(model_ref))
     return TorchScorer(*load_causal_lm(folder), kind="PyTorch fp32")
+
+
+def model_source(model_ref: str) -> str:
+    """The teacher-source form of a model reference; a missing path is one clear error (checked
+    before any model loads)."""
+    from edgekit.build.teacher import teacher_from_cli
+
+    try:
+        return teacher_from_cli(model_ref)
+    except ConfigError:
+        raise ConfigError(f"model not found: {model_ref} (expected a bundle folder or .tar, a Hugging Face "
+                          "folder, a .gguf file, a KIND:VALUE teacher source or a hub id ORG/NAME)") from None
 
 
 def heldout_perplexity(scorer, texts: dict[str, str], max_tokens: int, window: int) -> dict:
