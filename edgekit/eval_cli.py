@@ -44,7 +44,8 @@ def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat
     Causal LMs: perplexity of held-out text, chat-answer perplexity and teacher-forced top-1 agreement on
     chat examples (--chat), SST-2 accuracy by log-likelihood (--suite sst2). Encoders: STS-B Spearman.
     A model is a bundle (device runtime), a Hugging Face folder, a .gguf file or a teacher source
-    (e.g. shared:models/stories260k). The default teacher is a Q4_1 GGUF dequantized to fp32."""
+    (e.g. shared:models/stories260k). The default recipe's teacher (--teacher recipe) is SmolLM2-135M-Instruct
+    as a Q4_1 GGUF dequantized to fp32."""
     from edgekit.core.recipes import load_recipe
 
     columns = {r: v for r, v in zip(ROLES, (teacher, student, bundle)) if v}
