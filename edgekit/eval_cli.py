@@ -30,7 +30,8 @@ ROLES = ("teacher", "student", "bundle")
 @click.option("--chat", "chat_file", help="Chat examples (JSONL {prompt, answer}) for chat-answer perplexity and "
                                           "top-1 agreement [default: the recipe's held-out chat examples, if any].")
 @click.option("--suite", multiple=True, type=click.Choice(["sst2"]), help="Task suite scored by log-likelihood.")
-@click.option("--sst2-file", default=None, help="SST-2 TSV (sentence<TAB>label) [default: shared:data/sst2/glue_validation.tsv].")
+@click.option("--sst2-file", default=None,
+              help="SST-2 TSV (sentence<TAB>label) [default: shared:data/sst2/glue_validation.tsv].")
 @click.option("--sst2-sentences", default=200, show_default=True, type=click.IntRange(0, None),
               help="First N sentences of SST-2 (0: all).")
 @click.option("--sst2-phrasing", default=None, help="SST-2 prompt (chat-question, chat-review-first, plain) "
