@@ -224,42 +224,6 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
                f"parameters), layers {m['keep_layers']}, {m['steps']} steps in {m['train_minutes']:.1f} min -> {out}")
 
 
-@cli.command("eval")
-@click.argument("model")
-@click.option("--data", "data", multiple=True,
-              help="Text file to evaluate on (repeatable) [default: the recipe's held-out text].")
-@click.option("--recipe", "-r", default="smollm2-135m", show_default=True, help="Recipe whose held-out text is the default.")
-@click.option("--tokens", default=4096, show_default=True, type=click.IntRange(2, None), help="Tokens per text.")
-@click.option("--window", default=256, show_default=True, type=click.IntRange(1, None), help="Tokens per window.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_cmd(model, data, recipe, tokens, window, as_json):
-    """Perplexity of MODEL on held-out text: MODEL is a bundle (run on the device runtime),
-    a Hugging Face folder, a .gguf file, or a teacher source (e.g. shared:models/stories260k).
-    Encoder models (feature-extraction) report STS-B Spearman instead."""
-    from edgekit.core.recipes import load_recipe
-
-    rcp = load_recipe(recipe)
-    if rcp.task == "feature-extraction":
-        from edgekit.build.encoder import eval_encoder
-
-        result = eval_encoder(model, list(data) or rcp.data["data"]["eval"])
-    else:
-        from edgekit.build import textdata
-        from edgekit.build.evaluate import default_eval_texts, eval_causal
-
-        texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
-                 else default_eval_texts(rcp)[0])
-        result = eval_causal(model, texts, tokens, window)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"{result['model']}  [{result['evaluated_with']}]")
-    for name, r in result.get("perplexity", {}).items():
-        click.echo(f"  {name:<45} perplexity {r['perplexity']:>10.3f}  ({r['tokens']} tokens)")
-    for name, r in result.get("sts", {}).items():
-        click.echo(f"  {name:<45} STS-B Spearman {r['spearman']:.4f}  ({r['pairs']} pairs)")
-
-
 def _print_manifest(root: Path, m: dict, signed: str) -> None:
     model = m["model"]
     click.echo(f"bundle     {root}")
@@ -379,6 +343,7 @@ from edgekit.report_cli import report as _report  # noqa: E402
 from edgekit.bench_cli import bench as _bench  # noqa: E402
 from edgekit.verify_cli import verify as _verify  # noqa: E402
 from edgekit.sign_cli import keygen as _keygen, sign as _sign  # noqa: E402
+from edgekit.eval_cli import eval_cmd as _eval  # noqa: E402
 
 cli.add_command(_coral)
 cli.add_command(_serve)
@@ -388,6 +353,7 @@ cli.add_command(_bench)
 cli.add_command(_verify)
 cli.add_command(_keygen)
 cli.add_command(_sign)
+cli.add_command(_eval)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,6 +34,7 @@ CORPUS_TASKS = (
     "Who is the main character of this story, and what happens to them?",
     "What lesson does this story teach?",
 )
+HELDOUT_FILE = "heldout.jsonl"  # the held-out prompts with the teacher's answers, in the cache folder
 GENERATOR_SEQUENCE = 512  # tokens: prompt + answer of one generated example
 
 
@@ -224,6 +225,10 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
 
 def _load(folder: Path, meta: dict) -> ChatData:
     rows = [r for r in read_examples(folder / "answers.jsonl") if r.get("answer")]
+    if not (folder / HELDOUT_FILE).is_file():  # what `edgekit eval` scores by default
+        from edgekit.device.chat_examples import write_examples
+
+        write_examples(folder / HELDOUT_FILE, [r for r in rows if r["split"] == "heldout"])
     return ChatData(train=[r for r in rows if r["split"] == "train"], heldout=[r for r in rows if r["split"] == "heldout"],
                     folder=folder, generated_seconds=meta.get("generated_seconds", 0.0))
 
@@ -278,3 +283,11 @@ def chat_scores(model, items: list, batch_size: int = 8) -> dict:
     if count == 0:
         raise ConfigError("no held-out chat answer tokens to score")
     return {"perplexity": math.exp(nll / count), "agreement": hits / count, "tokens": count}
+
+
+def heldout_file(s: ChatSettings) -> Path | None:
+    """The held-out examples file for these settings, when the data has been generated on this machine."""
+    path = edgekit_home() / "chatdata" / s.key() / HELDOUT_FILE
+    if not path.is_file() and (path.parent / "meta.json").is_file():
+        _load(path.parent, {})
+    return path if path.is_file() else None

@@ -36,6 +36,9 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
     def completion_text(self, prompt_ids: list[int], new_ids: list[int], prompt_text: str | None = None) -> str:
         """Text of `new_ids` as it reads after the prompt.
 
