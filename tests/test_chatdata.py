@@ -77,7 +77,8 @@ def test_student_gate_enforced_or_recorded():
 
 def test_budget_picks_the_depth():
     pytest.importorskip("torch")
-    from edgekit.build.distill import _is_chat_step, _slice, layers_for_budget
+    from edgekit.build.distill import layers_for_budget
+    from edgekit.build.distill_loop import _is_chat_step, _slice
 
     student = {"auto_layers": 15, "budget_minutes": [5.0, 20.0], "budget_layers": [24, 20]}
     assert layers_for_budget(student, 5)[0] == 24
