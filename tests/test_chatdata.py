@@ -72,7 +72,8 @@ def test_student_gate_enforced_or_recorded():
     rec = apply_student_gate(_metrics(1.7, 1.0, 0.9), LIMITS, False, logs.append)
     assert rec["passed"] is False and rec["enforced"] is False and logs and "packaged anyway" in logs[-1]
     no_chat = {"perplexity": _metrics(1.0, 1.0, 1.0)["perplexity"]}
-    assert "no chat data" in student_gate_failures(no_chat, LIMITS)[0][0]
+    fails, figures = student_gate_failures(no_chat, LIMITS)
+    assert fails == [] and "do not apply" in figures["chat"]["skipped"]
 
 
 def test_budget_picks_the_depth():

@@ -51,6 +51,7 @@ class ChatSettings:
     heldout_fraction: float = 0.1
     answer_tokens: int = 96
     seed: int = 0
+    eval_fraction: float = 0.05  # held-out tail of each corpus file: no corpus task is built on it
     version: int = 1  # bump when the way data is made changes
     files_sha256: list[str] = field(default_factory=list)
 
@@ -159,7 +160,13 @@ def _append(path: Path, rec: dict) -> None:
 
 
 def _done(path: Path) -> list[dict]:
-    return read_examples(path) if path.is_file() and path.stat().st_size else []
+    """Records appended so far; a last line cut short by a killed run is dropped, not an error."""
+    if not path.is_file() or not path.stat().st_size:
+        return []
+    raw = path.read_bytes()
+    if not raw.endswith(b"\n"):
+        path.write_bytes(raw[: raw.rfind(b"\n") + 1])
+    return read_examples(path) if path.stat().st_size else []
 
 
 def _questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar) -> list[dict]:
@@ -205,7 +212,7 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
     if not prompts_path.is_file():
         with tqdm(total=s.self_instruct, desc="teacher writes questions", unit="q", disable=not progress) as bar:
             questions = _questions(gen, s, folder, bar)
-        corpus = corpus_prompts(expand_paths(s.corpus_files), s.corpus_prompts, 0.05, s.seed)
+        corpus = corpus_prompts(expand_paths(s.corpus_files), s.corpus_prompts, s.eval_fraction, s.seed)
         from edgekit.device.chat_examples import write_examples
 
         write_examples(prompts_path, split_prompts(questions + corpus, s.heldout_prompts, s.heldout_fraction, s.seed))

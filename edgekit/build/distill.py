@@ -55,7 +55,9 @@ class DistillSettings:
     layer_reason: str = ""
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        fields.pop("layer_reason")  # words only: a longer budget with the same depth resumes
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -105,16 +107,19 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
     log = _main_only(accel, log)
-    with accel.main_process_first():  # one process downloads/converts the teacher and makes the chat data
+    with accel.local_main_process_first():  # one process per machine downloads/converts the teacher
         teacher_path = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
         teacher, tokenizer = load_causal_lm(teacher_path)
     teacher.requires_grad_(False)
     files = textdata.expand_paths(settings.data)
     data = textdata.prepare(tokenizer, files, settings.seq_len, settings.eval_fraction, budget.eval_tokens,
                             eval_files=textdata.expand_paths(list(eval_files)))
+    if not data.evals:
+        raise BuildError("no held-out text to measure the student on: the training files are too short for a "
+                         "held-out tail; add eval files to the recipe ([data] eval)")
     log(f"data: {data.train_tokens:,} training tokens ({len(data.train)} windows of {settings.seq_len}) from "
         f"{len(files)} files; held-out: " + ", ".join(f"{k} {v.numel() - len(v):,} tokens" for k, v in data.evals.items()))
-    with accel.main_process_first():
+    with accel.local_main_process_first():  # ... and makes the chat data (the others read its cache)
         chat = _prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
                              progress and accel.is_local_main_process)
     log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
@@ -224,8 +229,19 @@ def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | N
         temperature=d["temperature"], kl_weight=d["kl_weight"], ce_weight=d["ce_weight"],
         hidden_weight=d["hidden_weight"], learning_rate=d["learning_rate"], batch_size=d["batch_size"],
         seq_len=d["seq_len"], data=list(data or recipe.data["data"]["train"]), layer_reason=reason,
+        eval_fraction=d["eval_fraction"],
         chat_fraction=c["fraction"] if c["enabled"] else 0.0, chat_seq_len=c["seq_len"],
     )
+
+
+def _local_fingerprint(settings: DistillSettings) -> list:
+    """Sizes and modification times of a local teacher's files (a recipe teacher is pinned by sha256;
+    a --teacher folder can change in place, and its chat data must then be made again)."""
+    if settings.teacher_sha256 or not settings.teacher.startswith("path:"):
+        return []
+    root = Path(settings.teacher[5:])
+    paths = sorted(root.iterdir()) if root.is_dir() else [root]
+    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in paths if p.is_file()]
 
 
 def chat_settings_from_recipe(recipe, settings: DistillSettings):
@@ -236,11 +252,13 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings):
     c = recipe.data["chat"]
     if not c["enabled"]:
         return None
-    ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256])
+    ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
+    files = textdata.expand_paths(list(settings.data))
     cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
                       self_instruct=c["self_instruct"], corpus_prompts=c["corpus_prompts"],
                       corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
-                      heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed)
+                      heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed,
+                      eval_fraction=settings.eval_fraction, files_sha256=[hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
     settings.chat_key = cs.key()
     return cs
 

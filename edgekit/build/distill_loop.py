@@ -152,13 +152,19 @@ class _Loop:
             from edgekit.build.chatdata import pad_batch
 
             n = st.get("chat_steps", 0)
-            st["chat_steps"] = n + 1
             items = [self.chat.train[i] for i in _slice(self.chat_order, n, per_step, s.batch_size, accel.process_index)]
             ids, mask = pad_batch(items, self.pad_id)
             return ids[:, :-1].to(accel.device), ids[:, 1:].to(accel.device), mask.to(accel.device)
         n = st["step"] - st.get("chat_steps", 0)
         rows = self.data.train[_slice(self.order, n, per_step, s.batch_size, accel.process_index)].to(accel.device)
         return rows[:, :-1], rows[:, 1:], None
+
+    def commit(self, parts: dict, chat: bool) -> None:
+        """Count a finished step (only after the optimizer step, so an interrupt never skips a batch)."""
+        st = self.state
+        st["step"] += 1
+        st["chat_steps"] = st.get("chat_steps", 0) + int(chat)
+        st["tokens_seen"] = st.get("tokens_seen", 0) + parts["tokens"]
 
     def step(self) -> dict:
         s = self.s
@@ -176,8 +182,8 @@ class _Loop:
         self.accel.backward(loss)
         self.accel.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
-        self.state["tokens_seen"] = self.state.get("tokens_seen", 0) + x.numel() * self.accel.num_processes
-        return {"loss": loss.item(), "kl": parts["kl"], "tokens": x.numel() * self.accel.num_processes}
+        return {"loss": loss.item(), "kl": parts["kl"], "tokens": x.numel() * self.accel.num_processes,
+                "chat": mask is not None}
 
     def train(self, progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -195,7 +201,7 @@ class _Loop:
             while st["step"] < max_steps and st["train_seconds"] < max_seconds:
                 t0 = self.clock()
                 parts = self.step()
-                st["step"] += 1
+                self.commit(parts, parts["chat"])
                 dt = _slowest_seconds(self.accel, self.clock() - t0)
                 st["train_seconds"] += dt
                 bar.update(1)
