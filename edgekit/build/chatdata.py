@@ -118,7 +118,8 @@ def split_prompts(prompts: list[dict], fixed_heldout: list[str], fraction: float
 class TeacherGenerator:
     """The teacher as an fp32 ONNX decoder run by edgekit's device runtime (cached per teacher)."""
 
-    def __init__(self, teacher_path: Path, model, tokenizer, cache: Path, log: Callable[[str], None]):
+    def __init__(self, teacher_path: Path, model, tokenizer, cache: Path, log: Callable[[str], None],
+                 workers: int = 1):
         from edgekit.device.onnx_model import open_onnx
         from edgekit.device.tokenizer import TextTokenizer
 
@@ -137,11 +138,36 @@ class TeacherGenerator:
         eos = [i for i in {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
                if isinstance(i, int)]
         self.tokenizer = TextTokenizer.from_file(cache / "tokenizer.json", eos)
-        self.model = open_onnx(onnx_path, {"model": {"max_sequence_length": GENERATOR_SEQUENCE}})
+        # decoding one sequence is bound by memory traffic: N one-thread sessions side by side outrun one
+        # N-thread session (each session holds its own copy of the weights)
+        self.models = [open_onnx(onnx_path, {"model": {"max_sequence_length": GENERATOR_SEQUENCE}},
+                                 threads=1 if workers > 1 else 0) for _ in range(max(1, workers))]
         self.template = tokenizer.chat_template
         self.bos, self.eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
 
-    def answer(self, prompt: str, max_new_tokens: int, sampler=None) -> tuple[str, bool]:
+    def map(self, fn: Callable, items: list) -> list:
+        """[fn(model, item)] in order, the items spread over the sessions (threads: onnxruntime
+        releases the GIL while it runs)."""
+        if len(self.models) == 1:
+            return [fn(self.models[0], item) for item in items]
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        free: queue.Queue = queue.Queue()
+        for m in self.models:
+            free.put(m)
+
+        def run(item):
+            m = free.get()
+            try:
+                return fn(m, item)
+            finally:
+                free.put(m)
+
+        with ThreadPoolExecutor(len(self.models)) as pool:
+            return list(pool.map(run, items))
+
+    def answer(self, prompt: str, max_new_tokens: int, sampler=None, model=None) -> tuple[str, bool]:
         """(answer text, finished with the end-of-turn token) for one user turn."""
         from edgekit.device.generate import drain, generate
         from edgekit.device.sampling import Sampler
@@ -150,8 +176,19 @@ class TeacherGenerator:
         budget = min(max_new_tokens, GENERATOR_SEQUENCE - len(ids))
         if budget < 8:
             return "", False
-        result = drain(generate(self.model, self.tokenizer, ids, budget, sampler or Sampler()))
+        result = drain(generate(model or self.models[0], self.tokenizer, ids, budget, sampler or Sampler()))
         return result.text.strip(), result.finish_reason == "stop"
+
+
+def generator_workers() -> int:
+    """Sessions answering side by side: one per CPU this process may use, at most 4 (memory: each holds
+    the teacher's fp32 weights); EDGEKIT_GENERATOR_WORKERS overrides."""
+    import os
+
+    env = os.environ.get("EDGEKIT_GENERATOR_WORKERS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def _append(path: Path, rec: dict) -> None:
@@ -175,18 +212,23 @@ def _questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar) -> lis
 
     path = folder / "questions.jsonl"
     out = _done(path)
-    start, tries = len(out), 0  # a resumed run continues with the next topic
-    while len(out) < s.self_instruct and tries < 3 * s.self_instruct:
-        n = start + tries
-        text, _ = gen.answer(QUESTION_REQUEST.format(topic=s.topics[n % len(s.topics)]), 40,
-                             Sampler(temperature=0.7, top_p=0.9, seed=s.seed * 1_000_003 + n))
-        tries += 1
-        q = clean_question(text)
-        if q is not None:
-            rec = {"prompt": q, "source": "self-instruct", "topic": s.topics[n % len(s.topics)]}
-            out.append(rec)
-            _append(path, rec)
-            bar.update(1)
+    n = 1 + max((r.get("n", -1) for r in out), default=-1)  # a resumed run continues after the last try kept
+    bar.update(len(out))
+
+    def ask(model, k):
+        return k, gen.answer(QUESTION_REQUEST.format(topic=s.topics[k % len(s.topics)]), 40,
+                             Sampler(temperature=0.7, top_p=0.9, seed=s.seed * 1_000_003 + k), model)[0]
+
+    while len(out) < s.self_instruct and n < 3 * s.self_instruct:
+        batch = list(range(n, n + min(4 * len(gen.models), s.self_instruct - len(out))))
+        n = batch[-1] + 1
+        for k, text in gen.map(ask, batch):
+            q = clean_question(text)
+            if q is not None and len(out) < s.self_instruct:
+                rec = {"prompt": q, "source": "self-instruct", "topic": s.topics[k % len(s.topics)], "n": k}
+                out.append(rec)
+                _append(path, rec)
+                bar.update(1)
     return out
 
 
@@ -205,7 +247,8 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
     if meta_path.is_file():
         return _load(folder, json.loads(meta_path.read_text()))
     t0 = clock()
-    gen = TeacherGenerator(teacher_path, model, tokenizer, edgekit_home() / "chatdata" / f"generator-{s.teacher_key}", log)
+    gen = TeacherGenerator(teacher_path, model, tokenizer, edgekit_home() / "chatdata" / f"generator-{s.teacher_key}",
+                           log, workers=generator_workers())
     from edgekit.build.textdata import expand_paths
 
     prompts_path = folder / "prompts.jsonl"
@@ -221,9 +264,14 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
     todo = [p for p in prompts if p["prompt"] not in done]
     log(f"chat data: {len(prompts)} prompts ({sum(p['split'] == 'heldout' for p in prompts)} held out), "
         f"{len(done)} answered before, {len(todo)} to answer -> {folder}")
-    for p in tqdm(todo, desc="teacher answers", unit="answer", disable=not progress):
-        text, finished = gen.answer(p["prompt"], s.answer_tokens)
-        _append(answers_path, {**p, "answer": text, "finished": finished})
+    with tqdm(total=len(todo), desc="teacher answers", unit="answer", disable=not progress) as bar:
+        step = 4 * len(gen.models)
+        for i in range(0, len(todo), step):  # appended a few at a time, in prompt order: resumable
+            chunk = todo[i: i + step]
+            for p, (text, finished) in zip(chunk, gen.map(lambda m, p: gen.answer(p["prompt"], s.answer_tokens,
+                                                                                    model=m), chunk)):
+                _append(answers_path, {**p, "answer": text, "finished": finished})
+            bar.update(len(chunk))
     meta = {"settings": asdict(s), "generated_seconds": round(clock() - t0, 1), "generator": "onnxruntime fp32 "
             "(the teacher exported by edgekit), greedy"}
     meta_path.write_text(json.dumps(meta, indent=2))
