@@ -33,7 +33,8 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-DEFAULT_QUESTIONS = ("What is the capital of France?", "What is the largest planet in our solar system?")
+DEFAULT_QUESTIONS = ("What is the capital of France?", "What is the opposite of hot?", "What language is spoken in Spain?",
+                     "What is 2 plus 2?")  # held-out questions the teacher answers correctly
 
 
 def _ask(base: str, args) -> list[dict]:
@@ -45,7 +46,7 @@ def _ask(base: str, args) -> list[dict]:
     out = []
     for q in args.ask or DEFAULT_QUESTIONS:
         body = _post(base + "/v1/chat/completions", {"messages": [{"role": "user", "content": q}],
-                                                      "max_tokens": 48, "temperature": 0})
+                                                      "max_tokens": 40, "temperature": 0})
         answer = body["choices"][0]["message"]["content"]
         print(f"user: {q}\nassistant: {answer!r}")
         out.append({"question": q, "answer": answer})
