@@ -53,7 +53,8 @@ def files_under(d: Path) -> list[str]:
     return sorted(str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir())
 
 
-def serve_check(edgekit: list[str], bundle: Path, scratch: Path, env: dict, startup_timeout: float = 240) -> dict:
+def serve_check(edgekit: list[str], bundle: Path, scratch: Path, env: dict, startup_timeout: float = 240,
+                extra: tuple[str, ...] = ()) -> dict:
     """Start `edgekit serve BUNDLE` with a private TMPDIR and EDGEKIT_HOME, query it, SIGTERM it.
 
     Returns texts per prompt, the chat answer, /props, timings, the exit code and the files left
@@ -68,7 +69,7 @@ def serve_check(edgekit: list[str], bundle: Path, scratch: Path, env: dict, star
     out: dict = {"bundle": str(bundle), "problems": []}
     t0 = time.monotonic()
     with open(scratch / "server.log", "w") as log:
-        proc = subprocess.Popen([*edgekit, "serve", str(bundle), "--port", str(port), "--log-level", "warning"],
+        proc = subprocess.Popen([*edgekit, "serve", str(bundle), "--port", str(port), "--log-level", "warning", *extra],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=scratch)
         try:
             if _wait_healthy(proc, base, startup_timeout, out):

@@ -197,16 +197,21 @@ class Run:
         verify = g.run(g.edgekit(venv, "verify", "--help"), cwd=venv.parent).returncode == 0
         self.facts[f"verify_command_{name}"] = verify
         for t, b in bundles.items():
+            # no GPU library or Edge TPU in the guest: a hardware-delegate bundle must be refused in one line,
+            # and run on the CPU only when the user says so
+            fallback = ("--allow-cpu-fallback",) if _target_delegate(b) in ("gpu", "edgetpu") else ()
+            if fallback:
+                self.delegate_refusal(name, g, venv, t, b)
             for kind in ("dir", "tar"):
                 scratch = self.work / f"serve-{name}" / f"{t}-{kind}"
-                res = checks.serve_check(g.edgekit(venv), b[kind], scratch, g.env())
+                res = checks.serve_check(g.edgekit(venv), b[kind], scratch, g.env(), extra=fallback)
                 problems = list(res["problems"]) + _compare(t, b, res, reference.get(t, {}))
                 mode, threads_problem = checks.threads_check(res.get("props", {}), _target_threads(b), cpus)
                 problems += [threads_problem] if threads_problem else []
                 self.check(f"{name} serve {t} {kind}", problems, dict(_brief(res), threads_check=mode),
                            note=_serve_note(res, mode))
                 if verify or VERIFY_MANDATORY:
-                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind])), g.env(), cwd=scratch)
+                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind]), *fallback), g.env(), cwd=scratch)
                     self.check(f"{name} verify {t} {kind}", [] if v["rc"] == 0 else
                                [f"rc {v['rc']}: {checks.last_line(v['stderr'] or v['stdout'])}"], v)
                 else:
@@ -217,6 +222,17 @@ class Run:
             left = [f for f in checks.files_under(tmp) if f not in checks.RUNTIME_TMP_FILES]
             self.check(f"{name} inspect {t} tar", ([] if r["rc"] == 0 else [f"rc {r['rc']}: {checks.last_line(r['stderr'])}"])
                        + ([f"{len(left)} file(s) left in TMPDIR"] if left else []), dict(r, tmpdir_files=left[:5]))
+
+    def delegate_refusal(self, name: str, g, venv: Path, t: str, b: dict) -> None:
+        """`edgekit serve` of a GPU / Edge TPU bundle where the delegate is missing: exit 1 with one line
+        naming --allow-cpu-fallback, before anything listens."""
+        scratch = self.work / f"refuse-{name}" / t
+        scratch.mkdir(parents=True, exist_ok=True)
+        r = checks.run_cli(g.edgekit(venv, "serve", str(b["dir"]), "--port", str(checks.free_port())), g.env(),
+                           cwd=scratch, timeout=300)
+        problems = [] if r["rc"] == 1 and "--allow-cpu-fallback" in r["stderr"] and "Traceback" not in r["stderr"] \
+            else [f"want rc 1 and one line naming --allow-cpu-fallback; rc {r['rc']}: {checks.last_line(r['stderr'])}"]
+        self.check(f"{name} serve {t} refused without its delegate", problems, r)
 
     def power(self, name: str, g, venv: Path) -> None:
         """`edgekit power` on the emulated Pi 5 (device-tree model in the sysroot): with the recorded-output
@@ -300,6 +316,10 @@ def _compare(target: str, b: dict, res: dict, ref: dict) -> list[str]:
     if res.get("chat") != ref.get("chat"):
         diff.append("chat")
     return [f"greedy text differs from the host's for {diff}: {res['texts']} vs {ref['texts']}"] if diff else []
+
+
+def _target_delegate(b: dict) -> str:
+    return str(b["manifest"].get("model", {}).get("delegate", "none"))
 
 
 def _target_threads(b: dict) -> int:
