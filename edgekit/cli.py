@@ -94,11 +94,15 @@ def recipes(as_json):
 @click.option("--compiler", default=None, metavar="PATH",
               help="Accelerator compiler for targets with a [compile] step (coral: edgetpu_compiler; "
                    "default: found on PATH, else the step is recorded as pending).")
+@click.option("--chat-prompts", type=click.IntRange(1, None), default=None, metavar="N",
+              help="Generate at most N chat prompts (teacher-written questions + tasks on the training text) "
+                   "instead of the recipe's number: a quicker, weaker trial; the recipe's fixed held-out "
+                   "questions are always kept.")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
               help="Sign the bundle (and its .tar) with this Ed25519 private key (`edgekit keygen`): writes "
                    "manifest.sig, checked by `serve --trust`.")
 def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler,
-          sign_key):
+          chat_prompts, sign_key):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
     Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
@@ -131,7 +135,7 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
                                     work_dir=work_dir, gate=not no_gate, tar=tar, log=log,
                                     max_minutes=max_minutes, max_steps=max_steps, compiler=compiler,
-                                    sign=signer))
+                                    sign=signer, chat_prompts=chat_prompts))
     size = sum(f["bytes"] for f in bundle.manifest["files"])
     click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})" + (f"; {signed_line(bundle, None)}" if signer else ""))
 
@@ -162,9 +166,13 @@ def _int_list(value: str | None) -> list[int] | None:
               help="Held-out perplexity for the learning curve every N training minutes (0 = only start and end).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Student folder (Hugging Face format) [default: ./students/<recipe>].")
+@click.option("--chat-prompts", type=click.IntRange(1, None), default=None, metavar="N",
+              help="Generate at most N chat prompts (teacher-written questions + tasks on the training text) "
+                   "instead of the recipe's number: a quicker, weaker trial; the recipe's fixed held-out "
+                   "questions are always kept.")
 @click.option("--restart", is_flag=True, help="Discard an existing checkpoint instead of resuming from it.")
 def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minutes, max_steps, checkpoint_every,
-            batch_size, eval_every_minutes, out, restart):
+            batch_size, eval_every_minutes, chat_prompts, out, restart):
     """Distill the recipe's teacher into a smaller student (a standard Hugging Face folder).
 
     The student starts as a copy of chosen teacher layers and learns from the teacher's logits
@@ -198,7 +206,7 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
         settings = dataclasses.replace(settings, batch_size=batch_size)
     if not settings.keep_layers and not settings.auto_layers:
         raise click.UsageError(f"recipe '{rcp.name}' keeps every layer; pass --keep-layers or --auto-layers")
-    chat = chat_settings_from_recipe(rcp, settings)
+    chat = chat_settings_from_recipe(rcp, settings, chat_prompts)
     out = out or Path("students") / rcp.name
     ckpt_dir = out.with_name(out.name + ".checkpoints")
     if restart and ckpt_dir.exists():

@@ -89,6 +89,7 @@ class BuildContext:
     max_minutes: float | None = None  # distillation budget overrides (None = recipe's)
     max_steps: int | None = None
     compiler: str | None = None  # accelerator compiler path (coral: edgetpu_compiler)
+    chat_prompts: int | None = None  # cap on generated chat prompts (None = the recipe's)
     sign: Callable[[bytes], bytes] | None = None  # manifest bytes -> manifest.sig bytes (build --sign)
     support: FormatSupport | None = field(default=None)
 
@@ -128,7 +129,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                         checkpoint_every=dcfg["checkpoint_every"])
         settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source,
                                         max_minutes=budget.max_minutes)
-        chat = chat_settings_from_recipe(ctx.recipe, settings)
+        chat = chat_settings_from_recipe(ctx.recipe, settings, ctx.chat_prompts)
         dm = run_distill(settings, budget, student_dir, ctx.work_dir / "checkpoints",
                          ctx.recipe.data["data"]["eval"], log=ctx.log, chat_settings=chat)
         model, tokenizer = load_causal_lm(student_dir)

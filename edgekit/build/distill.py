@@ -244,9 +244,10 @@ def _local_fingerprint(settings: DistillSettings) -> list:
     return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in paths if p.is_file()]
 
 
-def chat_settings_from_recipe(recipe, settings: DistillSettings):
+def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: int | None = None):
     """The recipe's chat-data settings for this teacher (None when the recipe distills text only);
-    also stores their key in `settings` so a checkpoint never resumes on other chat data."""
+    also stores their key in `settings` so a checkpoint never resumes on other chat data.
+    `max_prompts` caps the generated prompts (split as the recipe splits them)."""
     from edgekit.build.chatdata import ChatSettings
 
     c = recipe.data["chat"]
@@ -254,8 +255,12 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings):
         return None
     ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
     files = textdata.expand_paths(list(settings.data))
+    asked, tasks = c["self_instruct"], c["corpus_prompts"]
+    if max_prompts is not None and max_prompts < asked + tasks:
+        asked = round(max_prompts * asked / (asked + tasks))
+        tasks = max_prompts - asked
     cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
-                      self_instruct=c["self_instruct"], corpus_prompts=c["corpus_prompts"],
+                      self_instruct=asked, corpus_prompts=tasks,
                       corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
                       heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed,
                       eval_fraction=settings.eval_fraction, files_sha256=[hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
