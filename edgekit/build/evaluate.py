@@ -52,7 +52,7 @@ def default_chat_examples(recipe) -> Path | None:
     if recipe.task != "text-generation" or not recipe.data["chat"]["enabled"]:
         return None
     from edgekit.build.chatdata import heldout_file
-    from edgekit.build.distill import chat_settings_from_recipe, settings_from_recipe
+    from edgekit.build.distill_settings import chat_settings_from_recipe, settings_from_recipe
 
     return heldout_file(chat_settings_from_recipe(recipe, settings_from_recipe(recipe)))
 

@@ -1,0 +1,130 @@
+"""Distillation settings from a recipe and the CLI: what determines a run (hashed for resume), the
+budget, the depth chosen for the budget, and the chat-data settings. No torch here, so a device
+install can find a recipe's held-out chat examples (`edgekit eval BUNDLE`).
+May import: stdlib, edgekit.core, edgekit.build.textdata, edgekit.build.chatdata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgekit.build import textdata
+
+
+@dataclass
+class DistillSettings:
+    """Everything that determines a run (hashed to decide whether a checkpoint can resume)."""
+
+    teacher: str
+    keep_layers: list[int]  # teacher layer indices to keep; empty = choose `auto_layers` by influence
+    auto_layers: int = 0
+    teacher_file: str = ""
+    teacher_sha256: str = ""
+    ffn_ratio: float = 1.0
+    temperature: float = 2.0
+    kl_weight: float = 1.0
+    ce_weight: float = 0.5
+    hidden_weight: float = 0.0
+    learning_rate: float = 3e-4
+    batch_size: int = 4
+    seq_len: int = 128
+    data: list[str] = field(default_factory=list)
+    eval_fraction: float = 0.05
+    seed: int = 0
+    chat_key: str = ""  # key of the chat data (edgekit.build.chatdata.ChatSettings); "" = text only
+    chat_fraction: float = 0.0
+    chat_seq_len: int = 256
+    layer_reason: str = ""
+
+    def key(self) -> str:
+        fields = asdict(self)
+        fields.pop("layer_reason")  # words only: a longer budget with the same depth resumes
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Budget:
+    """When to stop and how often to checkpoint/evaluate (not part of the resume key)."""
+
+    max_steps: int = 0  # 0 = no step limit
+    max_minutes: float = 0.0  # 0 = no time limit
+    checkpoint_every: int = 50
+    eval_every_minutes: float = 2.0
+    eval_tokens: int = 4096
+
+
+def layers_for_budget(student: dict, max_minutes: float) -> tuple[int, str]:
+    """(layers to keep, why) for a training budget: short budgets drop fewer layers, because a deep cut
+    needs long training to heal (recipe `budget_minutes` / `budget_layers`; `auto_layers` above)."""
+    for minutes, layers in zip(student["budget_minutes"], student["budget_layers"]):
+        if 0 < max_minutes <= minutes:
+            return layers, (f"{layers} layers: the recipe keeps {layers} for budgets up to {minutes:g} min "
+                            f"and this budget is {max_minutes:g} min")
+    if student["budget_minutes"]:
+        return student["auto_layers"], (f"{student['auto_layers']} layers: the recipe's choice for budgets over "
+                                         f"{student['budget_minutes'][-1]:g} min or unlimited")
+    return student["auto_layers"], ""
+
+
+def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | None = None,
+                         keep_layers: list[int] | None = None, auto_layers: int | None = None,
+                         ffn_ratio: float | None = None, max_minutes: float | None = None) -> DistillSettings:
+    """Settings from a recipe; non-None arguments (CLI options) override it. `max_minutes` (the
+    training budget) chooses the number of layers when the recipe ties it to the budget."""
+    d, st, t = recipe.data["distill"], recipe.student, recipe.teacher
+    reason = ""
+    if keep_layers is None and auto_layers is None:
+        keep_layers, auto_layers = st["keep_layers"], st["auto_layers"]
+        if not keep_layers and auto_layers:
+            auto_layers, reason = layers_for_budget(st, d["max_minutes"] if max_minutes is None else max_minutes)
+    c = recipe.data["chat"]
+    return DistillSettings(
+        teacher=teacher or t["source"],
+        teacher_file="" if teacher else t["file"],
+        teacher_sha256="" if teacher else t["sha256"],
+        keep_layers=list(keep_layers or []),
+        auto_layers=auto_layers or 0,
+        ffn_ratio=ffn_ratio if ffn_ratio is not None else st["ffn_ratio"],
+        temperature=d["temperature"], kl_weight=d["kl_weight"], ce_weight=d["ce_weight"],
+        hidden_weight=d["hidden_weight"], learning_rate=d["learning_rate"], batch_size=d["batch_size"],
+        seq_len=d["seq_len"], data=list(data or recipe.data["data"]["train"]), layer_reason=reason,
+        eval_fraction=d["eval_fraction"],
+        chat_fraction=c["fraction"] if c["enabled"] else 0.0, chat_seq_len=c["seq_len"],
+    )
+
+
+def _local_fingerprint(settings: DistillSettings) -> list:
+    """Sizes and modification times of a local teacher's files (a recipe teacher is pinned by sha256;
+    a --teacher folder can change in place, and its chat data must then be made again)."""
+    if settings.teacher_sha256 or not settings.teacher.startswith("path:"):
+        return []
+    root = Path(settings.teacher[5:])
+    paths = sorted(root.iterdir()) if root.is_dir() else [root]
+    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in paths if p.is_file()]
+
+
+def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: int | None = None):
+    """The recipe's chat-data settings for this teacher (None when the recipe distills text only);
+    also stores their key in `settings` so a checkpoint never resumes on other chat data.
+    `max_prompts` caps the generated prompts (split as the recipe splits them)."""
+    from edgekit.build.chatdata import ChatSettings
+
+    c = recipe.data["chat"]
+    if not c["enabled"]:
+        return None
+    ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
+    files = textdata.expand_paths(list(settings.data))
+    asked, tasks = c["self_instruct"], c["corpus_prompts"]
+    if max_prompts is not None and max_prompts < asked + tasks:
+        asked = round(max_prompts * asked / (asked + tasks))
+        tasks = max_prompts - asked
+    cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
+                      self_instruct=asked, corpus_prompts=tasks,
+                      corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
+                      heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed,
+                      eval_fraction=settings.eval_fraction, files_sha256=[hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
+    settings.chat_key = cs.key()
+    return cs
