@@ -77,9 +77,7 @@ def test_student_gate_enforced_or_recorded():
 
 
 def test_budget_picks_the_depth():
-    pytest.importorskip("torch")
-    from edgekit.build.distill import layers_for_budget
-    from edgekit.build.distill_loop import _is_chat_step, _slice
+    from edgekit.build.distill_settings import layers_for_budget
 
     student = {"auto_layers": 15, "budget_minutes": [5.0, 20.0], "budget_layers": [24, 20]}
     assert layers_for_budget(student, 5)[0] == 24
@@ -87,6 +85,12 @@ def test_budget_picks_the_depth():
     n, why = layers_for_budget(student, 60)
     assert n == 15 and "over 20 min" in why
     assert layers_for_budget(student, 0)[0] == 15  # no time limit: the full-quality choice
+
+
+def test_chat_steps_and_process_slices():
+    pytest.importorskip("torch")
+    from edgekit.build.distill_loop import _is_chat_step, _slice
+
     chat = sum(_is_chat_step(i, 0.75) for i in range(1000))
     assert 740 <= chat <= 760
     order = list(range(10))
