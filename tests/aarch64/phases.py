@@ -148,7 +148,7 @@ class Run:
         ref = {}
         for t, b in bundles.items():
             res = checks.serve_check([self.host_python, "-m", "edgekit"], b["dir"], self.work / "host" / t,
-                                     _host_env(), startup_timeout=120)
+                                     _host_env(), startup_timeout=120, extra=_fallback(b))
             self.check(f"host serve {t}", res["problems"], _brief(res))
             ref[t] = res
         return ref
@@ -199,7 +199,7 @@ class Run:
         for t, b in bundles.items():
             # no GPU library or Edge TPU in the guest: a hardware-delegate bundle must be refused in one line,
             # and run on the CPU only when the user says so
-            fallback = ("--allow-cpu-fallback",) if _target_delegate(b) in ("gpu", "edgetpu") else ()
+            fallback = _fallback(b)
             if fallback:
                 self.delegate_refusal(name, g, venv, t, b)
             for kind in ("dir", "tar"):
@@ -320,6 +320,12 @@ def _compare(target: str, b: dict, res: dict, ref: dict) -> list[str]:
 
 def _target_delegate(b: dict) -> str:
     return str(b["manifest"].get("model", {}).get("delegate", "none"))
+
+
+def _fallback(b: dict) -> tuple[str, ...]:
+    """No GPU library or Edge TPU on the host or in the guest: hardware-delegate bundles run on the CPU
+    only when asked to."""
+    return ("--allow-cpu-fallback",) if _target_delegate(b) in ("gpu", "edgetpu") else ()
 
 
 def _target_threads(b: dict) -> int:
