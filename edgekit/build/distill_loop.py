@@ -74,7 +74,6 @@ class _Chat:
 
     train: list
     heldout: list
-    teacher_scores: dict
     source: dict
 
 
@@ -91,7 +90,7 @@ def _prepare_chat(settings: DistillSettings, chat_settings, teacher_path, teache
                          "examples; both are needed")
     log(f"chat: {len(train)} training examples, {len(heldout)} held out "
         f"({sum(c.answer_tokens for c in heldout):,} answer tokens), teacher answers from {data.folder}")
-    return _Chat(train, heldout, {}, {"folder": str(data.folder), "train_examples": len(train),
+    return _Chat(train, heldout, {"folder": str(data.folder), "train_examples": len(train),
                                       "heldout_examples": len(heldout),
                                       "generated_seconds": data.generated_seconds})
 
