@@ -69,8 +69,18 @@ def run_one(recipe_ref: str, chat_recipe, minutes: float, eval_every: float, out
     return metrics
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def report(name: str, m: dict) -> None:
-    print(f"== {name}: {len(m['keep_layers'])} layers ({m['layer_reason'] or 'recipe'}), {m['steps']} steps "
+    print(f"== {name} ({m.get('budget_minutes', '?')}-minute budget): {len(m['keep_layers'])} layers ({m['layer_reason'] or 'recipe'}), {m['steps']} steps "
           f"({m.get('chat_steps', 0)} on chat), {m['train_minutes']:.1f} training minutes")
     for text, p in m["perplexity"].items():
         print(f"   {text}: teacher {p['teacher']:.3f}  student {p['student']:.3f}  ratio {p['ratio']:.3f}x")
@@ -89,6 +99,8 @@ def main() -> int:
     ap.add_argument("--eval-every", type=float, default=5.0, help="minutes between curve points")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill-smollm2")
     ap.add_argument("--plot-only", action="store_true", help="redraw curve.png from an existing distill.json")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME",
+                    help="run only this recipe (by name) now; the others' earlier results are kept")
     args = ap.parse_args()
     path = args.out / "distill.json"
     if args.plot_only:
@@ -98,10 +110,17 @@ def main() -> int:
 
     chat_recipe = load_recipe(args.recipe)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = {}
+    # Runs from earlier invocations are kept (each run records its own budget), so recipes can be run
+    # one at a time (--only) and still land in one distill.json and one plot.
+    runs = json.loads(path.read_text())["runs"] if path.exists() else {}
     for ref in [args.recipe, *args.compare]:
-        runs[load_recipe(ref).name] = run_one(ref, chat_recipe, args.minutes, args.eval_every, args.out, args.layers)
-    result = {"minutes": args.minutes, "teacher": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32",
+        name = load_recipe(ref).name
+        if args.only and name not in args.only:
+            continue
+        runs[name] = run_one(ref, chat_recipe, args.minutes, args.eval_every, args.out, args.layers)
+        runs[name]["budget_minutes"] = args.minutes
+        runs[name]["commit"] = _commit()
+    result = {"teacher": "SmolLM2-135M-Instruct Q4_1 GGUF dequantized to fp32",
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "python": platform.python_version()}, "runs": runs}
     path.write_text(json.dumps(result, indent=2) + "\n")
