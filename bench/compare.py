@@ -235,8 +235,8 @@ class Worker:
 def eval_data(recipe: Path, student: Path, eval_tokens: int, window: int, prompt_tokens: int):
     """(evaluation windows, prompt ids): held-out text of the recipe's training files, tokenized
     once with the student's tokenizer; the prompt is the held-out text after the evaluated part."""
-    from edgekit.build.evaluate import default_eval_texts
-    from edgekit.build.verify import eval_token_ids
+    from edgekit.workshop.evaluate import default_eval_texts
+    from edgekit.workshop.verify import eval_token_ids
     from edgekit.core.recipes import load_recipe
     from edgekit.device import quality
     from edgekit.device.tokenizer import TextTokenizer

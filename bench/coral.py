@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _train_windows(recipe, tokenizer, length: int, count: int) -> list[list[int]]:
-    from edgekit.build.textdata import expand_paths, read_text, split_heldout
+    from edgekit.workshop.textdata import expand_paths, read_text, split_heldout
 
     ids: list[int] = []
     for path in expand_paths(recipe.data["data"]["train"]):
@@ -55,11 +55,11 @@ def _prediction(files: list[Path], host_macs: int) -> dict:
 def decoder_rows(args) -> list[dict]:
     import torch
 
-    from edgekit.build import coral_segments, tflite_export, tflite_quantize
-    from edgekit.build.evaluate import default_eval_texts
-    from edgekit.build.teacher import load_causal_lm
-    from edgekit.build.textdata import perplexity as torch_perplexity
-    from edgekit.build.verify import eval_token_ids
+    from edgekit.workshop import coral_segments, tflite_export, tflite_quantize
+    from edgekit.workshop.evaluate import default_eval_texts
+    from edgekit.workshop.teacher import load_causal_lm
+    from edgekit.workshop.textdata import perplexity as torch_perplexity
+    from edgekit.workshop.verify import eval_token_ids
     from edgekit.core.recipes import load_recipe
     from edgekit.device import quality
     from edgekit.device.segmented_model import host_macs, open_segmented
@@ -108,9 +108,9 @@ def decoder_rows(args) -> list[dict]:
 def encoder_rows(args) -> list[dict]:
     from scipy.stats import spearmanr
 
-    from edgekit.build import coral_segments, encoder_export, tflite_quantize
-    from edgekit.build.encoder import load_encoder, read_sts, sts_spearman
-    from edgekit.build.textdata import expand_paths
+    from edgekit.workshop import coral_segments, encoder_export, tflite_quantize
+    from edgekit.workshop.encoder import load_encoder, read_sts, sts_spearman
+    from edgekit.workshop.textdata import expand_paths
     from edgekit.core.recipes import load_recipe
     from edgekit.device.encoder_model import open_tflite_encoder
     from edgekit.device.segmented_model import encoder_host_macs, open_segmented_encoder

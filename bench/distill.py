@@ -51,7 +51,7 @@ def plot(runs: dict, path: Path) -> None:
 
 
 def run_one(recipe_ref: str, chat_recipe, minutes: float, eval_every: float, out: Path, layers: int | None) -> dict:
-    from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+    from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
     from edgekit.core.recipes import load_recipe
 
     recipe = load_recipe(recipe_ref)

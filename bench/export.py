@@ -57,11 +57,11 @@ def main() -> None:
 
     import torch
 
-    from edgekit.build import onnx_export, onnx_quantize, tflite_export, tflite_quantize
-    from edgekit.build.evaluate import default_eval_texts
-    from edgekit.build.teacher import load_causal_lm
-    from edgekit.build.textdata import perplexity as torch_perplexity
-    from edgekit.build.verify import eval_token_ids
+    from edgekit.workshop import onnx_export, onnx_quantize, tflite_export, tflite_quantize
+    from edgekit.workshop.evaluate import default_eval_texts
+    from edgekit.workshop.teacher import load_causal_lm
+    from edgekit.workshop.textdata import perplexity as torch_perplexity
+    from edgekit.workshop.verify import eval_token_ids
     from edgekit.core.recipes import load_recipe
     from edgekit.device import quality
     from edgekit.device.generate import drain, generate

@@ -4,7 +4,7 @@ on the device while accounting for power and energy.
 Layers (imports go one way only):
   edgekit.core   - stdlib only: targets, recipes, manifest, bundle format, units.
   edgekit.device - core + numpy + a runtime (onnxruntime / ai-edge-litert); never torch/tensorflow.
-  edgekit.build  - device + torch, transformers, onnx, litert-torch; imported lazily by the CLI.
+  edgekit.workshop  - device + torch, transformers, onnx, litert-torch; imported lazily by the CLI.
 """
 
 __version__ = "0.1.0"

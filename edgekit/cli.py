@@ -1,7 +1,7 @@
 """The `edgekit` command line.
 
 Device commands (serve, inspect, targets, recipes) import edgekit.core / edgekit.device only;
-`build` imports edgekit.build (torch, transformers) lazily, inside the command, so a device
+`build` imports edgekit.workshop (torch, transformers) lazily, inside the command, so a device
 install without torch can run everything else. User mistakes (EdgekitError) print one line
 `error: ...` and exit 1, never a traceback.
 """
@@ -122,13 +122,13 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
         from edgekit.device.signing import load_private_key, signature_file
 
         signer = partial(signature_file, load_private_key(sign_key))
-    from edgekit.build.teacher import teacher_from_cli
+    from edgekit.workshop.teacher import teacher_from_cli
 
     source = teacher_from_cli(teacher) if teacher else rcp.teacher["source"]
     out = out or Path("dist") / f"{rcp.name}-{tgt.name}"
     work_dir = work_dir or Path("build") / f"{rcp.name}-{tgt.name}"
 
-    from edgekit.build.builder import BuildContext, run_build
+    from edgekit.workshop.builder import BuildContext, run_build
 
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
@@ -179,19 +179,19 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
     (temperature-scaled KL + next-token cross-entropy). Checkpoints go to <out>.checkpoints/;
     Ctrl-C saves one, and running the same command again resumes. Held-out perplexity of teacher
     and student is printed and saved in <out>/distill_metrics.json.
-    For several GPUs: accelerate launch --multi_gpu --num_processes N -m edgekit.build.distill
+    For several GPUs: accelerate launch --multi_gpu --num_processes N -m edgekit.workshop.distill
     --recipe R [options] (docs/distillation.md, "Scale-out").
     """
     from edgekit.core.recipes import load_recipe
 
     rcp = load_recipe(recipe)
     if rcp.task != "text-generation":
-        from edgekit.build.encoder import distill_encoder_cli
+        from edgekit.workshop.encoder import distill_encoder_cli
 
         distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, max_minutes, max_steps, out, restart)
         return
-    from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
-    from edgekit.build.teacher import teacher_from_cli
+    from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+    from edgekit.workshop.teacher import teacher_from_cli
 
     keep = _int_list(keep_layers)
     d = rcp.data["distill"]

@@ -83,7 +83,7 @@ def compile_(bundle, compiler, out):
     import shutil
     import tempfile
 
-    from edgekit.build.coral_compile import find_compiler, run_compile_stage
+    from edgekit.workshop.coral_compile import find_compiler, run_compile_stage
     from edgekit.core.bundle import SIGNATURE, load_bundle, staging_dir, write_bundle
     from edgekit.core.errors import BuildError
 

@@ -1,7 +1,7 @@
 """`edgekit eval`: one model's quality, or teacher / student / bundle side by side in one table.
 
 Bundles run on the device runtime (no torch); Hugging Face folders, GGUF files and teacher sources
-run in PyTorch (imported only then). Metrics: edgekit.build.evaluate; the table: edgekit.build.eval_table.
+run in PyTorch (imported only then). Metrics: edgekit.workshop.evaluate; the table: edgekit.workshop.eval_table.
 May import: stdlib, click, edgekit (build modules inside the command).
 """
 
@@ -58,7 +58,7 @@ def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat
     run = _encoder_runner(rcp, data) if rcp.task == "feature-extraction" else _causal_runner(
         rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_sentences, sst2_phrasing)
     if rcp.task != "feature-extraction":
-        from edgekit.build.evaluate import model_source
+        from edgekit.workshop.evaluate import model_source
 
         for ref in [model] if model else columns.values():
             if ref != "recipe" and not Path(ref).expanduser().exists():
@@ -67,7 +67,7 @@ def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat
         result = run(model)
         click.echo(json.dumps(result, indent=2) if as_json else "\n".join(single_lines(result)))
         return
-    from edgekit.build.eval_table import compare, format_table
+    from edgekit.workshop.eval_table import compare, format_table
 
     results = {role: run(ref) for role, ref in columns.items()}
     table = compare(results)
@@ -78,15 +78,15 @@ def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat
 
 
 def _encoder_runner(rcp, data):
-    from edgekit.build.encoder import eval_encoder
+    from edgekit.workshop.encoder import eval_encoder
 
     return lambda ref: eval_encoder(ref, list(data) or rcp.data["data"]["eval"])
 
 
 def _causal_runner(rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_sentences, sst2_phrasing):
     """Read every input once (a bad path fails before any model loads); returns MODEL -> result."""
-    from edgekit.build import textdata
-    from edgekit.build.evaluate import default_chat_examples, default_eval_texts, eval_causal
+    from edgekit.workshop import textdata
+    from edgekit.workshop.evaluate import default_chat_examples, default_eval_texts, eval_causal
     from edgekit.core.paths import resolve_data_ref
     from edgekit.device import sst2
     from edgekit.device.chat_examples import read_examples

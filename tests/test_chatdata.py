@@ -3,8 +3,8 @@ student-vs-teacher gate and the budget -> depth rule (fast tier)."""
 
 import pytest
 
-from edgekit.build.chatdata import clean_question, corpus_prompts, split_prompts
-from edgekit.build.student_gate import apply_student_gate, student_gate_failures
+from edgekit.workshop.chatdata import clean_question, corpus_prompts, split_prompts
+from edgekit.workshop.student_gate import apply_student_gate, student_gate_failures
 from edgekit.core.errors import BuildError
 
 
@@ -77,7 +77,7 @@ def test_student_gate_enforced_or_recorded():
 
 
 def test_budget_picks_the_depth():
-    from edgekit.build.distill_settings import layers_for_budget
+    from edgekit.workshop.distill_settings import layers_for_budget
 
     student = {"auto_layers": 15, "budget_minutes": [5.0, 20.0], "budget_layers": [24, 20]}
     assert layers_for_budget(student, 5)[0] == 24
@@ -89,7 +89,7 @@ def test_budget_picks_the_depth():
 
 def test_chat_steps_and_process_slices():
     pytest.importorskip("torch")
-    from edgekit.build.distill_loop import _is_chat_step, _slice
+    from edgekit.workshop.distill_loop import _is_chat_step, _slice
 
     chat = sum(_is_chat_step(i, 0.75) for i in range(1000))
     assert 740 <= chat <= 760

@@ -24,7 +24,7 @@ def _tflite(module, sample, path: Path, int8: bool) -> Path:
     import litert_torch
     import torch
 
-    from edgekit.build.tflite_quantize import quantize_tflite
+    from edgekit.workshop.tflite_quantize import quantize_tflite
 
     fp32 = path.with_suffix(".fp32.tflite")
     with torch.no_grad():
@@ -159,7 +159,7 @@ def test_fp32_segments_with_host_attention_equal_pytorch(stories_build, tmp_path
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgekit.build.coral_segments import export_segments
+    from edgekit.workshop.coral_segments import export_segments
     from edgekit.device.segmented_model import open_segmented
 
     model = AutoModelForCausalLM.from_pretrained(stories_build["student"]).eval()

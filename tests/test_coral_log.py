@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edgekit.build.coral_compile import compare, parse_compiler_log
+from edgekit.workshop.coral_compile import compare, parse_compiler_log
 
 LOG = (Path(__file__).parent / "data" / "edgetpu_compiler_s.log").read_text()
 

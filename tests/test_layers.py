@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 PKG = ROOT / "edgekit"
-BUILD_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
+WORKSHOP_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
 DEVICE_OK = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "tokenizers", "starlette", "uvicorn",
              "jinja2", "prometheus_client", "psutil", "click", "cryptography", "edgekit"}
 
@@ -45,11 +45,11 @@ def test_core_imports_only_stdlib_and_core():
         assert _internal(f) <= {"edgekit.core"}, f"{f.name} imports {_internal(f)}"
 
 
-def test_device_never_imports_build_packages_or_build_layer():
+def test_device_never_imports_workshop_packages_or_workshop_layer():
     for f in (PKG / "device").rglob("*.py"):
         third = {m for m in _imports(f) if m not in sys.stdlib_module_names}
         assert third <= DEVICE_OK, f"{f.name} imports {third - DEVICE_OK}"
-        assert not third & BUILD_ONLY
+        assert not third & WORKSHOP_ONLY
         assert _internal(f) <= {"edgekit.core", "edgekit.device"}, f"{f.name} imports {_internal(f)}"
 
 

@@ -1,6 +1,6 @@
 """Chat examples (a user prompt and an assistant answer) as the token ids a model is scored on.
 
-One definition for training (edgekit.build) and evaluation (device runtime and PyTorch): the prompt is
+One definition for training (edgekit.workshop) and evaluation (device runtime and PyTorch): the prompt is
 the chat template rendered for one user turn with the generation prompt, encoded without special
 tokens added (the template writes them); the answer is encoded on its own and closed with the
 end-of-turn token, exactly the ids generation would produce after that prompt.

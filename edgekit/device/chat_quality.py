@@ -7,7 +7,7 @@ positions are scored:
   top-1 agreement        = fraction of answer positions where the model's argmax is the reference token.
 A scorer is a `Scorer`: `logits(ids) -> np.ndarray [len(ids), vocab]` (row i predicts ids[i + 1]),
 `encode(text, add_special_tokens)`, `chat_template`, `bos_token`, `eos_token` and `end_of_turn_id`
-(edgekit.device.scorer for bundles, edgekit.build.evaluate for PyTorch models).
+(edgekit.device.scorer for bundles, edgekit.workshop.evaluate for PyTorch models).
 May import: stdlib, numpy, edgekit.core, edgekit.device.
 """
 

@@ -5,7 +5,7 @@ The flatbuffer is read with the schema module shipped in ai-edge-litert (lazy ac
 copies). For each subgraph (a signature), every op in execution order gets a status in the
 compiler's own words plus a plain-language reason; then totals: ops mapped, share of
 multiply-accumulates (MACs) on the TPU, and parameter bytes of mapped ops vs the ~8 MB on-chip
-cache. Predictions only: `edgetpu_compiler` has the last word (see edgekit/build/coral_compile.py).
+cache. Predictions only: `edgetpu_compiler` has the last word (see edgekit/workshop/coral_compile.py).
 May import: stdlib, numpy, edgekit.device.
 """
 

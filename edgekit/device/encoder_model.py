@@ -1,6 +1,6 @@
 """Sentence embeddings from an exported encoder bundle (ONNX Runtime or LiteRT).
 
-The graph (edgekit/build/encoder_export.py) takes embeds [1,S,hidden] (word + position +
+The graph (edgekit/workshop/encoder_export.py) takes embeds [1,S,hidden] (word + position +
 token-type rows from the bundle's host tables, summed here) and mask [1,S], and returns the
 masked mean of its last hidden states; this module L2-normalises it (unit vectors, so a dot
 product is the cosine similarity). ONNX graphs take any S up to the model's maximum; TFLite graphs

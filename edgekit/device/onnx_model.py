@@ -1,6 +1,6 @@
 """A KV-cache causal LM running on onnxruntime.
 
-The exported graph (see edgekit/build/onnx_export.py) has inputs
+The exported graph (see edgekit/workshop/onnx_export.py) has inputs
   input_ids [1, S] int64, attention_mask [1, P+S] int64, position_ids [1, S] int64,
   past_key_i / past_value_i [1, kv_heads, P, head_dim] float32 for each layer i
 and outputs logits [1, S, vocab] float32 and present_key_i / present_value_i [1, kv_heads, P+S, head_dim].

@@ -1,7 +1,7 @@
 """Quality measures that run on the device runtime: perplexity from a runner's logits.
 
 Perplexity = exp(mean next-token negative log-likelihood, in nats) over independent windows
-of `window` + 1 tokens (the same windows the build side uses in edgekit/build/textdata.py).
+of `window` + 1 tokens (the same windows the build side uses in edgekit/workshop/textdata.py).
 May import: stdlib, numpy.
 """
 

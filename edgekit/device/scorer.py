@@ -1,7 +1,7 @@
 """A bundle as a scorer: every row's logits for a list of ids, with its tokenizer and chat settings.
 
 The interface edgekit.device.chat_quality and edgekit.device.sst2 score with (the build side has a
-PyTorch equivalent in edgekit.build.evaluate): `logits(ids)` [len(ids), vocab] float, `encode(text,
+PyTorch equivalent in edgekit.workshop.evaluate): `logits(ids)` [len(ids), vocab] float, `encode(text,
 add_special_tokens)`, `chat_template` (None: the plain default template), `bos_token`, `eos_token`,
 `end_of_turn_id`, `perplexity(windows)` and a `kind` label.
 May import: stdlib, numpy, edgekit.core, edgekit.device.

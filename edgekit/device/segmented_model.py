@@ -1,4 +1,4 @@
-"""Run an Edge TPU segmented decoder (see edgekit/build/coral_segments.py): TPU segments for the
+"""Run an Edge TPU segmented decoder (see edgekit/workshop/coral_segments.py): TPU segments for the
 projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV cache and attention
 here in numpy (float32).
 

@@ -1,6 +1,6 @@
 """A static-KV-cache causal LM running on LiteRT (ai-edge-litert; tflite_runtime as a fallback).
 
-The .tflite (see edgekit/build/tflite_export.py) has signatures `prefill` (P tokens) and `decode`
+The .tflite (see edgekit/workshop/tflite_export.py) has signatures `prefill` (P tokens) and `decode`
 (1 token); positional inputs are named args_0.. and outputs output_0..:
   embeds [1,T,hidden], input_pos [T] int32, cos, sin [T,head_dim], mask [1,1,T,C],
   then k_i, v_i [1,kv_heads,C,head_dim]; outputs logits [1,T,vocab], then the updated k_i, v_i.

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from edgekit.build import textdata
+from edgekit.workshop import textdata
 from edgekit.core.errors import BuildError
 
 
@@ -78,7 +78,7 @@ class _Chat:
 
 
 def _prepare_chat(settings: DistillSettings, chat_settings, teacher_path, teacher, tokenizer, log, progress):
-    from edgekit.build import chatdata
+    from edgekit.workshop import chatdata
 
     if chat_settings is None:
         return None
@@ -130,7 +130,7 @@ class _Loop:
         point = {"step": st["step"], "minutes": round(st["train_seconds"] / 60, 3), "eval_file": first,
                  "perplexity": round(ppl, 4), "ratio": round(ppl / st["teacher_perplexity"][first], 4)}
         if self.chat is not None:
-            from edgekit.build.chatdata import chat_scores
+            from edgekit.workshop.chatdata import chat_scores
 
             c = chat_scores(self.accel.unwrap_model(s), self.chat.heldout)
             point.update(chat_perplexity_ratio=round(c["perplexity"] / st["teacher_chat"]["perplexity"], 4),
@@ -148,7 +148,7 @@ class _Loop:
         st, s, accel = self.state, self.s, self.accel
         per_step = s.batch_size * accel.num_processes
         if self.chat is not None and _is_chat_step(st["step"], s.chat_fraction):
-            from edgekit.build.chatdata import pad_batch
+            from edgekit.workshop.chatdata import pad_batch
 
             n = st.get("chat_steps", 0)
             items = [self.chat.train[i] for i in _slice(self.chat_order, n, per_step, s.batch_size, accel.process_index)]

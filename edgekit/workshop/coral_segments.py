@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekit.build.tflite_export import SUPPORTED, quiet, rotary_tables
+from edgekit.workshop.tflite_export import SUPPORTED, quiet, rotary_tables
 from edgekit.core.errors import BuildError
 
 HOST_FILE = "host_tables.npz"
@@ -135,7 +135,7 @@ def export_segments(model, out_path: Path, max_sequence_length: int, prefill_len
 
 def quantize_segments(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
     """Quantize every segment file (same recipe for all); calibration = {file name: {signature: feeds}}."""
-    from edgekit.build.tflite_quantize import quantize_host_tables, quantize_tflite
+    from edgekit.workshop.tflite_quantize import quantize_host_tables, quantize_tflite
 
     params: dict = {}
     for f in sorted(src.parent.glob("*.tflite")):  # every segment file of the export folder
@@ -163,7 +163,7 @@ def calibration_feeds_segments(fp32_path: Path, signature: dict, token_windows: 
 
 def describe_segments(path: Path) -> dict:
     """Input/output dtypes and shapes of the first segment (all segments share the int8 form)."""
-    from edgekit.build.tflite_export import describe
+    from edgekit.workshop.tflite_export import describe
 
     return {"first_segment_signature": describe(path)["signatures"]}
 
@@ -187,7 +187,7 @@ def summary(path: Path) -> dict:
 def export_encoder_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
     """Encoder variant of export_segments: host tables hold the embedding tables, every LayerNorm's
     weight and bias, and the segment biases."""
-    from edgekit.build.encoder_export import host_tables
+    from edgekit.workshop.encoder_export import host_tables
 
     model = model.float().eval()
     cfg = model.config

@@ -51,7 +51,7 @@ def eval_token_ids(tokenizer, texts: list[str], max_tokens: int) -> list[int]:
 
 
 def _torch_perplexity(model, wins: list[list[int]]) -> float:
-    from edgekit.build.textdata import perplexity as torch_ppl
+    from edgekit.workshop.textdata import perplexity as torch_ppl
 
     return torch_ppl(model, torch.tensor(wins))
 

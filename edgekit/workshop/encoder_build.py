@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgekit.build.pipeline import StageOutput
+from edgekit.workshop.pipeline import StageOutput
 from edgekit.core.errors import BuildError
 
 
@@ -32,11 +32,11 @@ class EncoderFormat:
 
 
 def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
-    from edgekit.build import encoder_export
+    from edgekit.workshop import encoder_export
     from edgekit.device import encoder_model
 
     if layout == "tpu-segments":
-        from edgekit.build import coral_segments
+        from edgekit.workshop import coral_segments
         from edgekit.device.segmented_model import open_segmented_encoder
 
         return EncoderFormat("model.tflite", "litert-segments", coral_segments.export_encoder_segments,
@@ -44,9 +44,9 @@ def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
                              coral_segments.describe_segments, coral_segments.calibration_feeds_encoder_segments,
                              extra_glob="*.tflite")
     if fmt == "onnx":
-        from edgekit.build.onnx_export import op_counts
-        from edgekit.build.onnx_quantize import quantize_onnx
-        from edgekit.build.tflite_quantize import quantize_host_tables
+        from edgekit.workshop.onnx_export import op_counts
+        from edgekit.workshop.onnx_quantize import quantize_onnx
+        from edgekit.workshop.tflite_quantize import quantize_host_tables
 
         def quantize(src, dst, precision, calibration=None):
             host = quantize_host_tables(src.parent / encoder_export.HOST_FILE, dst.parent / encoder_export.HOST_FILE,
@@ -55,8 +55,8 @@ def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
 
         return EncoderFormat("model.onnx", "onnxruntime", encoder_export.export_encoder_onnx, quantize,
                              encoder_model.open_onnx_encoder, lambda p: {"ops": op_counts(p)}, None, None)
-    from edgekit.build.tflite_export import describe
-    from edgekit.build.tflite_quantize import quantize_tflite
+    from edgekit.workshop.tflite_export import describe
+    from edgekit.workshop.tflite_quantize import quantize_tflite
     from edgekit.device.tflite_inspect import summary
 
     return EncoderFormat("model.tflite", "litert", encoder_export.export_encoder_tflite, quantize_tflite,
@@ -65,7 +65,7 @@ def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
 
 
 def _teacher_path(ctx) -> Path:
-    from edgekit.build.teacher import resolve_teacher
+    from edgekit.workshop.teacher import resolve_teacher
 
     t = ctx.recipe.teacher
     from_recipe = ctx.teacher_source == t["source"]
@@ -73,8 +73,8 @@ def _teacher_path(ctx) -> Path:
 
 
 def stage_distill(ctx, d: Path, outs: dict) -> StageOutput:
-    from edgekit.build import textdata
-    from edgekit.build.encoder import distill_encoder, load_encoder
+    from edgekit.workshop import textdata
+    from edgekit.workshop.encoder import distill_encoder, load_encoder
 
     teacher = _teacher_path(ctx)
     student_dir = d / "student"
@@ -95,7 +95,7 @@ def stage_distill(ctx, d: Path, outs: dict) -> StageOutput:
         model, tok = load_encoder(student_dir)
     if not (student_dir / "tokenizer.json").is_file():
         raise BuildError(f"tokenizer of {teacher} could not be converted to tokenizer.json")
-    from edgekit.build.student import parameter_counts
+    from edgekit.workshop.student import parameter_counts
 
     n = parameter_counts(model)["total"]
     return StageOutput(files={"student": student_dir},
@@ -109,8 +109,8 @@ def _ids(tok, sentences: list[str], max_len: int) -> list[list[int]]:
 
 
 def calibration_ids(ctx, tok, max_len: int, count: int = 64) -> list[list[int]]:
-    from edgekit.build import textdata
-    from edgekit.build.encoder import read_sentences
+    from edgekit.workshop import textdata
+    from edgekit.workshop.encoder import read_sentences
 
     sentences = [s for f in textdata.expand_paths(ctx.recipe.data["data"]["train"]) for s in read_sentences(f)]
     return _ids(tok, sentences[:count], max_len)
@@ -125,7 +125,7 @@ def verify_encoder(torch_model, tok, device_model, device_tok, sentences: list[s
     import torch
     from scipy.stats import spearmanr
 
-    from edgekit.build.encoder import embed
+    from edgekit.workshop.encoder import embed
 
     max_len = device_model.max_sequence_length
     ref_ids = _ids(tok, sentences, max_len)
@@ -164,9 +164,9 @@ def encoder_gate_failures(metrics: dict, limits: dict) -> list[str]:
 
 
 def stage_verify(ctx, d: Path, outs: dict) -> StageOutput:
-    from edgekit.build import textdata
-    from edgekit.build.encoder import read_sts
-    from edgekit.build.verify import apply_gate
+    from edgekit.workshop import textdata
+    from edgekit.workshop.encoder import read_sts
+    from edgekit.workshop.verify import apply_gate
     from edgekit.device.tokenizer import TextTokenizer
 
     distill = outs["distill"]
@@ -180,7 +180,7 @@ def stage_verify(ctx, d: Path, outs: dict) -> StageOutput:
     metrics = verify_encoder(distill.values["model"], distill.values["tokenizer"], device_model, device_tok,
                              sentences, rows)
     limits = ctx.target.verify
-    from edgekit.build.reference_build import encoder_reference, write_reference
+    from edgekit.workshop.reference_build import encoder_reference, write_reference
     from edgekit.device.reference import REFERENCE_FILE
 
     ref = encoder_reference(distill.values["model"], distill.values["tokenizer"], sentences,

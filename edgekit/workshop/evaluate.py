@@ -23,7 +23,7 @@ def default_eval_texts(recipe, skip_missing: bool = False) -> tuple[dict[str, st
 
     Returns ({name: text}, references not found); missing files raise unless `skip_missing`.
     """
-    from edgekit.build import textdata
+    from edgekit.workshop import textdata
 
     texts, missing = {}, []
     frac = recipe.data["distill"]["eval_fraction"]
@@ -51,8 +51,8 @@ def default_chat_examples(recipe) -> Path | None:
     before that data exists."""
     if recipe.task != "text-generation" or not recipe.data["chat"]["enabled"]:
         return None
-    from edgekit.build.chatdata import heldout_file
-    from edgekit.build.distill_settings import chat_settings_from_recipe, settings_from_recipe
+    from edgekit.workshop.chatdata import heldout_file
+    from edgekit.workshop.distill_settings import chat_settings_from_recipe, settings_from_recipe
 
     return heldout_file(chat_settings_from_recipe(recipe, settings_from_recipe(recipe)))
 
@@ -106,7 +106,7 @@ class TorchScorer(Scorer):
     def perplexity(self, wins: list[list[int]]) -> float:
         import torch
 
-        from edgekit.build.textdata import perplexity
+        from edgekit.workshop.textdata import perplexity
 
         return perplexity(self.model, torch.tensor(wins))
 
@@ -120,7 +120,7 @@ def open_scorer(model_ref: str, recipe=None):
         from edgekit.device.scorer import BundleScorer
 
         return BundleScorer(load(path, allow_cpu_fallback=True))  # the bundle's numbers, wherever its kernels run here
-    from edgekit.build.teacher import load_causal_lm, resolve_teacher
+    from edgekit.workshop.teacher import load_causal_lm, resolve_teacher
 
     if model_ref == "recipe" and recipe is not None and not path.exists():
         t = recipe.data["teacher"]
@@ -135,7 +135,7 @@ def open_scorer(model_ref: str, recipe=None):
 def model_source(model_ref: str) -> str:
     """The teacher-source form of a model reference; a missing path is one clear error (checked
     before any model loads)."""
-    from edgekit.build.teacher import teacher_from_cli
+    from edgekit.workshop.teacher import teacher_from_cli
 
     try:
         return teacher_from_cli(model_ref)

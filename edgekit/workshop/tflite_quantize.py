@@ -67,7 +67,7 @@ def quantize_host_tables(src: Path, dst: Path, precision: str) -> dict:
 def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
     """Write the `precision` variant of `src` (and of its host tables) beside `dst`.
     `calibration` = {signature: [feeds...]} for int8-full."""
-    from edgekit.build.tflite_export import HOST_FILE
+    from edgekit.workshop.tflite_export import HOST_FILE
 
     host = {}
     if (src.parent / HOST_FILE).is_file():  # edgekit exports always have one; plain .tflite files may not
@@ -77,7 +77,7 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
         return {"method": "none", **host}
     from ai_edge_quantizer import quantizer
 
-    from edgekit.build.tflite_export import quiet
+    from edgekit.workshop.tflite_export import quiet
 
     q = quantizer.Quantizer(str(src))
     q.load_quantization_recipe(recipe_for(precision))
@@ -90,7 +90,7 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
         q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
     params = {"method": "ai-edge-quantizer", "recipe": precision, **host}
     if precision == "int8-full":
-        from edgekit.build.tflite_export import INT8_MASK_VALUE
+        from edgekit.workshop.tflite_export import INT8_MASK_VALUE
 
         params["signature_update"] = {"mask_value": INT8_MASK_VALUE}
     if calibration:
@@ -135,14 +135,14 @@ def calibration_feeds(fp32_path: Path, signature: dict, token_windows: list[list
     import numpy as np
 
     from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
-    from edgekit.build.tflite_export import HOST_FILE
+    from edgekit.workshop.tflite_export import HOST_FILE
 
     interp, _ = make_interpreter(fp32_path)
     rec = _RecordingInterpreter(interp)
     with np.load(fp32_path.parent / HOST_FILE) as z:
         tables = {k: z[k] for k in z.files}
     if mask_value is None:
-        from edgekit.build.tflite_export import INT8_MASK_VALUE
+        from edgekit.workshop.tflite_export import INT8_MASK_VALUE
 
         mask_value = INT8_MASK_VALUE
     lm = TfliteCausalLM(rec, dict(signature, mask_value=mask_value), tables)

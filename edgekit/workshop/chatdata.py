@@ -8,7 +8,7 @@ with a held-out one is dropped. Answers are generated greedily by the teacher ex
 (fp32) and run with edgekit's own runtime, not PyTorch eager (measured about 20x faster here).
 Everything is cached under $EDGEKIT_HOME/chatdata/<key>/ (key = teacher + settings) and appended
 as it is produced, so an interrupted run resumes. Times are seconds.
-May import: stdlib, numpy, edgekit; torch/transformers via edgekit.build modules.
+May import: stdlib, numpy, edgekit; torch/transformers via edgekit.workshop modules.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def clean_question(text: str) -> str | None:
 
 def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
     """Tasks on paragraphs of the training part of `files` (150-700 characters each)."""
-    from edgekit.build.textdata import read_text, split_heldout
+    from edgekit.workshop.textdata import read_text, split_heldout
 
     paragraphs = []
     for f in files:
@@ -125,7 +125,7 @@ class TeacherGenerator:
 
         onnx_path = cache / "model.onnx"
         if not (onnx_path.is_file() and (cache / "tokenizer.json").is_file()):
-            from edgekit.build.onnx_export import export_onnx
+            from edgekit.workshop.onnx_export import export_onnx
 
             log(f"exporting the teacher {teacher_path} to ONNX for fast generation (once per teacher) -> {cache}")
             tmp = cache.with_name(cache.name + ".partial")
@@ -249,7 +249,7 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
     t0 = clock()
     gen = TeacherGenerator(teacher_path, model, tokenizer, edgekit_home() / "chatdata" / f"generator-{s.teacher_key}",
                            log, workers=generator_workers())
-    from edgekit.build.textdata import expand_paths
+    from edgekit.workshop.textdata import expand_paths
 
     prompts_path = folder / "prompts.jsonl"
     if not prompts_path.is_file():

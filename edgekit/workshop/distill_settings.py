@@ -1,7 +1,7 @@
 """Distillation settings from a recipe and the CLI: what determines a run (hashed for resume), the
 budget, the depth chosen for the budget, and the chat-data settings. No torch here, so a device
 install can find a recipe's held-out chat examples (`edgekit eval BUNDLE`).
-May import: stdlib, edgekit.core, edgekit.build.textdata, edgekit.build.chatdata.
+May import: stdlib, edgekit.core, edgekit.workshop.textdata, edgekit.workshop.chatdata.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgekit.build import textdata
+from edgekit.workshop import textdata
 
 
 @dataclass
@@ -34,7 +34,7 @@ class DistillSettings:
     data: list[str] = field(default_factory=list)
     eval_fraction: float = 0.05
     seed: int = 0
-    chat_key: str = ""  # key of the chat data (edgekit.build.chatdata.ChatSettings); "" = text only
+    chat_key: str = ""  # key of the chat data (edgekit.workshop.chatdata.ChatSettings); "" = text only
     chat_fraction: float = 0.0
     chat_seq_len: int = 256
     layer_reason: str = ""
@@ -110,7 +110,7 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: in
     """The recipe's chat-data settings for this teacher (None when the recipe distills text only);
     also stores their key in `settings` so a checkpoint never resumes on other chat data.
     `max_prompts` caps the generated prompts (split as the recipe splits them)."""
-    from edgekit.build.chatdata import ChatSettings
+    from edgekit.workshop.chatdata import ChatSettings
 
     c = recipe.data["chat"]
     if not c["enabled"]:

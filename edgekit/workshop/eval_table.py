@@ -1,7 +1,7 @@
 """`edgekit eval` side by side: one row per metric, one column per model (teacher / student / bundle),
 plus each column's ratio to the teacher's value.
 
-Input: {column: result of edgekit.build.evaluate.eval_causal}. Perplexities are unitless (lower is
+Input: {column: result of edgekit.workshop.evaluate.eval_causal}. Perplexities are unitless (lower is
 better); agreement and accuracy are fractions in [0, 1] (higher is better).
 May import: stdlib, edgekit.core.
 """

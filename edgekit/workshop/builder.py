@@ -5,7 +5,7 @@ quantizers for both ONNX Runtime and LiteRT operate on the exported graph; the s
 make the real order explicit in every manifest.
 
 Per-format code is chosen from the FORMATS registry by the target's `format` value.
-May import: stdlib, edgekit.core, edgekit.device, edgekit.build; torch/transformers via modules.
+May import: stdlib, edgekit.core, edgekit.device, edgekit.workshop; torch/transformers via modules.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from edgekit.core.errors import BuildError
 from edgekit.core.recipes import Recipe
 from edgekit.core.targets import Target
 from edgekit.device.reference import REFERENCE_FILE
-from edgekit.build.pipeline import Stage, StageOutput, run_stages
+from edgekit.workshop.pipeline import Stage, StageOutput, run_stages
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class FormatSupport:
 
 
 def _onnx_support() -> FormatSupport:
-    from edgekit.build import onnx_export, onnx_quantize
+    from edgekit.workshop import onnx_export, onnx_quantize
     from edgekit.device.onnx_model import open_onnx
 
     return FormatSupport("model.onnx", "onnxruntime", onnx_export.export_onnx, onnx_quantize.quantize_onnx,
@@ -51,7 +51,7 @@ def _onnx_support() -> FormatSupport:
 
 
 def _tflite_support() -> FormatSupport:
-    from edgekit.build import tflite_export, tflite_quantize
+    from edgekit.workshop import tflite_export, tflite_quantize
     from edgekit.device.tflite_inspect import summary
     from edgekit.device.tflite_model import open_tflite
 
@@ -61,7 +61,7 @@ def _tflite_support() -> FormatSupport:
 
 
 def _tpu_segments_support() -> FormatSupport:
-    from edgekit.build import coral_segments
+    from edgekit.workshop import coral_segments
     from edgekit.device.segmented_model import open_segmented
 
     return FormatSupport("model.tflite", "litert-segments", coral_segments.export_segments,
@@ -101,7 +101,7 @@ def _max_seq(ctx: BuildContext, config) -> int:
 def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     """Student = teacher (mode "teacher"), or a distilled layer-dropped student (checkpoints in
     <work-dir>/checkpoints, so re-running a failed build resumes instead of retraining)."""
-    from edgekit.build.teacher import load_causal_lm, resolve_teacher
+    from edgekit.workshop.teacher import load_causal_lm, resolve_teacher
 
     t = ctx.recipe.teacher
     from_recipe = ctx.teacher_source == t["source"]
@@ -114,14 +114,14 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         teacher_dir = teacher_path
         model.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
-        from edgekit.build.student import parameter_counts
+        from edgekit.workshop.student import parameter_counts
 
         n_params = parameter_counts(model)["total"]
         metrics = {"teacher_parameters": n_params, "student_parameters": n_params}
         params = {"mode": mode, "teacher": ctx.teacher_source}
     else:
-        from edgekit.build.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
-        from edgekit.build.student_gate import apply_student_gate
+        from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+        from edgekit.workshop.student_gate import apply_student_gate
 
         dcfg = ctx.recipe.data["distill"]
         budget = Budget(max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
@@ -178,7 +178,7 @@ def stage_export(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
 def _calibration_windows(ctx: BuildContext, tokenizer, max_len: int, count: int = 24) -> list[list[int]]:
     """Token windows of the recipe's training text (never its held-out tail) for calibration."""
-    from edgekit.build.textdata import expand_paths, read_text, split_heldout
+    from edgekit.workshop.textdata import expand_paths, read_text, split_heldout
 
     ids: list[int] = []
     for path in expand_paths(ctx.recipe.data["data"]["train"]):
@@ -204,7 +204,7 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         tok = outs["distill"].values["tokenizer"]
         max_len = export.values["max_sequence_length"]
         if ctx.recipe.task == "feature-extraction":
-            from edgekit.build.encoder_build import calibration_ids
+            from edgekit.workshop.encoder_build import calibration_ids
 
             samples = calibration_ids(ctx, tok, max_len)
         else:
@@ -224,7 +224,7 @@ def stage_quantize(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
 
 def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
-    from edgekit.build.verify import apply_gate, gate_failures, verify_causal
+    from edgekit.workshop.verify import apply_gate, gate_failures, verify_causal
     from edgekit.device.tokenizer import TextTokenizer
 
     distill = outs["distill"]
@@ -234,7 +234,7 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         model_path, {"model": {"max_sequence_length": max_seq}, "signature": outs["quantize"].values["signature"]})
     tok = distill.values["tokenizer"]
     device_tok = TextTokenizer.from_file(distill.files["student"] / "tokenizer.json", distill.values["eos"])
-    from edgekit.build.evaluate import default_eval_texts
+    from edgekit.workshop.evaluate import default_eval_texts
 
     texts, skipped = default_eval_texts(ctx.recipe, skip_missing=True)
     eval_texts = list(texts.values())
@@ -243,7 +243,7 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                             limits["greedy_tokens"], eval_texts)
     if skipped:
         metrics["eval_text_missing"] = [str(s) for s in skipped]
-    from edgekit.build.reference_build import causal_reference, write_reference
+    from edgekit.workshop.reference_build import causal_reference, write_reference
 
     ref = causal_reference(distill.values["model"], tok, device_tok, ctx.recipe.data["verify"]["prompts"],
                            limits["greedy_tokens"], eval_texts, max_seq)
@@ -257,7 +257,7 @@ def stage_verify(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
 def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     """Accelerator compile step named by the target's [compile] tool (coral: Edge TPU)."""
-    from edgekit.build.coral_compile import run_compile_stage
+    from edgekit.workshop.coral_compile import run_compile_stage
 
     models = [p for p in outs["quantize"].files.values() if p.suffix == ".tflite"]
     record = run_compile_stage(models, d, ctx.compiler, log=ctx.log,
@@ -280,7 +280,7 @@ def _eos_ids(tokenizer, model) -> list[int]:
 
 
 def _architecture(config) -> dict:
-    from edgekit.build.onnx_export import kv_shape
+    from edgekit.workshop.onnx_export import kv_shape
 
     layers, kv_heads, head_dim = kv_shape(config)
     return {"model_type": config.model_type, "layers": layers, "hidden_size": config.hidden_size,
@@ -302,7 +302,7 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         shutil.copyfile(outs["verify"].files["reference"], staging / REFERENCE_FILE)
         generation = None
         if ctx.recipe.task == "text-generation":
-            from edgekit.build.generation_defaults import write_generation
+            from edgekit.workshop.generation_defaults import write_generation
 
             generation = write_generation(staging, ctx.recipe, Path(distill.values["teacher_dir"]),
                                           distill.values["tokenizer"], distill.values["eos"], ctx.log)
@@ -315,7 +315,7 @@ def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 def _stages(task: str, compile_tool: str = "none") -> list[Stage]:
     distill, verify = stage_distill, stage_verify
     if task == "feature-extraction":
-        from edgekit.build import encoder_build
+        from edgekit.workshop import encoder_build
 
         distill, verify = encoder_build.stage_distill, encoder_build.stage_verify
     stages = [
@@ -342,7 +342,7 @@ def run_build(ctx: BuildContext) -> Bundle:
                          f"version cannot export yet; available formats: {', '.join(FORMATS)}")
     encoder = ctx.recipe.task == "feature-extraction"
     if encoder:
-        from edgekit.build.encoder_build import architecture, encoder_support
+        from edgekit.workshop.encoder_build import architecture, encoder_support
 
         ctx.support = encoder_support(ctx.target.format, ctx.target.data["export"]["layout"])
     elif ctx.target.data["export"]["layout"] in LAYOUTS:

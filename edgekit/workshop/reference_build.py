@@ -5,7 +5,7 @@ the same data are then measured with the device code itself (reference.measure),
 `edgekit verify` compares like with like: "workstation export" vs "this device". Kept small on
 purpose: all verify prompts, top-k logits only, WINDOWS windows of up to WINDOW_TOKENS tokens, and
 at most MAX_SENTENCES encoder sentences. Logits in natural-log units, perplexity exp(mean nats).
-May import: stdlib, numpy, torch, edgekit.core, edgekit.device, edgekit.build.
+May import: stdlib, numpy, torch, edgekit.core, edgekit.device, edgekit.workshop.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekit.build.verify import TOP_K, _torch_greedy, eval_token_ids
+from edgekit.workshop.verify import TOP_K, _torch_greedy, eval_token_ids
 from edgekit.device import quality
 from edgekit.device.reference import Reference, flatten, measure, save
 from edgekit.device.reference_check import judge
@@ -72,7 +72,7 @@ def causal_reference(torch_model, hf_tokenizer, device_tokenizer, prompts: list[
 
 def encoder_reference(torch_model, tokenizer, sentences: list[str], max_len: int) -> Reference:
     """Input ids and PyTorch's unit-length embeddings of the first MAX_SENTENCES `sentences`."""
-    from edgekit.build.encoder import embed
+    from edgekit.workshop.encoder import embed
 
     sentences = list(sentences[:MAX_SENTENCES])
     ids = [tokenizer(s, truncation=True, max_length=max_len).input_ids for s in sentences]

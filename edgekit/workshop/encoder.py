@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from edgekit.build import student as student_mod
-from edgekit.build import textdata
+from edgekit.workshop import student as student_mod
+from edgekit.workshop import textdata
 from edgekit.core.errors import ConfigError
 
 
@@ -134,7 +134,7 @@ def distill_encoder_cli(recipe, teacher, keep_layers, data, max_minutes, max_ste
     """`edgekit distill` for feature-extraction recipes (restart is implied: runs are short)."""
     import click
 
-    from edgekit.build.teacher import resolve_teacher, teacher_from_cli
+    from edgekit.workshop.teacher import resolve_teacher, teacher_from_cli
 
     t = recipe.teacher
     path = (resolve_teacher(teacher_from_cli(teacher)) if teacher
@@ -156,7 +156,7 @@ def distill_encoder_cli(recipe, teacher, keep_layers, data, max_minutes, max_ste
 
 
 def eval_encoder(model_ref: str, eval_refs: list[str]) -> dict:
-    from edgekit.build.teacher import resolve_teacher, teacher_from_cli
+    from edgekit.workshop.teacher import resolve_teacher, teacher_from_cli
 
     model, tok = load_encoder(resolve_teacher(teacher_from_cli(model_ref)))
     out = {}

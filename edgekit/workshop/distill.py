@@ -3,7 +3,7 @@
 Loss = kl_weight * T^2 * KL(teacher_T || student_T) + ce_weight * next-token CE
        + hidden_weight * (1 - cosine) between each kept student layer and its teacher layer.
 The loop runs under Hugging Face Accelerate: single-process CPU by default, and
-`accelerate launch -m edgekit.build.distill --recipe R ...` spreads it over GPUs/nodes (each
+`accelerate launch -m edgekit.workshop.distill --recipe R ...` spreads it over GPUs/nodes (each
 process takes its share of every global batch). Checkpoints (student, optimizer, step, elapsed
 seconds, curve) are written atomically every N steps and on Ctrl-C; running again with the same
 settings resumes. `max_minutes` bounds training time across resumes. Times are seconds unless
@@ -22,10 +22,10 @@ from typing import Callable
 
 import torch
 
-from edgekit.build import student as student_mod
-from edgekit.build import textdata
-from edgekit.build.distill_loop import _Loop, _main_only, _prepare_chat
-from edgekit.build.distill_settings import (  # noqa: F401  (re-exported: the settings need no torch)
+from edgekit.workshop import student as student_mod
+from edgekit.workshop import textdata
+from edgekit.workshop.distill_loop import _Loop, _main_only, _prepare_chat
+from edgekit.workshop.distill_settings import (  # noqa: F401  (re-exported: the settings need no torch)
     Budget, DistillSettings, chat_settings_from_recipe, layers_for_budget, settings_from_recipe)
 from edgekit.core.errors import BuildError
 
@@ -58,10 +58,10 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
                 eval_files: list[str] = (), log: Callable[[str], None] = print, progress: bool = True,
                 clock: Callable[[], float] = time.monotonic, chat_settings=None) -> dict:
     """Distill, save the student as a Hugging Face folder in `out_dir`, return the metrics.
-    `chat_settings` (edgekit.build.chatdata.ChatSettings) mixes in the teacher's chat answers."""
+    `chat_settings` (edgekit.workshop.chatdata.ChatSettings) mixes in the teacher's chat answers."""
     from accelerate import Accelerator
 
-    from edgekit.build.teacher import load_causal_lm, resolve_teacher
+    from edgekit.workshop.teacher import load_causal_lm, resolve_teacher
 
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
@@ -90,7 +90,7 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     if "teacher_perplexity" not in state:
         state["teacher_perplexity"] = {k: textdata.perplexity(teacher, w) for k, w in data.evals.items()}
     if chat is not None and "teacher_chat" not in state:
-        from edgekit.build.chatdata import chat_scores
+        from edgekit.workshop.chatdata import chat_scores
 
         state["teacher_chat"] = chat_scores(teacher, chat.heldout)
     student.requires_grad_(True)
@@ -141,7 +141,7 @@ def _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s,
         "settings": asdict(settings),
     }
     if chat is not None:
-        from edgekit.build.chatdata import chat_scores
+        from edgekit.workshop.chatdata import chat_scores
 
         t, s = state["teacher_chat"], chat_scores(final, chat.heldout)
         metrics["chat"] = {"teacher": _rounded(t), "student": _rounded(s),
@@ -153,7 +153,7 @@ def _rounded(scores: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-if __name__ == "__main__":  # `accelerate launch -m edgekit.build.distill --recipe R ...`
+if __name__ == "__main__":  # `accelerate launch -m edgekit.workshop.distill --recipe R ...`
     import sys
 
     from edgekit.cli import main

@@ -89,7 +89,7 @@ def export_encoder_onnx(model, out_path: Path, max_sequence_length: int, prefill
                           dynamic_shapes={"embeds": {1: seq}, "mask": {1: seq}},
                           input_names=["embeds", "mask"], output_names=["embedding"], external_data=False)
     np.savez(out_path.parent / HOST_FILE, **host_tables(model))
-    from edgekit.build.onnx_export import signature
+    from edgekit.workshop.onnx_export import signature
 
     return signature(out_path) | {"host_file": HOST_FILE, "max_sequence_length": max_sequence_length}
 
@@ -97,7 +97,7 @@ def export_encoder_onnx(model, out_path: Path, max_sequence_length: int, prefill
 def export_encoder_tflite(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
     import litert_torch
 
-    from edgekit.build.tflite_export import describe, quiet
+    from edgekit.workshop.tflite_export import describe, quiet
 
     graph = EncoderGraph(model.float().eval()).eval()
     with quiet(), torch.no_grad():
