@@ -86,7 +86,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     from edgekit.device.delegation import DelegateUnusable
     from edgekit.device.runtime import open_model, requests_hardware_delegate, runner_for
     from edgekit.device.server import create_app
-    from edgekit.device.serving import JsonlLog
+    from edgekit.device.jsonl import JsonlLog
 
     options = {}
     for item in delegate_options:

@@ -14,7 +14,7 @@ from edgekit.device.power.co2 import grid_intensity
 from edgekit.device.power.meter import EnergyMeter, Sampler
 from edgekit.device.power.probe import Machine, auto_order, choose
 from edgekit.device.power.session import PowerSession
-from edgekit.device.serving import JsonlLog
+from edgekit.device.jsonl import JsonlLog
 
 from fakes import FakeClock, TraceSource
 

@@ -15,7 +15,7 @@ from edgekit.device.power.co2 import grid_intensity
 from edgekit.device.power.meter import EnergyMeter, Sampler
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.server import create_app
-from edgekit.device.serving import JsonlLog
+from edgekit.device.jsonl import JsonlLog
 
 from fakes import FakeTokenizer, ScriptedModel, TraceSource
 

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from edgekit.device.power.meter import EnergyMeter, Sampler
 from edgekit.device.power.thermal import ThermalMonitor
-from edgekit.device.serving import JsonlLog
+from edgekit.device.jsonl import JsonlLog
 
 from test_power_thermal import SlowSource, Throttled, thermal_tree
 

@@ -210,7 +210,7 @@ def test_admission_bounds_the_queue():
 
 
 def test_metrics_and_request_log(tmp_path):
-    from edgekit.device.serving import JsonlLog
+    from edgekit.device.jsonl import JsonlLog
 
     log = JsonlLog(tmp_path / "log" / "requests.jsonl")
     c = TestClient(create_app(_toy(), request_log=log))

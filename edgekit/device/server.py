@@ -33,7 +33,8 @@ from edgekit.device.embeddings import EmbeddingRequestError, embeddings_body, pa
 from edgekit.device.generate import generate
 from edgekit.device.limits import DEFAULT_LIMITS, BodyLimit, Limits
 from edgekit.device.sampling import Penalties, Sampler
-from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, JsonlLog, authorized, log_record
+from edgekit.device.jsonl import JsonlLog
+from edgekit.device.serving import Admission, Channel, Metrics, QueueFull, authorized, log_record
 
 
 def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: int = 8,

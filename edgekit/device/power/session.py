@@ -13,7 +13,7 @@ from typing import Callable
 from edgekit.device.power.base import PowerSource
 from edgekit.device.power.co2 import GridIntensity, grid_intensity
 from edgekit.device.power.meter import EnergyMeter, Sampler, power_record
-from edgekit.device.serving import JsonlLog
+from edgekit.device.jsonl import JsonlLog
 
 
 class PowerSession:
