@@ -1,31 +1,85 @@
-"""OpenAI-shaped request parsing and response pieces for `edgekit serve` (completions and chat).
+"""Request parsing and validation for `edgekit serve`: OpenAI-shaped JSON bodies (completions, chat,
+embeddings) -> typed request objects, or a RequestError naming the field (the route answers 400).
 
-May import: stdlib, starlette, edgekit.device.
+No HTTP here: functions take decoded bodies and return values, so they are testable alone.
+May import: stdlib, edgekit.device.
 """
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+from dataclasses import dataclass, field
 
 from edgekit.device.chat import ChatError, check_messages, render
-from edgekit.device.generate import GenerationResult
+from edgekit.device.embeddings import EmbeddingRequestError, parse_embeddings_request
 from edgekit.device.limits import DEFAULT_LIMITS, Limits
 from edgekit.device.runtime import LoadedModel
+from edgekit.device.sampling import Penalties, Sampler
+
 # OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
-_IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
+IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
 # Repetition penalties (edgekit.device.sampling.Penalties): request field -> (low, high, integer).
 PENALTY_FIELDS = {"frequency_penalty": (-2.0, 2.0, False), "presence_penalty": (-2.0, 2.0, False),
                   "repeat_penalty": (0.0, 10.0, False), "repeat_last_n": (-1, 1 << 20, True)}
 
 
 class RequestError(Exception):
+    """A bad request: `message` for the client, the offending field `param`, the HTTP `status`."""
+
     def __init__(self, message: str, param: str | None = None, status: int = 400):
         super().__init__(message)
         self.param, self.status = param, status
 
 
-def error_response(message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A validated /v1/completions or /v1/chat/completions request (`chat`), prompt tokenized."""
+
+    prompt: str
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None  # reduced modulo 2**64
+    n: int
+    stream: bool
+    stop: list[str]
+    penalties: Penalties = field(default_factory=Penalties)
+    chat: bool = False
+
+    def sampler(self) -> Sampler:
+        """A fresh sampler for one generation of this request."""
+        return Sampler(self.temperature, self.top_p, self.top_k, self.seed, self.penalties)
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    """A validated /v1/embeddings request: token ids per input, and "float" or "base64"."""
+
+    ids: list[list[int]]
+    encoding_format: str
+
+    @property
+    def tokens(self) -> int:
+        return sum(map(len, self.ids))
+
+
+def parse_json(raw: bytes):
+    """The decoded JSON value of a request body, or RequestError (400)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RequestError("request body is not valid JSON (UTF-8)") from None
+
+
+def parse_embeddings(body, loaded: LoadedModel) -> EmbeddingsRequest:
+    """Validate and tokenize a /v1/embeddings body (run it off the event loop)."""
+    try:
+        ids, fmt = parse_embeddings_request(body, loaded)
+    except EmbeddingRequestError as exc:
+        raise RequestError(str(exc), exc.param) from None
+    return EmbeddingsRequest(ids, fmt)
 
 
 def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool = False):
@@ -81,15 +135,53 @@ def _chat_prompt(body: dict, gen: dict, loaded: LoadedModel, limits: Limits) -> 
         raise RequestError(str(exc), exc.param) from None
 
 
-def parse_completion_request(body, loaded: LoadedModel, chat: bool = False, limits: Limits = DEFAULT_LIMITS) -> dict:
-    """Validate a /v1/completions (or, with `chat`, /v1/chat/completions) body within `limits`; returns
-    normalised parameters or raises RequestError naming the field. Tokenizes (and renders the chat
-    template): run it off the event loop."""
+def _text_prompt(body: dict, loaded: LoadedModel, limits: Limits) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise RequestError("'prompt' must be a string", "prompt")
+    if not prompt:
+        raise RequestError("'prompt' must not be empty", "prompt")
+    _check_prompt_size(len(prompt), loaded, limits, "prompt")
+    return prompt
+
+
+def _sampling(body: dict, loaded: LoadedModel, limits: Limits) -> dict:
+    """The numeric and flag fields of a completion request, bundle defaults for the omitted ones."""
+    ctx_len, d = loaded.max_sequence_length, loaded.sampling_defaults
+    params = {
+        "max_tokens": _number(body, "max_tokens", min(d["max_new_tokens"], ctx_len), 1, ctx_len, integer=True),
+        "temperature": _number(body, "temperature", d["temperature"], 0.0, 2.0),
+        "top_p": _number(body, "top_p", d["top_p"], 0.0, 1.0),
+        "top_k": _number(body, "top_k", d["top_k"], 0, 1 << 20, integer=True),
+        "seed": _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
+        "n": _number(body, "n", 1, 1, limits.max_n, integer=True),
+        "stream": body.get("stream", False),
+    }
+    penalties = _penalties(body, d)
+    for name, value in (("top_p", params["top_p"]), ("repeat_penalty", penalties["repeat_penalty"])):
+        if value == 0:
+            raise RequestError(f"'{name}' must be greater than 0", name)
+    if not isinstance(params["stream"], bool):
+        raise RequestError("'stream' must be true or false", "stream")
+    params["stop"] = _stop_strings(body, limits)
+    if params["seed"] is not None:
+        params["seed"] = params["seed"] % (1 << 64)
+    params["penalties"] = Penalties(**penalties)
+    return params
+
+
+def parse_completion(body, loaded: LoadedModel, chat: bool = False,
+                     limits: Limits = DEFAULT_LIMITS) -> CompletionRequest:
+    """Validate a /v1/completions (or, with `chat`, /v1/chat/completions) body within `limits`, or
+    raise RequestError naming the field. Tokenizes (and renders the chat template): run it off the
+    event loop."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", *PENALTY_FIELDS}
     known |= {"messages", "max_completion_tokens"} if chat else {"prompt"}
-    unknown = sorted(set(body) - known - _IGNORED_FIELDS)
+    unknown = sorted(set(body) - known - IGNORED_FIELDS)
     if unknown:
         raise RequestError(f"unknown field '{unknown[0]}'", unknown[0])
     gen = loaded.generation
@@ -100,49 +192,11 @@ def parse_completion_request(body, loaded: LoadedModel, chat: bool = False, limi
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
             body = dict(body, max_tokens=body["max_completion_tokens"])
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise RequestError("'prompt' must be a string", "prompt")
-        if not prompt:
-            raise RequestError("'prompt' must not be empty", "prompt")
-        _check_prompt_size(len(prompt), loaded, limits, "prompt")
-    ctx_len, d = loaded.max_sequence_length, loaded.sampling_defaults
-    params = {
-        "prompt": prompt,
-        "max_tokens": _number(body, "max_tokens", min(d["max_new_tokens"], ctx_len), 1, ctx_len, integer=True),
-        "temperature": _number(body, "temperature", d["temperature"], 0.0, 2.0),
-        "top_p": _number(body, "top_p", d["top_p"], 0.0, 1.0),
-        "top_k": _number(body, "top_k", d["top_k"], 0, 1 << 20, integer=True),
-        "seed": _number(body, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
-        "n": _number(body, "n", 1, 1, limits.max_n, integer=True),
-        "stream": body.get("stream", False),
-    }
-    params.update(_penalties(body, d))
-    for name in ("top_p", "repeat_penalty"):
-        if params[name] == 0:
-            raise RequestError(f"'{name}' must be greater than 0", name)
-    if not isinstance(params["stream"], bool):
-        raise RequestError("'stream' must be true or false", "stream")
-    params["stop"] = _stop_strings(body, limits)
-    if params["seed"] is not None:
-        params["seed"] = params["seed"] % (1 << 64)
+        prompt = _text_prompt(body, loaded, limits)
+    params = _sampling(body, loaded, limits)
     ids = loaded.tokenizer.encode(prompt, add_special_tokens=add_special)
+    ctx_len = loaded.max_sequence_length
     if len(ids) >= ctx_len:
         raise RequestError(f"prompt is {len(ids)} tokens; this model's context is {ctx_len}",
                            "messages" if chat else "prompt")
-    params["prompt_ids"] = ids
-    return params
-
-
-def _usage(res: GenerationResult) -> dict:
-    return {
-        "prompt_tokens": res.prompt_tokens,
-        "completion_tokens": res.completion_tokens,
-        "total_tokens": res.prompt_tokens + res.completion_tokens,
-        "prefill_ms": round(res.prefill_seconds * 1000, 3),
-        "decode_tokens_per_second": round(res.decode_tokens_per_second, 2),
-    }
-
-
+    return CompletionRequest(prompt=prompt, prompt_ids=ids, chat=chat, **params)
