@@ -56,7 +56,7 @@ def test_device_never_imports_workshop_packages_or_workshop_layer():
 def test_device_cli_runs_with_torch_and_tensorflow_blocked():
     code = ("import sys; sys.argv=['x']; exec(open(%r).read().split('if __name__')[0]);"
             "import edgekit.device.server, edgekit.device.runtime, edgekit.device.generate, edgekit.cli;"
-            "import edgekit.device.power.probe, edgekit.device.power.session, edgekit.report;"
+            "import edgekit.device.power.probe, edgekit.device.power.session, edgekit.device.report;"
             "import importlib.util;"
             "exec('try:\\n import torch\\n print(\"torch importable\")\\nexcept ImportError: print(\"blocked\")')"
             % str(ROOT / "tests" / "no_torch.py"))
