@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgekit.bench_cli import bench
+from edgekit.cli.bench import bench
 from edgekit.core.bundle import Bundle, file_record
 from edgekit.device.benchmark import PROMPTS, format_bench_table, run_bench
-from edgekit.plots import plot_compare
+from edgekit.cli.plots import plot_compare
 from edgekit.device.power.meter import EnergyMeter
 from edgekit.device.runtime import LoadedModel
 

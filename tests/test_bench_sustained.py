@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from edgekit.bench_cli import bench
+from edgekit.cli.bench import bench
 from edgekit.device.power.meter import EnergyMeter
 from edgekit.device.power.thermal import ThermalMonitor
 from edgekit.device.sustained import format_sustained_table, run_sustained

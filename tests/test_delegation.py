@@ -180,7 +180,7 @@ USELESS = {"delegate": "gpu", "library": "libgpu.so", "loaded": True, "nodes_del
 
 
 def test_serve_refuses_a_useless_delegate_before_listening(tmp_path, delegated_runtime):
-    from edgekit.serve_cli import serve
+    from edgekit.cli.serve import serve
 
     res = CliRunner().invoke(serve, [str(_bundle(tmp_path, USELESS)), "--power", "none", "--port", "0",
                                      "--request-log", str(tmp_path / "req.jsonl")])

@@ -22,7 +22,7 @@ from edgekit.device.runtime import RUNNERS, open_model
 from edgekit.device.sampling import Sampler
 from edgekit.device.server import create_app
 from edgekit.device.tokenizer import TextTokenizer
-from edgekit.verify_cli import EXIT_NO_REFERENCE, verify, verify_before_serving
+from edgekit.cli.verify import EXIT_NO_REFERENCE, verify, verify_before_serving
 
 from conftest import run_cli
 from fakes import WORDS, BigramModel, word_tokenizer_file
@@ -160,7 +160,7 @@ def test_reference_file_outside_the_checked_files_is_refused(tmp_path):
 
 
 def test_serve_verify_refuses_a_failing_bundle_before_listening(tmp_path, toy_runtime):
-    from edgekit.serve_cli import serve
+    from edgekit.cli.serve import serve
 
     bad = _bundle(tmp_path, 1.5, name="bad")
     res = CliRunner().invoke(serve, [str(bad), "--verify", "--power", "none", "--port", "0",

@@ -1,5 +1,7 @@
-"""One-way layering: core is stdlib-only, device never needs torch/tensorflow (fast tier),
-and a base `pip install .` resolves without them (full tier: asks the package index)."""
+"""One-way layering: core is stdlib-only, device never needs torch/tensorflow, the CLI (edgekit/cli, on
+top of all three layers) imports the workshop and matplotlib only inside functions, and no layer imports
+the CLI (fast tier); a base `pip install .` resolves without torch/tensorflow (full tier: asks the package
+index)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
+from test_structure import imports_in, modules_of
 
 PKG = ROOT / "edgekit"
 WORKSHOP_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
@@ -53,10 +56,35 @@ def test_device_never_imports_workshop_packages_or_workshop_layer():
         assert _internal(f) <= {"edgekit.core", "edgekit.device"}, f"{f.name} imports {_internal(f)}"
 
 
+def test_cli_imports_the_workshop_and_matplotlib_only_inside_functions():
+    """The CLI may import every layer, but edgekit.workshop (torch, transformers ...) and matplotlib only
+    lazily, so `import edgekit.cli` and every device command work on a device install."""
+    lazy_only = WORKSHOP_ONLY | {"matplotlib"}
+    seen_lazy = set()
+    for f in sorted((PKG / "cli").glob("*.py")):
+        for imp in imports_in(f, "edgekit.cli"):
+            top, layer = imp.module.split(".")[0], ".".join(imp.module.split(".")[:2])
+            if layer == "edgekit.workshop" or top in lazy_only:
+                assert imp.lazy, f"cli/{f.name}:{imp.line} imports {imp.module} at module level; import it inside the command"
+                seen_lazy.add(top if top in lazy_only else layer)
+            else:
+                assert top in sys.stdlib_module_names or top in DEVICE_OK, f"cli/{f.name}:{imp.line} imports {imp.module}"
+    assert seen_lazy >= {"edgekit.workshop", "matplotlib", "accelerate"}  # the rule met the real lazy imports
+
+
+def test_no_layer_imports_the_cli():
+    """core, device and workshop never import the front end (a `__main__` block, a program entry, may)."""
+    for name, (path, package) in modules_of(PKG).items():
+        if name.startswith(("edgekit.core", "edgekit.device", "edgekit.workshop")):
+            cli = [i.module for i in imports_in(path, package) if (i.module or "").startswith("edgekit.cli")
+                   or (i.module == "edgekit" and "cli" in i.names)]
+            assert not cli, f"{name} imports {cli}"
+
+
 def test_device_cli_runs_with_torch_and_tensorflow_blocked():
     code = ("import sys; sys.argv=['x']; exec(open(%r).read().split('if __name__')[0]);"
             "import edgekit.device.server, edgekit.device.runtime, edgekit.device.generate, edgekit.cli;"
-            "import edgekit.device.power.probe, edgekit.device.power.session, edgekit.report;"
+            "import edgekit.device.power.probe, edgekit.device.power.session, edgekit.device.report;"
             "import importlib.util;"
             "exec('try:\\n import torch\\n print(\"torch importable\")\\nexcept ImportError: print(\"blocked\")')"
             % str(ROOT / "tests" / "no_torch.py"))

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.device.power.co2 import grid_intensity
-from edgekit.report import format_table, read_logs, summarize
-from edgekit.report_cli import report
+from edgekit.device.report import format_table, read_logs, summarize
+from edgekit.cli.report import report
 
 
 def _energy(joules, seconds, tokens, source="rapl", measured=True):

@@ -22,7 +22,6 @@ cryptography lives in the device layer and this module stays stdlib-only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,20 +32,12 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from edgekit.core.errors import BundleError
+from edgekit.core.files import make_readable, sha256_file  # also imported from here by callers
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"  # signature over MANIFEST's bytes; outside `files` (see module docstring)
 SCHEMA_VERSION = 1
 _REQUIRED_KEYS = ("schema_version", "edgekit_version", "name", "target", "task", "model", "files")
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_record(path: Path, root: Path) -> dict:
@@ -177,18 +168,6 @@ def bundle_log_name(manifest: dict) -> str:
              model.get("precision", "")]
     stem = "-".join(p for p in parts if p)
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
-
-
-def make_readable(root: Path) -> None:
-    """Directories 0755 and files 0644 (less the umask) under `root`, itself included: a staging folder
-    comes from mkdtemp (0700), and a bundle copied with its permissions (or extracted from a .tar) must
-    stay readable by a service user on the device."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    for p in [root, *root.rglob("*")]:
-        if p.is_symlink():
-            continue
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def staging_dir(out: Path) -> Path:

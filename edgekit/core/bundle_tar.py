@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edgekit.core.bundle import make_readable, sha256_file
+from edgekit.core.files import make_readable, sha256_file
 from edgekit.core.errors import BundleError
 
 KEEP = 3

@@ -8,7 +8,7 @@ figure keeps its source and whether it was measured: an estimate has measured: f
 the JSON, and ESTIMATE next to every energy number in the table. Quality is not measured here: it
 is copied from the manifest's verify metrics, recorded when the bundle was built.
 
-May import: stdlib, numpy, edgekit.core, edgekit.device. Plotting lives in edgekit/plots.py (matplotlib).
+May import: stdlib, numpy, edgekit.core, edgekit.device. Plotting lives in edgekit/cli/plots.py (matplotlib).
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.power_cli import pick_source, power_options
-
+from edgekit.cli.power import pick_source, power_options
 
 
 def _say(msg: str) -> None:
@@ -172,8 +171,7 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
     interval's start and end, and whether a throttle condition (Raspberry Pi: vcgencmd
     get_throttled) was active; the rows are in the JSON under "sustained".
     """
-    from edgekit.device.benchmark import PROMPTS, format_bench_table, peak_rss_bytes, run_once, summarize, warm_up
-    from edgekit.plots import PlotUnavailable, plot_compare
+    from edgekit.device.benchmark import format_bench_table, peak_rss_bytes, summarize
 
     paths = [bundle, *compare]
     for p in paths:
@@ -186,6 +184,21 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
                           (power, list(power_channels), board, power_hz), out, allow_cpu_fallback)
     prefer = _target_power_prefer(paths[0])
     session = _power_session(prefer, power, list(power_channels), board, power_hz)  # fails fast, before loading
+    loaded = _load_all(paths, threads, allow_cpu_fallback, session)
+    try:
+        samples = _timed_runs(loaded, session and session.meter, runs, max_tokens, warmup)
+    finally:
+        if session is not None:
+            session.stop()
+    results = [summarize(m, s, rss=peak_rss_bytes, max_tokens=max_tokens) for m, s in zip(loaded, samples)]
+    click.echo(format_bench_table(results))
+    _write(out, _bench_doc(results, session, runs, max_tokens, warmup, threads))
+    if compare or plot is not None:
+        _plot(results, plot or out.with_suffix(".png"))
+
+
+def _load_all(paths: list[Path], threads: int, allow_cpu_fallback: bool, session) -> list:
+    """Every bundle loaded before any timing; a failure stops the power session."""
     loaded = []
     try:
         for p in paths:
@@ -195,45 +208,58 @@ def bench(bundle, compare, runs, max_tokens, warmup, threads, power, power_chann
         if session is not None:
             session.stop()
         raise
-    meter = session and session.meter
-    samples: list[list[dict]] = [[] for _ in loaded]
-    try:
-        for m in loaded:
-            warm_up(m, warmup, max_tokens)
-        for r in range(runs):
-            for i, m in enumerate(loaded):
-                t0 = time.perf_counter()
-                recs = run_once(m, meter, PROMPTS, max_tokens, run=r)
-                samples[i] += recs
-                tokens = sum(s["completion_tokens"] for s in recs)
-                decode = sum(s["decode_seconds"] for s in recs)
-                steps = sum(max(s["completion_tokens"] - 1, 0) for s in recs)
-                line = f"run {r + 1}/{runs} {_label(m)}: {tokens} tokens in " \
-                       f"{time.perf_counter() - t0:.2f} s, decode {steps / decode if decode > 0 else 0:.1f} tok/s"
-                windows = [s["energy"] for s in recs if s["energy"] is not None]
-                if windows and tokens:
-                    jpt = sum(w["joules"] for w in windows) / tokens
-                    line += f", {jpt:.4g} J/token" + ("" if windows[0]["measured"] else " ESTIMATE")
-                _say(line)
-    finally:
-        if session is not None:
-            session.stop()
-    results = [summarize(m, s, rss=peak_rss_bytes, max_tokens=max_tokens) for m, s in zip(loaded, samples)]
-    click.echo(format_bench_table(results))
-    from edgekit import __version__
+    return loaded
 
-    doc = {"edgekit_version": __version__, "created_unix": round(time.time(), 3),
-           "host": _host(),
-           "settings": {"runs": runs, "max_tokens": max_tokens, "warmup": warmup, "threads": threads,
-                        "interleaved": len(loaded) > 1, "prompts": list(PROMPTS), "sampling": "greedy"},
-           "power": session.describe() if session is not None else None, "bundles": results}
-    _write(out, doc)
-    if compare or plot is not None:
-        target = plot or out.with_suffix(".png")
-        try:
-            written = plot_compare(results, target, note=_say)
-        except PlotUnavailable as exc:
-            _say(f"plot skipped: {exc}")
-        else:
-            if written is not None:
-                _say(f"wrote {written}")
+
+def _timed_runs(loaded: list, meter, runs: int, max_tokens: int, warmup: int) -> list[list[dict]]:
+    """Warm every bundle up, then `runs` rounds interleaved A B C A B C ...; each bundle's records."""
+    from edgekit.device.benchmark import PROMPTS, run_once, warm_up
+
+    samples: list[list[dict]] = [[] for _ in loaded]
+    for m in loaded:
+        warm_up(m, warmup, max_tokens)
+    for r in range(runs):
+        for i, m in enumerate(loaded):
+            t0 = time.perf_counter()
+            recs = run_once(m, meter, PROMPTS, max_tokens, run=r)
+            samples[i] += recs
+            _say(_run_line(r, runs, m, recs, time.perf_counter() - t0))
+    return samples
+
+
+def _run_line(r: int, runs: int, m, recs: list[dict], seconds: float) -> str:
+    """One progress line: tokens, wall seconds, decode tok/s and J/token (ESTIMATE when not measured)."""
+    tokens = sum(s["completion_tokens"] for s in recs)
+    decode = sum(s["decode_seconds"] for s in recs)
+    steps = sum(max(s["completion_tokens"] - 1, 0) for s in recs)
+    line = f"run {r + 1}/{runs} {_label(m)}: {tokens} tokens in " \
+           f"{seconds:.2f} s, decode {steps / decode if decode > 0 else 0:.1f} tok/s"
+    windows = [s["energy"] for s in recs if s["energy"] is not None]
+    if windows and tokens:
+        jpt = sum(w["joules"] for w in windows) / tokens
+        line += f", {jpt:.4g} J/token" + ("" if windows[0]["measured"] else " ESTIMATE")
+    return line
+
+
+def _bench_doc(results: list[dict], session, runs: int, max_tokens: int, warmup: int, threads: int) -> dict:
+    from edgekit import __version__
+    from edgekit.device.benchmark import PROMPTS
+
+    return {"edgekit_version": __version__, "created_unix": round(time.time(), 3),
+            "host": _host(),
+            "settings": {"runs": runs, "max_tokens": max_tokens, "warmup": warmup, "threads": threads,
+                         "interleaved": len(results) > 1, "prompts": list(PROMPTS), "sampling": "greedy"},
+            "power": session.describe() if session is not None else None, "bundles": results}
+
+
+def _plot(results: list[dict], target: Path) -> None:
+    """J/token vs quality PNG; without matplotlib (or data) a note says why there is none."""
+    from edgekit.cli.plots import PlotUnavailable, plot_compare
+
+    try:
+        written = plot_compare(results, target, note=_say)
+    except PlotUnavailable as exc:
+        _say(f"plot skipped: {exc}")
+    else:
+        if written is not None:
+            _say(f"wrote {written}")

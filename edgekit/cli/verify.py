@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.sign_cli import trust_check, trust_option
+from edgekit.cli.sign import trust_check, trust_option
 
 EXIT_FAILED = 1
 EXIT_NO_REFERENCE = 3

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from edgekit.power_cli import pick_source, power_options
-from edgekit.sign_cli import signed_line, trust_check, trust_option
+from edgekit.cli.power import pick_source, power_options
+from edgekit.cli.sign import signed_line, trust_check, trust_option
 
 
 @click.command()
@@ -55,9 +55,8 @@ from edgekit.sign_cli import signed_line, trust_check, trust_option
                    "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
 @trust_option
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, allow_cpu_fallback, api_key,
-          max_queue,
-          request_timeout, request_log, power, power_channels, board, power_hz, power_log, power_log_max_mb,
-          subtract_idle, grid_intensity, country, verify_first, trust):
+          max_queue, request_timeout, request_log, power, power_channels, board, power_hz, power_log,
+          power_log_max_mb, subtract_idle, grid_intensity, country, verify_first, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -79,43 +78,68 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     Every response's usage carries energy: joules, watts, joules per token, the power source and
     whether it was measured (false for an estimate), and CO2 at the stated grid intensity.
     """
-    import uvicorn
-
     from edgekit.core.bundle import bundle_log_name, load_bundle
     from edgekit.core.paths import edgekit_home
-    from edgekit.device.delegation import DelegateUnusable
-    from edgekit.device.runtime import open_model, requests_hardware_delegate, runner_for
+    from edgekit.device.power.thermal import start_monitor
+    from edgekit.device.runtime import runner_for
     from edgekit.device.server import create_app
-    from edgekit.device.jsonl import JsonlLog
 
+    options = _delegate_options(delegate_options)
+    check = trust_check(trust)
+    b = load_bundle(bundle, check=check)  # signature (--trust) and sha256 of every file, before anything listens
+    if check is not None:
+        _say(signed_line(b, check))
+    runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
+    logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
+    log_path = request_log or logs / f"{stem}-requests.jsonl"
+    loader = _loader(b, threads, delegate_library, options, allow_cpu_fallback)
+    if subtract_idle and power == "none":
+        raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
+    request_log_file = _request_log(log_path)
+    thermal = start_monitor(say=_say)
+    session = _power_session(b, power, list(power_channels), board, power_hz,
+                             power_log or logs / f"{stem}-power.jsonl", power_log_max_mb,
+                             grid_intensity, country, thermal)
+    if session is not None and subtract_idle:
+        loader = _with_idle_baseline(loader, session)
+    preloaded = _verified(loader, session, thermal) if verify_first else None
+    _say(f"{b.manifest['name']} on http://{host}:{port} (loading; request log {log_path})")
+    app = create_app(loaded=preloaded, loader=loader, api_key=api_key, max_queue=max_queue,
+                     request_log=request_log_file, request_timeout=request_timeout, meter=session and session.meter,
+                     intensity=session and session.intensity, thermal=thermal)
+    _run(app, host, port, log_level, session, thermal)
+
+
+def _say(line: str) -> None:
+    click.echo(f"edgekit serve: {line}", err=True)
+
+
+def _delegate_options(items) -> dict:
+    """--delegate-option KEY=VALUE items as a dict; anything else is a click error."""
     options = {}
-    for item in delegate_options:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--delegate-option")
         options[key] = value
-    check = trust_check(trust)
-    b = load_bundle(bundle, check=check)  # signature (--trust) and sha256 of every file, before anything listens
-    if check is not None:
-        click.echo(f"edgekit serve: {signed_line(b, check)}", err=True)
-    runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
-    name = b.manifest["name"]
-    logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
-    log_path = request_log or logs / f"{stem}-requests.jsonl"
+    return options
 
-    def say(line):
-        click.echo(f"edgekit serve: {line}", err=True)
+
+def _loader(b, threads, delegate_library, options, allow_cpu_fallback):
+    """The function that opens the model (the server calls it in the background). A GPU / Edge TPU bundle
+    is opened now, before anything listens: a missing or useless delegate is an error at once."""
+    from edgekit.device.delegation import DelegateUnusable
+    from edgekit.device.runtime import open_model, requests_hardware_delegate
 
     def open_checked():
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None,
                             allow_cpu_fallback=allow_cpu_fallback)  # an unusable delegate: DelegateUnusable
         if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
-            say(loaded.fallback_warning)
+            _say(loaded.fallback_warning)
         elif loaded.delegation is not None and loaded.delegation.hardware:
-            say(loaded.delegation.line())
+            _say(loaded.delegation.line())
         return loaded
 
-    # a GPU / Edge TPU bundle loads before anything listens: a missing or useless delegate is an error now
     try:
         early = open_checked() if requests_hardware_delegate(b.manifest) else None
     except DelegateUnusable as exc:
@@ -123,51 +147,58 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
 
     def loader():
         loaded = early if early is not None else open_checked()
-        click.echo(f"edgekit serve: {name} ready ({b.manifest['model']['precision']}, "
-                   f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
-                   f"{loaded.threads_source})", err=True)
+        _say(f"{b.manifest['name']} ready ({b.manifest['model']['precision']}, "
+             f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
+             f"{loaded.threads_source})")
         return loaded
 
-    if subtract_idle and power == "none":
-        raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
+    return loader
+
+
+def _with_idle_baseline(plain_loader, session):
+    """`--subtract-idle`: after loading, measure idle power for 3 s (subtracted from every request)."""
+    def loader():
+        loaded = plain_loader()
+        watts = session.measure_idle(3.0)
+        kind = "measured" if session.source.measured else "ESTIMATE"
+        _say(f"idle baseline {watts:.3f} W ({session.source.name}, {kind}) is subtracted from every request")
+        return loaded
+
+    return loader
+
+
+def _request_log(path: Path):
+    from edgekit.device.jsonl import JsonlLog
+
     try:
-        request_log_file = JsonlLog(log_path)
+        return JsonlLog(path)
     except OSError as exc:
-        raise click.ClickException(f"cannot write the request log {log_path}: {exc.strerror or exc}") from None
-    from edgekit.device.power.thermal import start_monitor
+        raise click.ClickException(f"cannot write the request log {path}: {exc.strerror or exc}") from None
 
-    thermal = start_monitor(say=lambda line: click.echo(f"edgekit serve: {line}", err=True))
-    session = _power_session(b, power, list(power_channels), board, power_hz,
-                             power_log or logs / f"{stem}-power.jsonl", power_log_max_mb,
-                             grid_intensity, country, thermal)
-    if session is not None and subtract_idle:
-        plain_loader = loader
 
-        def loader():
-            loaded = plain_loader()
-            watts = session.measure_idle(3.0)
-            kind = "measured" if session.source.measured else "ESTIMATE"
-            click.echo(f"edgekit serve: idle baseline {watts:.3f} W ({session.source.name}, {kind}) is subtracted "
-                       "from every request", err=True)
-            return loaded
+def _verified(loader, session, thermal):
+    """`--verify`: load in the foreground and check the model; a failing check exits before listening."""
+    from edgekit.cli.verify import verify_before_serving
 
-    preloaded = None
-    if verify_first:  # loads in the foreground: nothing listens until the check has passed
-        from edgekit.verify_cli import verify_before_serving
+    preloaded = loader()
+    code = verify_before_serving(preloaded, _say)
+    if code:
+        _stop(session, thermal)
+        raise SystemExit(code)
+    return preloaded
 
-        preloaded = loader()
-        code = verify_before_serving(preloaded, lambda line: click.echo(f"edgekit serve: {line}", err=True))
-        if code:
-            if session is not None:
-                session.stop()
-            if thermal is not None:
-                thermal.stop()
-            raise SystemExit(code)
-    click.echo(f"edgekit serve: {name} on http://{host}:{port} (loading; request log {log_path})", err=True)
-    app = create_app(loaded=preloaded, loader=loader, api_key=api_key, max_queue=max_queue,
-                     request_log=request_log_file, request_timeout=request_timeout, meter=session and session.meter,
-                     intensity=session and session.intensity, thermal=thermal)
+
+def _stop(*parts) -> None:
+    for part in parts:
+        if part is not None:
+            part.stop()
+
+
+def _run(app, host, port, log_level, session, thermal) -> None:
+    """Listen until SIGTERM / Ctrl-C, then stop the power session and thermal monitor."""
     import signal
+
+    import uvicorn
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handlers it
     # found; these no-op handlers make that a normal exit (status 0) after the log is flushed.
@@ -176,11 +207,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
     finally:
-        if session is not None:
-            session.stop()
-        if thermal is not None:
-            thermal.stop()
-    click.echo("edgekit serve: stopped", err=True)
+        _stop(session, thermal)
+    _say("stopped")
 
 
 def _power_session(b, power, channels, board, hz, path, log_max_mb, grams_per_kwh, country, thermal=None):
@@ -196,8 +224,7 @@ def _power_session(b, power, channels, board, hz, path, log_max_mb, grams_per_kw
         raise click.BadParameter(str(exc), param_hint="--country") from None
     prefer = b.manifest.get("target", {}).get("power", {}).get("prefer", [])
     machine = Machine()
-    source = pick_source(power, prefer, channels, board, machine=machine,
-                         log=lambda line: click.echo(f"edgekit serve: {line}", err=True))
+    source = pick_source(power, prefer, channels, board, machine=machine, log=_say)
     if source is None:
         return None
     try:
@@ -206,5 +233,5 @@ def _power_session(b, power, channels, board, hz, path, log_max_mb, grams_per_kw
                                thermal=thermal).start()
     except OSError as exc:
         raise click.ClickException(f"cannot write the power log {path}: {exc.strerror or exc}") from None
-    click.echo(f"edgekit serve: power log {path} ({hz:g} Hz); CO2 at {intensity.label()}", err=True)
+    _say(f"power log {path} ({hz:g} Hz); CO2 at {intensity.label()}")
     return session

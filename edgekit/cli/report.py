@@ -1,6 +1,7 @@
 """`edgekit report`: summary table, plots and an HTML page from `edgekit serve` JSONL logs.
 
-May import: stdlib, click, edgekit.core, edgekit.device, edgekit.report (matplotlib lazily, via it).
+May import: stdlib, click, edgekit.core, edgekit.device (the summary: edgekit.device.report);
+edgekit.cli.plots (matplotlib) lazily.
 """
 
 from __future__ import annotations
@@ -36,33 +37,15 @@ def report(logs, out, grid_intensity, country, no_plots):
     mid-write) are skipped and counted. Writes report.json, power.png, joules_per_token.png and
     a self-contained report.html (plots embedded) into --out.
     """
-    from edgekit.device.power.co2 import grid_intensity as make_intensity
-    from edgekit.plots import PlotUnavailable
-    from edgekit.report import format_table, plot, read_logs, summarize, write_html, write_json
+    from edgekit.cli.plots import PlotUnavailable, plot_logs
+    from edgekit.device.report import format_table, read_logs, summarize, write_html, write_json
 
     try:
         data = read_logs(logs)
     except OSError as exc:  # unreadable, or a .gz that is not gzip
         raise click.ClickException(f"cannot read {exc.filename or 'log'}: {exc.strerror or exc}") from None
-    try:
-        intensity = make_intensity(grid_intensity, country)
-        logged = {(r.get("energy") or {}).get("grid_g_per_kwh") for r in data.requests if r.get("energy")}
-        if grid_intensity is None and country is None and len(logged) == 1 and None not in logged:
-            from edgekit.device.power.co2 import GridIntensity
-
-            intensity = GridIntensity(float(logged.pop()), "as logged by the server")
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    for path, valid in data.files.items():
-        if valid == 0:
-            click.echo(f"warning: {path}: no request or power lines", err=True)
-    if not data.requests and not data.power:
-        names = ", ".join(str(p) for p in logs)
-        what = "empty" if data.skipped == 0 else f"{data.skipped} lines, none a request or power log line"
-        raise click.ClickException(f"nothing to report in {names} ({what}); pass the JSONL files written by "
-                                   "`edgekit serve` (request log and/or power log)")
-    if data.skipped:
-        click.echo(f"warning: skipped {data.skipped} torn or unrecognised line(s)", err=True)
+    intensity = _intensity(data, grid_intensity, country)
+    _check_lines(data, logs)
     summary = summarize(data, intensity)
     click.echo(format_table(summary))
     try:
@@ -73,7 +56,7 @@ def report(logs, out, grid_intensity, country, no_plots):
     plots = []
     if not no_plots:
         try:
-            plots = plot(data, out, note=lambda msg: click.echo(f"note: {msg}", err=True))
+            plots = plot_logs(data, out, note=lambda msg: click.echo(f"note: {msg}", err=True))
         except PlotUnavailable as exc:
             click.echo(f"note: {exc}", err=True)
     written += plots
@@ -81,3 +64,33 @@ def report(logs, out, grid_intensity, country, no_plots):
     click.echo("")
     for p in written:
         click.echo(f"wrote {p}")
+
+
+def _intensity(data, grid_intensity, country):
+    """--grid-intensity / --country, else the one intensity every request logged, else the default."""
+    from edgekit.device.power.co2 import grid_intensity as make_intensity
+
+    try:
+        intensity = make_intensity(grid_intensity, country)
+        logged = {(r.get("energy") or {}).get("grid_g_per_kwh") for r in data.requests if r.get("energy")}
+        if grid_intensity is None and country is None and len(logged) == 1 and None not in logged:
+            from edgekit.device.power.co2 import GridIntensity
+
+            intensity = GridIntensity(float(logged.pop()), "as logged by the server")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    return intensity
+
+
+def _check_lines(data, logs) -> None:
+    """Warn about files without log lines and torn lines; nothing to report at all is an error."""
+    for path, valid in data.files.items():
+        if valid == 0:
+            click.echo(f"warning: {path}: no request or power lines", err=True)
+    if not data.requests and not data.power:
+        names = ", ".join(str(p) for p in logs)
+        what = "empty" if data.skipped == 0 else f"{data.skipped} lines, none a request or power log line"
+        raise click.ClickException(f"nothing to report in {names} ({what}); pass the JSONL files written by "
+                                   "`edgekit serve` (request log and/or power log)")
+    if data.skipped:
+        click.echo(f"warning: skipped {data.skipped} torn or unrecognised line(s)", err=True)

@@ -11,7 +11,9 @@ import time
 
 import click
 
-SOURCES = ["rapl", "hwmon", "jetson", "rpi-pmic", "power-supply", "estimate"]
+from edgekit.device.power.probe import ORDER
+
+SOURCES = list(ORDER)  # the sources in `--power auto` order
 POWER_CHOICES = ["auto", "none", *SOURCES]
 
 

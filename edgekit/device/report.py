@@ -4,9 +4,11 @@ Units: seconds, watts (W), joules (J), grams of CO2-eq (g), grid intensity in g/
 the logs are unix seconds (UTC). Request lines carry "route"; power lines carry "unix" and
 "watts"; one file may hold either kind. A torn or garbled line (a crash mid-write) is skipped and
 counted, never fatal. Every energy figure keeps its source and whether it was measured or an
-estimate, and the table says so next to each watt/joule figure.
+estimate, and the table says so next to each watt/joule figure. The PNG plots are drawn by
+edgekit/cli/plots.py (matplotlib, an optional extra) from the series this module prepares
+(busy_spans, joules_per_token_groups).
 
-May import: stdlib, edgekit.core, edgekit.device; matplotlib lazily (inside plot()).
+May import: stdlib, edgekit.core, edgekit.device (no matplotlib: a device install reports without it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgekit.device.power.co2 import GridIntensity
-from edgekit.plots import pyplot
 
 GAP_SECONDS = 30.0  # power samples further apart than this (and 10x the median interval) are not bridged
 
@@ -97,6 +98,30 @@ def _request_jpt(req: dict) -> float | None:
     return jpt if jpt is not None else (e["joules"] / tokens if tokens > 0 else None)
 
 
+def busy_spans(logs: Logs) -> list[list[float]]:
+    """[start, end] unix seconds of the logged requests, overlapping ones merged, in time order."""
+    spans = sorted((s, s + d) for r in logs.requests
+                   if (s := _num(r.get("start_unix"))) is not None and (d := _num(r.get("seconds"))) is not None)
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def joules_per_token_groups(logs: Logs) -> tuple[dict[bool, list[float]], list[str]]:
+    """Each request's joules per completion token, grouped by measured (True) / estimate (False), and the
+    sources of those figures."""
+    groups: dict[bool, list[float]] = {True: [], False: []}
+    for r in logs.requests:
+        if (v := _request_jpt(r)) is not None:
+            groups[_energy(r).get("measured") is True].append(v)
+    sources = sorted({str(_energy(r).get("source", "?")) for r in logs.requests if _request_jpt(r) is not None})
+    return groups, sources
+
+
 def _integrate(samples: list[dict]) -> tuple[float, float, int]:
     """Trapezoidal energy (J) and covered seconds of time-sorted power samples, not bridging gaps."""
     dts = [b["unix"] - a["unix"] for a, b in zip(samples, samples[1:])]
@@ -133,6 +158,21 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
         by_status[key] = by_status.get(key, 0) + 1
     tokens = {k: int(sum(_num(r.get(f"{k}_tokens")) or 0 for r in reqs)) for k in ("prompt", "completion")}
     with_e = [(r, _energy(r)) for r in reqs if _energy(r) is not None]
+    energy = _energy_summary(with_e, intensity)
+    power = _power_summary(logs.power) if logs.power else None
+    peak = _peak_watts(logs.power, with_e)
+    sources = sorted({(str(e.get("source", "?")), e.get("measured") is True) for _, e in with_e}
+                     | {(s["source"], s["measured"]) for s in logs.power})
+    times = sorted(t for r in reqs if isinstance(t := r.get("time"), str))
+    return {"files": dict(logs.files), "skipped_lines": logs.skipped,
+            "period": {"first": times[0], "last": times[-1]} if times else None,
+            "requests": {"total": len(reqs), "by_status": dict(sorted(by_status.items()))},
+            "tokens": tokens, "energy": energy, "peak_watts": peak, "power_log": power,
+            "sources": [{"source": s, "measured": m} for s, m in sources]}
+
+
+def _energy_summary(with_e: list[tuple[dict, dict]], intensity: GridIntensity) -> dict:
+    """Joules, J/token, watts and CO2 over the requests that carry an energy figure."""
     joules = sum(e["joules"] for _, e in with_e)
     measured_j = sum(e["joules"] for _, e in with_e if e.get("measured") is True)
     generating = [(r, e) for r, e in with_e if (_num(r.get("completion_tokens")) or 0) > 0]
@@ -143,9 +183,7 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
     share = None
     if with_e:  # share of joules; with 0 J logged, whether every request was measured
         share = measured_j / joules if joules > 0 else float(all(e.get("measured") is True for _, e in with_e))
-    sources = sorted({(str(e.get("source", "?")), e.get("measured") is True) for _, e in with_e}
-                     | {(s["source"], s["measured"]) for s in logs.power})
-    energy = {
+    return {
         "requests": len(with_e), "joules": joules, "completion_tokens": int(e_tokens),
         "joules_per_token": gen_joules / e_tokens if generating and e_tokens > 0 else None,
         "generation_requests": len(generating),
@@ -157,31 +195,30 @@ def summarize(logs: Logs, intensity: GridIntensity) -> dict:
         "grid_intensity": {"grams_per_kwh": intensity.grams_per_kwh, "origin": intensity.origin,
                            "label": intensity.label()},
     }
-    power = None
-    if logs.power:
-        pj, covered, gaps = _integrate(logs.power)
-        power = {"samples": len(logs.power), "duration_seconds": logs.power[-1]["unix"] - logs.power[0]["unix"],
-                 "covered_seconds": covered, "gaps": gaps, "joules": pj,
-                 "mean_watts": pj / covered if covered > 0 else statistics.fmean(s["watts"] for s in logs.power),
-                 "sources": sorted({s["source"] for s in logs.power}),
-                 "measured": _all_or_mixed([s["measured"] for s in logs.power]),
-                 "start_utc": _utc(logs.power[0]["unix"])}
-    if logs.power:
-        top = max(logs.power, key=lambda s: s["watts"])
-        peak = {"watts": top["watts"], "from": "power log samples", "sources": [top["source"]],
+
+
+def _power_summary(samples: list[dict]) -> dict:
+    """Samples, covered seconds, joules (trapezoidal) and mean watts of a non-empty power log."""
+    pj, covered, gaps = _integrate(samples)
+    return {"samples": len(samples), "duration_seconds": samples[-1]["unix"] - samples[0]["unix"],
+            "covered_seconds": covered, "gaps": gaps, "joules": pj,
+            "mean_watts": pj / covered if covered > 0 else statistics.fmean(s["watts"] for s in samples),
+            "sources": sorted({s["source"] for s in samples}),
+            "measured": _all_or_mixed([s["measured"] for s in samples]),
+            "start_utc": utc_text(samples[0]["unix"])}
+
+
+def _peak_watts(samples: list[dict], with_e: list[tuple[dict, dict]]) -> dict:
+    """The highest power-log sample, else the highest per-request average watts."""
+    if samples:
+        top = max(samples, key=lambda s: s["watts"])
+        return {"watts": top["watts"], "from": "power log samples", "sources": [top["source"]],
                 "measured": top["measured"]}
-    else:
-        avg = [(e["joules"] / s, e) for r, e in with_e
-               if (s := _num(e.get("seconds")) or _num(r.get("seconds")) or 0) > 0]
-        w, e = max(avg, key=lambda t: t[0]) if avg else (None, {})
-        peak = {"watts": w, "from": "highest per-request average (no power log)" if avg else "no data",
-                "sources": [str(e.get("source", "?"))] if avg else [], "measured": e.get("measured") is True}
-    times = sorted(t for r in reqs if isinstance(t := r.get("time"), str))
-    return {"files": dict(logs.files), "skipped_lines": logs.skipped,
-            "period": {"first": times[0], "last": times[-1]} if times else None,
-            "requests": {"total": len(reqs), "by_status": dict(sorted(by_status.items()))},
-            "tokens": tokens, "energy": energy, "peak_watts": peak, "power_log": power,
-            "sources": [{"source": s, "measured": m} for s, m in sources]}
+    avg = [(e["joules"] / s, e) for r, e in with_e
+           if (s := _num(e.get("seconds")) or _num(r.get("seconds")) or 0) > 0]
+    w, e = max(avg, key=lambda t: t[0]) if avg else (None, {})
+    return {"watts": w, "from": "highest per-request average (no power log)" if avg else "no data",
+            "sources": [str(e.get("source", "?"))] if avg else [], "measured": e.get("measured") is True}
 
 
 def _all_or_mixed(flags: list[bool]) -> bool | None:
@@ -189,7 +226,8 @@ def _all_or_mixed(flags: list[bool]) -> bool | None:
     return True if all(flags) else False if not any(flags) else None
 
 
-def _utc(unix: float) -> str:
+def utc_text(unix: float) -> str:
+    """Unix seconds as an ISO 8601 UTC time to the second."""
     return datetime.fromtimestamp(unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -241,71 +279,6 @@ def format_table(summary: dict) -> str:
         rows.append(("skipped lines", f"{summary['skipped_lines']} (torn or not JSON log lines)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _time_unit(span: float) -> tuple[str, float]:
-    return ("hours", 3600) if span > 7200 else ("minutes", 60) if span > 180 else ("seconds", 1)
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot(logs: Logs, out_dir, note=None) -> list[Path]:
-    """Write power.png and joules_per_token.png into out_dir; a plot without data is skipped and
-    `note(message)` is called. Raises PlotUnavailable if matplotlib is not installed."""
-    plt = pyplot("plots need matplotlib: pip install matplotlib (the table and report.json are written without it)")
-    note = note or (lambda msg: None)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if logs.power:
-        t0 = logs.power[0]["unix"]
-        unit, scale = _time_unit(logs.power[-1]["unix"] - t0)
-        fig, ax = plt.subplots(figsize=(10, 4))
-        spans = sorted((s, s + d) for r in logs.requests
-                       if (s := _num(r.get("start_unix"))) is not None and (d := _num(r.get("seconds"))) is not None)
-        merged: list[list[float]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], b)
-            else:
-                merged.append([a, b])
-        for i, (a, b) in enumerate(merged):
-            ax.axvspan((a - t0) / scale, (b - t0) / scale, color="tab:orange", alpha=0.2, lw=0,
-                       label="requests" if i == 0 else None)
-        kinds = sorted({(s["source"], s["measured"]) for s in logs.power})
-        for src, meas in kinds:
-            pts = [s for s in logs.power if (s["source"], s["measured"]) == (src, meas)]
-            ax.plot([(s["unix"] - t0) / scale for s in pts], [s["watts"] for s in pts], lw=1,
-                    label=f"{src} ({'measured' if meas else 'ESTIMATE'})")
-        ax.set(title="Power: " + ", ".join(f"{s} ({'measured' if m else 'ESTIMATE'})" for s, m in kinds),
-               xlabel=f"{unit} since {_utc(t0)}", ylabel="power (W)", ylim=(0, None))
-        ax.legend(loc="upper right")
-        written.append(_save(plt, fig, out / "power.png"))
-    else:
-        note("power.png skipped: no power samples in the logs")
-    groups = {True: [], False: []}
-    for r in logs.requests:
-        if (v := _request_jpt(r)) is not None:
-            groups[_energy(r).get("measured") is True].append(v)
-    if groups[True] or groups[False]:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        data = [(v, f"{'measured' if m else 'ESTIMATE'} ({len(v)} requests)") for m, v in groups.items() if v]
-        ax.hist([d for d, _ in data], bins=min(40, max(5, sum(len(d) for d, _ in data) // 3)), stacked=True,
-                label=[lbl for _, lbl in data])
-        srcs = sorted({str(_energy(r).get("source", "?")) for r in logs.requests if _request_jpt(r) is not None})
-        ax.set(title=f"Energy per completion token per request ({', '.join(srcs)})", xlabel="J/token",
-               ylabel="requests")
-        ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.legend()
-        written.append(_save(plt, fig, out / "joules_per_token.png"))
-    else:
-        note("joules_per_token.png skipped: no request has energy and completion tokens")
-    return written
 
 
 def write_html(summary: dict, plots, out_dir) -> Path:
