@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.device import coral_rules as R
-from edgekit.device.tflite_inspect import _names, _schema, load_model, op_name
+from edgekit.device.tflite_inspect import enum_names, load_model, op_name, schema_module
 
 
 @dataclass
@@ -60,9 +60,9 @@ class _Graph:
     """Tensor facts of one subgraph: dtype name, shape, dynamic dims, constant data."""
 
     def __init__(self, model, sg):
-        schema = _schema()
+        schema = schema_module()
         self.model, self.sg = model, sg
-        self.dtypes = _names(schema.TensorType)
+        self.dtypes = enum_names(schema.TensorType)
 
     def tensor(self, i: int):
         return self.sg.Tensors(i)
@@ -101,7 +101,7 @@ def _options(op, cls_name: str):
     table = op.BuiltinOptions()
     if table is None:
         return None
-    opts = getattr(_schema(), cls_name)()
+    opts = getattr(schema_module(), cls_name)()
     opts.Init(table.Bytes, table.Pos)
     return opts
 

@@ -24,7 +24,7 @@ import torch
 
 from edgekit.workshop import student as student_mod
 from edgekit.workshop import textdata
-from edgekit.workshop.distill_loop import _Loop, _main_only, _prepare_chat
+from edgekit.workshop.distill_loop import TrainingLoop, main_process_log, prepare_chat
 from edgekit.workshop.distill_settings import (  # noqa: F401  (re-exported: the settings need no torch)
     Budget, DistillSettings, chat_settings_from_recipe, layers_for_budget, settings_from_recipe)
 from edgekit.core.errors import BuildError
@@ -65,7 +65,7 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
 
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
-    log = _main_only(accel, log)
+    log = main_process_log(accel, log)
     with accel.local_main_process_first():  # one process per machine downloads/converts the teacher
         teacher_path = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
         teacher, tokenizer = load_causal_lm(teacher_path)
@@ -79,7 +79,7 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     log(f"data: {data.train_tokens:,} training tokens ({len(data.train)} windows of {settings.seq_len}) from "
         f"{len(files)} files; held-out: " + ", ".join(f"{k} {v.numel() - len(v):,} tokens" for k, v in data.evals.items()))
     with accel.local_main_process_first():  # ... and makes the chat data (the others read its cache)
-        chat = _prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
+        chat = prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
                              progress and accel.is_local_main_process)
     log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
         f"{settings.batch_size * accel.num_processes} windows")
@@ -101,8 +101,8 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     student, optimizer = accel.prepare(student, optimizer)
     teacher.to(accel.device)
-    loop = _Loop(settings, budget, accel, teacher, student, optimizer, params, tokenizer, data, chat, state, ckpt,
-                 log, clock)
+    loop = TrainingLoop(settings, budget, accel, teacher, student, optimizer, params, tokenizer, data, chat, state,
+                        ckpt, log, clock)
     loop.train(progress)
     final = accel.unwrap_model(student)
     final.eval()
