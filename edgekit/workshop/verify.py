@@ -70,63 +70,72 @@ def verify_causal(torch_model, hf_tokenizer, device_model, device_tokenizer, pro
       exported model's greedy tokens equal PyTorch's for every prompt.
     """
     eos = set(device_tokenizer.eos_token_ids)
-    per_prompt, worst_prefix, max_diff, tok_ok = [], 1.0, 0.0, True
-    flip_margins: list[float] = []
-    max_diff_all = 0.0
-    matched = total = 0
-    for prompt in prompts:
-        ref_ids = hf_tokenizer(prompt).input_ids
-        dev_ids = device_tokenizer.encode(prompt)
-        tok_ok &= ref_ids == dev_ids
-        ref_new = torch_greedy(torch_model, ref_ids, greedy_tokens, eos)
-        seq = ref_ids + ref_new
-        with torch.no_grad():
-            ref_logits = torch_model(torch.tensor([seq])).logits[0].numpy()
-        dev_logits = device_model.forward(seq, device_model.new_cache())
-        diff = np.abs(ref_logits - dev_logits)
-        max_diff_all = max(max_diff_all, float(diff.max()))
-        top = np.argpartition(ref_logits, -TOP_K, axis=-1)[:, -TOP_K:]  # the tokens generation can pick
-        max_diff = max(max_diff, float(np.take_along_axis(diff, top, axis=-1).max()))
-        steps = slice(len(ref_ids) - 1, len(seq) - 1)
-        same = dev_logits[steps].argmax(-1) == np.asarray(ref_new, dtype=np.int64)
-        hits = int(same.sum())
-        top2 = np.sort(ref_logits[steps], axis=-1)[:, -2:]
-        for step in np.flatnonzero(~same):  # how close PyTorch itself was to choosing otherwise
-            flip_margins.append(float(top2[step, 1] - top2[step, 0]))
-        matched, total = matched + hits, total + len(ref_new)
-        agree = hits / len(ref_new) if ref_new else 1.0
-        got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
-        prefix = shared_prefix(ref_new, got.token_ids)
-        worst_prefix = min(worst_prefix, prefix)
-        per_prompt.append({
-            "prompt": prompt,
-            "reference": device_tokenizer.completion_text(ref_ids, ref_new),
-            "exported": got.text,
-            "agreement": round(agree, 4),
-            "prefix": round(prefix, 4),
-        })
+    checks = [_check_prompt(torch_model, hf_tokenizer, device_model, device_tokenizer, prompt, greedy_tokens, eos)
+              for prompt in prompts]
+    matched, total = sum(c["hits"] for c in checks), sum(c["steps"] for c in checks)
     metrics = {
-        "tokenizer_match": tok_ok,
-        "max_logit_diff": round(max_diff, 6),  # over PyTorch's top-TOP_K tokens at each position (gated)
-        "max_logit_diff_all_vocab": round(max_diff_all, 6),  # over every vocabulary entry (recorded)
+        "tokenizer_match": all(c["tokenizer_match"] for c in checks),
+        # over PyTorch's top-TOP_K tokens at each position (gated)
+        "max_logit_diff": round(max([0.0] + [c["max_diff"] for c in checks]), 6),
+        # over every vocabulary entry (recorded)
+        "max_logit_diff_all_vocab": round(max([0.0] + [c["max_diff_all"] for c in checks]), 6),
         "greedy_tokens": greedy_tokens,
         "greedy_agreement": round(matched / total, 4) if total else 1.0,
-        "greedy_prefix": round(worst_prefix, 4),
+        "greedy_prefix": round(min([1.0] + [c["prefix"] for c in checks]), 4),
         # PyTorch's own top-1 minus top-2 logit at each disagreement: flips where this is below
         # max_logit_diff are near-ties resolved the other way by quantization noise
-        "flip_margins": [round(m, 4) for m in flip_margins],
-        "prompts": per_prompt,
+        "flip_margins": [round(m, 4) for c in checks for m in c["flip_margins"]],
+        "prompts": [c["row"] for c in checks],
     }
     if eval_texts:
-        ids = eval_token_ids(device_tokenizer, eval_texts, eval_tokens + 1)
-        wins = quality.windows(ids, min(256, device_model.max_sequence_length - 1))
-        ref_ppl = _torch_perplexity(torch_model, wins)
-        dev_ppl = quality.perplexity(device_model, wins)
-        metrics["perplexity"] = {
-            "eval_tokens": sum(len(w) - 1 for w in wins), "reference": round(ref_ppl, 4), "exported": round(dev_ppl, 4),
-            "ratio": round(dev_ppl / ref_ppl, 4),
-        }
+        metrics["perplexity"] = _perplexity_metrics(torch_model, device_model, device_tokenizer, eval_texts,
+                                                    eval_tokens)
     return metrics
+
+
+def _check_prompt(torch_model, hf_tokenizer, device_model, device_tokenizer, prompt: str, greedy_tokens: int,
+                  eos: set[int]) -> dict:
+    """One prompt's facts for verify_causal: tokenizer match, logit differences (top-TOP_K and all),
+    teacher-forced top-1 hits over `steps` tokens, flip margins, and its row for metrics["prompts"]."""
+    ref_ids = hf_tokenizer(prompt).input_ids
+    dev_ids = device_tokenizer.encode(prompt)
+    ref_new = torch_greedy(torch_model, ref_ids, greedy_tokens, eos)
+    seq = ref_ids + ref_new
+    with torch.no_grad():
+        ref_logits = torch_model(torch.tensor([seq])).logits[0].numpy()
+    dev_logits = device_model.forward(seq, device_model.new_cache())
+    diff = np.abs(ref_logits - dev_logits)
+    top = np.argpartition(ref_logits, -TOP_K, axis=-1)[:, -TOP_K:]  # the tokens generation can pick
+    steps = slice(len(ref_ids) - 1, len(seq) - 1)
+    same = dev_logits[steps].argmax(-1) == np.asarray(ref_new, dtype=np.int64)
+    hits = int(same.sum())
+    top2 = np.sort(ref_logits[steps], axis=-1)[:, -2:]
+    # how close PyTorch itself was to choosing otherwise
+    margins = [float(top2[step, 1] - top2[step, 0]) for step in np.flatnonzero(~same)]
+    got = drain(generate(device_model, device_tokenizer, dev_ids, greedy_tokens, Sampler(0.0)))
+    prefix = shared_prefix(ref_new, got.token_ids)
+    row = {
+        "prompt": prompt,
+        "reference": device_tokenizer.completion_text(ref_ids, ref_new),
+        "exported": got.text,
+        "agreement": round(hits / len(ref_new) if ref_new else 1.0, 4),
+        "prefix": round(prefix, 4),
+    }
+    return {"tokenizer_match": ref_ids == dev_ids, "max_diff_all": float(diff.max()),
+            "max_diff": float(np.take_along_axis(diff, top, axis=-1).max()), "hits": hits, "steps": len(ref_new),
+            "flip_margins": margins, "prefix": prefix, "row": row}
+
+
+def _perplexity_metrics(torch_model, device_model, device_tokenizer, eval_texts: list[str], eval_tokens: int) -> dict:
+    """Perplexity of PyTorch and of the exported model on the same windows of held-out text."""
+    ids = eval_token_ids(device_tokenizer, eval_texts, eval_tokens + 1)
+    wins = quality.windows(ids, min(256, device_model.max_sequence_length - 1))
+    ref_ppl = _torch_perplexity(torch_model, wins)
+    dev_ppl = quality.perplexity(device_model, wins)
+    return {
+        "eval_tokens": sum(len(w) - 1 for w in wins), "reference": round(ref_ppl, 4), "exported": round(dev_ppl, 4),
+        "ratio": round(dev_ppl / ref_ppl, 4),
+    }
 
 
 def gate_failures(metrics: dict, limits: dict) -> list[str]:
