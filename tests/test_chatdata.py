@@ -89,10 +89,10 @@ def test_budget_picks_the_depth():
 
 def test_chat_steps_and_process_slices():
     pytest.importorskip("torch")
-    from edgekit.workshop.distill_loop import _is_chat_step, _slice
+    from edgekit.workshop.distill_loop import batch_share, is_chat_step
 
-    chat = sum(_is_chat_step(i, 0.75) for i in range(1000))
+    chat = sum(is_chat_step(i, 0.75) for i in range(1000))
     assert 740 <= chat <= 760
     order = list(range(10))
-    both = _slice(order, 3, 4, 2, 0) + _slice(order, 3, 4, 2, 1)
-    assert both == _slice(order, 3, 4, 4, 0) == [2, 3, 4, 5]  # 2 processes x 2 = 1 process x 4
+    both = batch_share(order, 3, 4, 2, 0) + batch_share(order, 3, 4, 2, 1)
+    assert both == batch_share(order, 3, 4, 4, 0) == [2, 3, 4, 5]  # 2 processes x 2 = 1 process x 4

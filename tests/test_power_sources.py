@@ -212,6 +212,19 @@ def test_jetson_without_input_rail_sums_rails_and_missing_tree_is_unavailable(tm
         JetsonSource(tmp_path / "elsewhere")
 
 
+def test_unlabelled_ina3221_channels_keep_each_sources_names(tmp_path):
+    """Both sources read INA3221 hwmon channels through one reader; unlabelled channels keep their
+    own fallback names: the I2C address on a Jetson, chip and hwmon directory under /sys/class/hwmon."""
+    files = dict(in1_input=5000, curr1_input=200, in2_label="VDD_SOC", in2_input=5000, curr2_input=100)
+    write(tmp_path / "i2c" / "ina3221" / "1-0040" / "hwmon" / "hwmon4", **files)
+    write(tmp_path / "class" / "hwmon7", name="ina3221", **files)
+    jetson = JetsonSource(tmp_path / "i2c", rails=["1-0040 channel 1"])
+    hwmon = HwmonSource(tmp_path / "class", channels=["ina3221 hwmon7 channel 1"])
+    assert jetson.read().watts == hwmon.read().watts == pytest.approx(1.0, rel=TIGHT)
+    assert jetson.detail.startswith("1-0040 channel 1 [ina3221/1-0040/hwmon/hwmon4: in1_input, curr1_input]")
+    assert hwmon.detail.startswith("ina3221 hwmon7 channel 1 [ina3221 hwmon7: in1_input, curr1_input]")
+
+
 # power_supply -------------------------------------------------------------------------------
 
 

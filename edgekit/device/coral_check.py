@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.device import coral_rules as R
-from edgekit.device.tflite_inspect import _names, _schema, load_model, op_name
+from edgekit.device.tflite_inspect import enum_names, load_model, op_name, schema_module
 
 
 @dataclass
@@ -60,9 +60,9 @@ class _Graph:
     """Tensor facts of one subgraph: dtype name, shape, dynamic dims, constant data."""
 
     def __init__(self, model, sg):
-        schema = _schema()
+        schema = schema_module()
         self.model, self.sg = model, sg
-        self.dtypes = _names(schema.TensorType)
+        self.dtypes = enum_names(schema.TensorType)
 
     def tensor(self, i: int):
         return self.sg.Tensors(i)
@@ -101,7 +101,7 @@ def _options(op, cls_name: str):
     table = op.BuiltinOptions()
     if table is None:
         return None
-    opts = getattr(_schema(), cls_name)()
+    opts = getattr(schema_module(), cls_name)()
     opts.Init(table.Bytes, table.Pos)
     return opts
 
@@ -118,73 +118,121 @@ def _non_unit(shape: list[int]) -> int:
     return sum(1 for d in shape if d != 1)
 
 
-def _limit_failure(check: str, g: _Graph, op) -> str | None:
-    """Plain-language reason the op breaks limit `check`, or None when it passes."""
-    ins, outs = _inputs(op), _outputs(op)
-    if check == "fc_one_dimensional_output":
-        shape = g.shape(outs[0])
-        if _non_unit(shape) > 1:
-            return f"output shape {shape}: FullyConnected maps only with a one-dimensional output (one token per call)"
-    elif check == "softmax_1d":
-        shape = g.shape(ins[0])
-        if _non_unit(shape) > 1:
-            return f"input shape {shape}: Softmax maps only 1-D inputs"
-        if int(np.prod(shape or [1])) > R.SOFTMAX_MAX_ELEMENTS:
-            return f"input has {int(np.prod(shape))} elements; Softmax maps at most {R.SOFTMAX_MAX_ELEMENTS:,}"
-    elif check == "unit_strides":
-        strides = g.const_values(ins[3]) if len(ins) > 3 else None
-        opts = _options(op, "StridedSliceOptions")
-        if strides is None or (strides != 1).any():
-            return f"strides {None if strides is None else strides.tolist()}: StridedSlice maps only with all strides 1"
-        if opts is not None and (opts.EllipsisMask() or opts.NewAxisMask()):
-            return "StridedSlice with an ellipsis or new-axis mask"
-    elif check in ("reduce_not_batch", "z_reduction_multiple_of_4", "pad_not_batch"):
-        shape = g.shape(ins[0])
-        rank = len(shape)
-        vals = g.const_values(ins[1])
-        if vals is None:
-            return "axes are not a compile-time constant"
-        if check == "pad_not_batch":
-            pads = vals.reshape(rank, 2)
-            axes = [a for a in range(rank) if pads[a].any()]
-        else:
-            axes = sorted({int(a) % rank for a in vals})
-        if check == "z_reduction_multiple_of_4":
-            if rank - 1 in axes and shape[-1] % 4:
-                return f"reduces the innermost (z) dimension of size {shape[-1]}, not a multiple of 4"
-        elif rank == 4 and 0 in axes:  # NHWC: axis 0 is the batch
-            return f"acts on the batch dimension (axes {axes} of shape {shape})"
-    elif check == "squeeze_leading_ones":
-        shape = g.shape(ins[0])
-        first = next((k for k, d in enumerate(shape) if d != 1), len(shape))
-        if any(d == 1 for d in shape[first:]):  # a size-1 dim after real data needs a relayout
-            return f"input shape {shape}: Squeeze maps only leading 1s (no relayout)"
-    elif check == "same_dilation":
-        for cls in ("Conv2DOptions", "DepthwiseConv2DOptions"):
-            opts = _options(op, cls)
-            if opts is not None and opts.DilationHFactor() != opts.DilationWFactor():
-                return "different dilation in x and y"
-            break
-    elif check == "pack_not_batch":
-        opts = _options(op, "PackOptions")
-        if opts is not None and opts.Axis() == 0:
-            return "packs along the batch dimension (axis 0)"
-    elif check == "no_fused_activation":
-        for cls in ("Pool2DOptions", "ConcatenationOptions"):
-            try:
-                opts = _options(op, cls)
-                if opts is not None and opts.FusedActivationFunction() != 0:
-                    return "has a fused activation function"
-            except Exception:  # not this op's options table
-                continue
-    elif check == "constant_inputs_zero_pad":
-        consts = [i for i in ins if g.tensor(i).Buffer() and g.const_values(i) is not None]
-        if consts and (len(ins) != 2 or any(g.const_values(i).any() for i in consts)):
-            return "a constant input that is not an all-zero padding of exactly two inputs"
-    elif check == "io_3d":
-        if any(len(g.shape(t)) > 4 or _non_unit(g.shape(t)) > 3 for t in ins[:1] + outs):
-            return "input/output must be 3-dimensional"
+def _fc_one_dimensional_output(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    shape = g.shape(outs[0])
+    if _non_unit(shape) > 1:
+        return f"output shape {shape}: FullyConnected maps only with a one-dimensional output (one token per call)"
     return None
+
+
+def _softmax_1d(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    shape = g.shape(ins[0])
+    if _non_unit(shape) > 1:
+        return f"input shape {shape}: Softmax maps only 1-D inputs"
+    if int(np.prod(shape or [1])) > R.SOFTMAX_MAX_ELEMENTS:
+        return f"input has {int(np.prod(shape))} elements; Softmax maps at most {R.SOFTMAX_MAX_ELEMENTS:,}"
+    return None
+
+
+def _unit_strides(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    strides = g.const_values(ins[3]) if len(ins) > 3 else None
+    opts = _options(op, "StridedSliceOptions")
+    if strides is None or (strides != 1).any():
+        return f"strides {None if strides is None else strides.tolist()}: StridedSlice maps only with all strides 1"
+    if opts is not None and (opts.EllipsisMask() or opts.NewAxisMask()):
+        return "StridedSlice with an ellipsis or new-axis mask"
+    return None
+
+
+def _axes_limit(check: str, g: _Graph, ins: list[int]) -> str | None:
+    """reduce_not_batch / z_reduction_multiple_of_4 / pad_not_batch: the axes an op acts on."""
+    shape = g.shape(ins[0])
+    rank = len(shape)
+    vals = g.const_values(ins[1])
+    if vals is None:
+        return "axes are not a compile-time constant"
+    if check == "pad_not_batch":
+        pads = vals.reshape(rank, 2)
+        axes = [a for a in range(rank) if pads[a].any()]
+    else:
+        axes = sorted({int(a) % rank for a in vals})
+    if check == "z_reduction_multiple_of_4":
+        if rank - 1 in axes and shape[-1] % 4:
+            return f"reduces the innermost (z) dimension of size {shape[-1]}, not a multiple of 4"
+    elif rank == 4 and 0 in axes:  # NHWC: axis 0 is the batch
+        return f"acts on the batch dimension (axes {axes} of shape {shape})"
+    return None
+
+
+def _squeeze_leading_ones(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    shape = g.shape(ins[0])
+    first = next((k for k, d in enumerate(shape) if d != 1), len(shape))
+    if any(d == 1 for d in shape[first:]):  # a size-1 dim after real data needs a relayout
+        return f"input shape {shape}: Squeeze maps only leading 1s (no relayout)"
+    return None
+
+
+def _same_dilation(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    for cls in ("Conv2DOptions", "DepthwiseConv2DOptions"):
+        opts = _options(op, cls)
+        if opts is not None and opts.DilationHFactor() != opts.DilationWFactor():
+            return "different dilation in x and y"
+        break
+    return None
+
+
+def _pack_not_batch(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    opts = _options(op, "PackOptions")
+    if opts is not None and opts.Axis() == 0:
+        return "packs along the batch dimension (axis 0)"
+    return None
+
+
+def _no_fused_activation(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    for cls in ("Pool2DOptions", "ConcatenationOptions"):
+        try:
+            opts = _options(op, cls)
+            if opts is not None and opts.FusedActivationFunction() != 0:
+                return "has a fused activation function"
+        except Exception:  # not this op's options table
+            continue
+    return None
+
+
+def _constant_inputs_zero_pad(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    consts = [i for i in ins if g.tensor(i).Buffer() and g.const_values(i) is not None]
+    if consts and (len(ins) != 2 or any(g.const_values(i).any() for i in consts)):
+        return "a constant input that is not an all-zero padding of exactly two inputs"
+    return None
+
+
+def _io_3d(g: _Graph, op, ins: list[int], outs: list[int]) -> str | None:
+    if any(len(g.shape(t)) > 4 or _non_unit(g.shape(t)) > 3 for t in ins[:1] + outs):
+        return "input/output must be 3-dimensional"
+    return None
+
+
+# limit name (coral_rules.OPS) -> check(graph, op, input tensor ids, output tensor ids): reason or None
+_LIMIT_CHECKS = {
+    "fc_one_dimensional_output": _fc_one_dimensional_output,
+    "softmax_1d": _softmax_1d,
+    "unit_strides": _unit_strides,
+    **{name: (lambda g, op, ins, outs, name=name: _axes_limit(name, g, ins))
+       for name in ("reduce_not_batch", "z_reduction_multiple_of_4", "pad_not_batch")},
+    "squeeze_leading_ones": _squeeze_leading_ones,
+    "same_dilation": _same_dilation,
+    "pack_not_batch": _pack_not_batch,
+    "no_fused_activation": _no_fused_activation,
+    "constant_inputs_zero_pad": _constant_inputs_zero_pad,
+    "io_3d": _io_3d,
+}
+
+
+def _limit_failure(check: str, g: _Graph, op) -> str | None:
+    """Plain-language reason the op breaks limit `check`, or None when it passes (or is unknown)."""
+    ins, outs = _inputs(op), _outputs(op)
+    found = _LIMIT_CHECKS.get(check)
+    return found(g, op, ins, outs) if found is not None else None
 
 
 def _macs(name: str, g: _Graph, op) -> int:

@@ -68,14 +68,14 @@ def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None
 
 
 def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
-    from edgekit.device.tflite_model import _Sig, make_interpreter
+    from edgekit.device.tflite_model import SignatureCall, make_interpreter
 
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     if session is None:
         m = manifest["model"]
         session, found = make_interpreter(model_path, threads, m.get("delegate", "none"), m.get("delegate_library", ""),
                                           m.get("delegate_options"))
-    sig_runner = _Sig(session.get_signature_runner("encode"), length_input=1, length_axis=1)
+    sig_runner = SignatureCall(session.get_signature_runner("encode"), length_input=1, length_axis=1)
 
     def run(embeds, mask):
         return sig_runner([embeds, mask])[0]

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit.core.bundle import sibling_file
 from edgekit.device import delegation
-from edgekit.device.tflite_model import RecordingRunner, _Sig, load_host_tables, make_interpreter
+from edgekit.device.tflite_model import RecordingRunner, SignatureCall, load_host_tables, make_interpreter
 
 
 @dataclass
@@ -42,7 +42,7 @@ def open_segment_runners(folder: Path, signature: dict, threads: int = 0, record
                                          sibling_file(folder, tpu_name) if tpu_name in compiled else None)
         raw = interp.get_signature_runner()
         rec = RecordingRunner(raw, []) if record else None
-        sig = _Sig(rec or raw, length_input=0, length_axis=0)
+        sig = SignatureCall(rec or raw, length_input=0, length_axis=0)
         sig.recorded = rec.sink if rec else None
         sig.delegation = found
         runners.append(sig)

@@ -11,36 +11,38 @@ from collections import Counter
 from pathlib import Path
 
 
-def _schema():
+def schema_module():
+    """The flatbuffer schema module shipped with ai-edge-litert (imported on first use)."""
     from ai_edge_litert import schema_py_generated as schema
 
     return schema
 
 
-def _names(enum_cls) -> dict[int, str]:
+def enum_names(enum_cls) -> dict[int, str]:
+    """{value: name} of a schema enum class such as schema.TensorType or schema.BuiltinOperator."""
     return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 def load_model(path: Path):
-    schema = _schema()
+    schema = schema_module()
     buf = Path(path).read_bytes()
     return schema.Model.GetRootAs(buf, 0), buf
 
 
 def op_name(model, opcode_index: int) -> str:
-    schema = _schema()
+    schema = schema_module()
     code = model.OperatorCodes(opcode_index)
     builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
     if builtin == schema.BuiltinOperator.CUSTOM:
         return "CUSTOM:" + (code.CustomCode() or b"").decode()
-    return _names(schema.BuiltinOperator).get(builtin, str(builtin))
+    return enum_names(schema.BuiltinOperator).get(builtin, str(builtin))
 
 
 def summary(path: Path) -> dict:
     """{'ops': {name: count}, 'tensor_dtypes': {dtype: count}, 'subgraphs': [...]} over all subgraphs."""
-    schema = _schema()
+    schema = schema_module()
     model, _ = load_model(path)
-    dtypes = _names(schema.TensorType)
+    dtypes = enum_names(schema.TensorType)
     ops: Counter = Counter()
     types: Counter = Counter()
     subgraphs = []

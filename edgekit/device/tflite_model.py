@@ -50,8 +50,10 @@ def _order(names):
     return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
-class _Sig:
-    """One signature runner with its inputs/outputs in positional order and their quantization."""
+class SignatureCall:
+    """One signature runner called with positional float arrays: inputs/outputs in name order,
+    quantized on the way in and dequantized on the way out; `length` is the tokens per call (input
+    `length_input`'s size along `length_axis`)."""
 
     def __init__(self, runner, length_input: int = 1, length_axis: int = 0):
         self.runner = runner
@@ -123,8 +125,8 @@ class TfliteCausalLM:
         """`zero_copy`: keep the KV cache inside the interpreter (tflite_resident); None = when the
         interpreter is a real LiteRT one with float32 cache tensors, False = always copy."""
         self.interpreter = interpreter
-        self.prefill = _Sig(interpreter.get_signature_runner("prefill"))
-        self.decode = _Sig(interpreter.get_signature_runner("decode"))
+        self.prefill = SignatureCall(interpreter.get_signature_runner("prefill"))
+        self.decode = SignatureCall(interpreter.get_signature_runner("decode"))
         self.cache_length = int(signature["cache_length"])
         self.max_sequence_length = self.cache_length
         self.mask_value = float(signature["mask_value"])
@@ -185,7 +187,7 @@ class TfliteCausalLM:
         """The cache's arrays, wherever they live (tests and tools; not needed to generate)."""
         return self._resident.export(cache) if self._resident is not None else cache.arrays
 
-    def _step(self, sig: _Sig, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
+    def _step(self, sig: SignatureCall, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
         """Logits [len(tokens), vocab]; from a selecting prefill, [1, vocab] of the last of `tokens`."""
         t, real = sig.length, len(tokens)
         pos = np.arange(start, start + t, dtype=np.int32)

@@ -10,19 +10,18 @@ May import: stdlib, edgekit.core, edgekit.device, edgekit.workshop; torch/transf
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgekit import __version__
-from edgekit.core.bundle import Bundle, SCHEMA_VERSION, staging_dir, write_bundle
+from edgekit.core.bundle import Bundle, staging_dir, write_bundle
 from edgekit.core.errors import BuildError
 from edgekit.core.recipes import Recipe
 from edgekit.core.targets import Target
 from edgekit.device.reference import REFERENCE_FILE
+from edgekit.workshop.bundle_manifest import bundle_manifest
 from edgekit.workshop.pipeline import Stage, StageOutput, run_stages
 
 
@@ -279,15 +278,6 @@ def _eos_ids(tokenizer, model) -> list[int]:
     return sorted({eos} if isinstance(eos, int) else set(eos or []))
 
 
-def _architecture(config) -> dict:
-    from edgekit.workshop.onnx_export import kv_shape
-
-    layers, kv_heads, head_dim = kv_shape(config)
-    return {"model_type": config.model_type, "layers": layers, "hidden_size": config.hidden_size,
-            "attention_heads": config.num_attention_heads, "kv_heads": kv_heads, "head_dim": head_dim,
-            "vocab_size": config.vocab_size}
-
-
 def stage_package(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     """Assemble the bundle in a staging folder beside --out; the manifest is written in run_build."""
     distill = outs["distill"]
@@ -340,59 +330,25 @@ def run_build(ctx: BuildContext) -> Bundle:
     if ctx.target.format not in FORMATS:
         raise BuildError(f"target '{ctx.target.name}' needs format '{ctx.target.format}', which this edgekit "
                          f"version cannot export yet; available formats: {', '.join(FORMATS)}")
-    encoder = ctx.recipe.task == "feature-extraction"
-    if encoder:
-        from edgekit.workshop.encoder_build import architecture, encoder_support
-
-        ctx.support = encoder_support(ctx.target.format, ctx.target.data["export"]["layout"])
-    elif ctx.target.data["export"]["layout"] in LAYOUTS:
-        ctx.support = LAYOUTS[ctx.target.data["export"]["layout"]]()
-    else:
-        ctx.support = FORMATS[ctx.target.format]()
+    ctx.support = _format_support(ctx)
     outs, records = {}, []
     try:
         outs, records = run_stages(_stages(ctx.recipe.task, ctx.target.data["compile"]["tool"]), ctx.work_dir, ctx,
                                    ctx.log)
         staging = outs["package"].values["staging"]
-        config = outs["distill"].values["model"].config
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "edgekit_version": __version__,
-            "name": ctx.recipe.name,
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "target": ctx.target.data,
-            "task": ctx.recipe.task,
-            "model": {
-                "file": ctx.support.model_file,
-                "format": ctx.target.format,
-                "precision": ctx.precision,
-                "runtime": ctx.support.runtime,
-                "delegate": ctx.target.runtime["delegate"],
-                "delegate_library": ctx.target.runtime.get("delegate_library", ""),
-                "extra_files": sorted(p.name for k, p in outs["quantize"].files.items() if k != "model"),
-                "accelerated_files": (outs["compile"].values["record"].get("compiler", {}).get("files", [])
-                                      if "compile" in outs else []),
-                "max_sequence_length": outs["export"].values["max_sequence_length"],
-                "parameters": outs["distill"].metrics["student_parameters"],
-                "architecture": architecture(config) if encoder else _architecture(config),
-            },
-            "signature": outs["quantize"].values["signature"],
-            "tokenizer": {"file": "tokenizer.json", "eos_token_ids": outs["distill"].values["eos"]},
-            **({} if encoder else {"generation_file": "generation.json",
-                                   "generation": outs["package"].values["generation"]}),
-            "reference_file": REFERENCE_FILE,
-            "provenance": {
-                "teacher": {"source": ctx.teacher_source, "path": outs["distill"].values["teacher_path"]},
-                "recipe": ctx.recipe.data,
-                "stages": records,
-            },
-            "metrics": {"verify": outs["verify"].metrics,
-                        **({"edgetpu": outs["compile"].values["record"]} if "compile" in outs else {})},
-            "gate": outs["verify"].metrics["gate"],
-        }
-        return write_bundle(staging, manifest, ctx.out, tar=ctx.tar, sign=ctx.sign)
+        return write_bundle(staging, bundle_manifest(ctx, outs, records), ctx.out, tar=ctx.tar, sign=ctx.sign)
     except BaseException:
         staging = outs.get("package").values.get("staging") if outs.get("package") else None
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _format_support(ctx: BuildContext) -> FormatSupport:
+    """How the model is exported/quantized/opened: the encoder's, the target's layout's, else its format's."""
+    layout = ctx.target.data["export"]["layout"]
+    if ctx.recipe.task == "feature-extraction":
+        from edgekit.workshop.encoder_build import encoder_support
+
+        return encoder_support(ctx.target.format, layout)
+    return LAYOUTS[layout]() if layout in LAYOUTS else FORMATS[ctx.target.format]()

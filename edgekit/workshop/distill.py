@@ -24,7 +24,7 @@ import torch
 
 from edgekit.workshop import student as student_mod
 from edgekit.workshop import textdata
-from edgekit.workshop.distill_loop import _Loop, _main_only, _prepare_chat
+from edgekit.workshop.distill_loop import TrainingLoop, main_process_log, prepare_chat
 from edgekit.workshop.distill_settings import (  # noqa: F401  (re-exported: the settings need no torch)
     Budget, DistillSettings, chat_settings_from_recipe, layers_for_budget, settings_from_recipe)
 from edgekit.core.errors import BuildError
@@ -61,11 +61,37 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     `chat_settings` (edgekit.workshop.chatdata.ChatSettings) mixes in the teacher's chat answers."""
     from accelerate import Accelerator
 
-    from edgekit.workshop.teacher import load_causal_lm, resolve_teacher
-
     torch.manual_seed(settings.seed)
     accel = Accelerator(cpu=not torch.cuda.is_available())
-    log = _main_only(accel, log)
+    log = main_process_log(accel, log)
+    teacher, tokenizer, data, chat = _load_inputs(settings, budget, eval_files, chat_settings, accel, log, progress)
+    log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
+        f"{settings.batch_size * accel.num_processes} windows")
+    ckpt = checkpoint_dir / "checkpoint"
+    student, state = _open_student(settings, budget, teacher, data, ckpt, log)
+    keep = state["keep_layers"]
+    counts_t, counts_s = student_mod.parameter_counts(teacher), student_mod.parameter_counts(student)
+    _score_teacher(state, teacher, data, chat)
+    student, optimizer, params = _prepare_training(settings, student, ckpt, accel)
+    teacher.to(accel.device)
+    loop = TrainingLoop(settings, budget, accel, teacher, student, optimizer, params, tokenizer, data, chat, state,
+                        ckpt, log, clock)
+    loop.train(progress)
+    final = accel.unwrap_model(student)
+    final.eval()
+    metrics = _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s, accel.num_processes)
+    if accel.is_main_process:
+        _save_student(final, tokenizer, metrics, out_dir)
+    accel.wait_for_everyone()  # every process ends after the student is written
+    accel.end_training()
+    return metrics
+
+
+def _load_inputs(settings, budget, eval_files, chat_settings, accel, log, progress):
+    """(teacher, tokenizer, text data, chat data or None), the teacher frozen; BuildError when
+    there is no held-out text."""
+    from edgekit.workshop.teacher import load_causal_lm, resolve_teacher
+
     with accel.local_main_process_first():  # one process per machine downloads/converts the teacher
         teacher_path = resolve_teacher(settings.teacher, settings.teacher_file, settings.teacher_sha256)
         teacher, tokenizer = load_causal_lm(teacher_path)
@@ -79,20 +105,24 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     log(f"data: {data.train_tokens:,} training tokens ({len(data.train)} windows of {settings.seq_len}) from "
         f"{len(files)} files; held-out: " + ", ".join(f"{k} {v.numel() - len(v):,} tokens" for k, v in data.evals.items()))
     with accel.local_main_process_first():  # ... and makes the chat data (the others read its cache)
-        chat = _prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
-                             progress and accel.is_local_main_process)
-    log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
-        f"{settings.batch_size * accel.num_processes} windows")
-    ckpt = checkpoint_dir / "checkpoint"
-    student, state = _open_student(settings, budget, teacher, data, ckpt, log)
-    keep = state["keep_layers"]
-    counts_t, counts_s = student_mod.parameter_counts(teacher), student_mod.parameter_counts(student)
+        chat = prepare_chat(settings, chat_settings, teacher_path, teacher, tokenizer, log,
+                            progress and accel.is_local_main_process)
+    return teacher, tokenizer, data, chat
+
+
+def _score_teacher(state: dict, teacher, data, chat) -> None:
+    """The teacher's held-out perplexity (and chat scores) into `state`, once per run (kept on resume)."""
     if "teacher_perplexity" not in state:
         state["teacher_perplexity"] = {k: textdata.perplexity(teacher, w) for k, w in data.evals.items()}
     if chat is not None and "teacher_chat" not in state:
         from edgekit.workshop.chatdata import chat_scores
 
         state["teacher_chat"] = chat_scores(teacher, chat.heldout)
+
+
+def _prepare_training(settings, student, ckpt: Path, accel):
+    """(student, optimizer, trained parameters) under Accelerate: embeddings frozen, the optimizer
+    state resumed from the checkpoint when there is one."""
     student.requires_grad_(True)
     student.get_input_embeddings().requires_grad_(False)  # frozen (tied to the LM head when tied)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -100,25 +130,19 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     if (ckpt / "optimizer.pt").is_file():
         optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     student, optimizer = accel.prepare(student, optimizer)
-    teacher.to(accel.device)
-    loop = _Loop(settings, budget, accel, teacher, student, optimizer, params, tokenizer, data, chat, state, ckpt,
-                 log, clock)
-    loop.train(progress)
-    final = accel.unwrap_model(student)
-    final.eval()
-    metrics = _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s, accel.num_processes)
-    if accel.is_main_process:
-        tmp = out_dir.with_name(out_dir.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        final.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "distill_metrics.json").write_text(json.dumps(metrics, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    accel.wait_for_everyone()  # every process ends after the student is written
-    accel.end_training()
-    return metrics
+    return student, optimizer, params
+
+
+def _save_student(final, tokenizer, metrics: dict, out_dir: Path) -> None:
+    """The student, its tokenizer and distill_metrics.json into `out_dir`, replaced atomically."""
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    final.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "distill_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s, processes: int) -> dict:

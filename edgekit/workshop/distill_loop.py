@@ -55,7 +55,8 @@ def _save_checkpoint(ckpt: Path, model, tokenizer, optimizer, state: dict) -> No
 
 
 # --- several processes (accelerate launch): logging and clocks that agree across processes ---
-def _main_only(accel, log: Callable[[str], None]) -> Callable[[str], None]:
+def main_process_log(accel, log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` on the main process, a no-op on the others (each message printed once)."""
     return log if accel.is_main_process else (lambda msg: None)
 
 
@@ -77,7 +78,9 @@ class _Chat:
     source: dict
 
 
-def _prepare_chat(settings: DistillSettings, chat_settings, teacher_path, teacher, tokenizer, log, progress):
+def prepare_chat(settings: DistillSettings, chat_settings, teacher_path, teacher, tokenizer, log, progress):
+    """The tokenized chat examples (teacher answers, made or read from their cache), or None
+    without `chat_settings`; BuildError when the training or held-out part is empty."""
     from edgekit.workshop import chatdata
 
     if chat_settings is None:
@@ -95,12 +98,12 @@ def _prepare_chat(settings: DistillSettings, chat_settings, teacher_path, teache
                                       "generated_seconds": data.generated_seconds})
 
 
-def _is_chat_step(step: int, fraction: float) -> bool:
+def is_chat_step(step: int, fraction: float) -> bool:
     """Spread chat steps evenly over training (a low-discrepancy sequence: no long runs of one kind)."""
     return fraction > 0 and (step * 0.6180339887) % 1.0 < fraction
 
 
-def _slice(order, step: int, per_step: int, batch_size: int, process_index: int):
+def batch_share(order, step: int, per_step: int, batch_size: int, process_index: int):
     """This process's share of the global batch for `step` (the same windows for any process count)."""
     n = len(order)
     start = (step * per_step) % n
@@ -108,7 +111,7 @@ def _slice(order, step: int, per_step: int, batch_size: int, process_index: int)
     return glob[process_index * batch_size:(process_index + 1) * batch_size]
 
 
-class _Loop:
+class TrainingLoop:
     """The training loop: one optimizer step per global batch, checkpoints, evaluation, budget."""
 
     def __init__(self, settings, budget, accel, teacher, student, optimizer, params, tokenizer, data, chat, state,
@@ -147,15 +150,15 @@ class _Loop:
         """(input ids, targets, answer mask or None) of this process's share of the next step."""
         st, s, accel = self.state, self.s, self.accel
         per_step = s.batch_size * accel.num_processes
-        if self.chat is not None and _is_chat_step(st["step"], s.chat_fraction):
+        if self.chat is not None and is_chat_step(st["step"], s.chat_fraction):
             from edgekit.workshop.chatdata import pad_batch
 
             n = st.get("chat_steps", 0)
-            items = [self.chat.train[i] for i in _slice(self.chat_order, n, per_step, s.batch_size, accel.process_index)]
+            items = [self.chat.train[i] for i in batch_share(self.chat_order, n, per_step, s.batch_size, accel.process_index)]
             ids, mask = pad_batch(items, self.pad_id)
             return ids[:, :-1].to(accel.device), ids[:, 1:].to(accel.device), mask.to(accel.device)
         n = st["step"] - st.get("chat_steps", 0)
-        rows = self.data.train[_slice(self.order, n, per_step, s.batch_size, accel.process_index)].to(accel.device)
+        rows = self.data.train[batch_share(self.order, n, per_step, s.batch_size, accel.process_index)].to(accel.device)
         return rows[:, :-1], rows[:, 1:], None
 
     def commit(self, parts: dict, chat: bool) -> None:

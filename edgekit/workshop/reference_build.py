@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekit.workshop.verify import TOP_K, _torch_greedy, eval_token_ids
+from edgekit.workshop.verify import TOP_K, eval_token_ids, torch_greedy
 from edgekit.device import quality
 from edgekit.device.reference import Reference, flatten, measure, save
 from edgekit.device.reference_check import judge
@@ -55,7 +55,7 @@ def causal_reference(torch_model, hf_tokenizer, device_tokenizer, prompts: list[
     prompt_ids, new_ids, top_ids, top_vals = [], [], [], []
     for prompt in prompts:
         ids = hf_tokenizer(prompt).input_ids
-        new = _torch_greedy(torch_model, ids, greedy_tokens, eos)
+        new = torch_greedy(torch_model, ids, greedy_tokens, eos)
         t_ids, t_vals = _topk(torch_model, ids + new)
         prompt_ids.append(ids), new_ids.append(new), top_ids.append(t_ids), top_vals.append(t_vals)
     flat_p, len_p = flatten(prompt_ids)

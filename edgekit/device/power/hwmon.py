@@ -71,7 +71,8 @@ def is_total_rail(label: str) -> bool:
     return "IN" in re.split(r"[^A-Z0-9]+", label.upper()) or "total" in label.lower()
 
 
-def _read_label(path: Path) -> str | None:
+def read_label(path: Path) -> str | None:
+    """The stripped text of a sysfs file (a name or label), or None when empty or unreadable."""
     try:
         return path.read_text().strip() or None
     except OSError:
@@ -92,21 +93,28 @@ class Channel:
         return f"{self.label} [{self.chip} {self.hwmon}: {', '.join(f.name for f in self.files)}]"
 
 
+def ina3221_channels(d: Path) -> list[tuple[int, str | None, tuple[Path, Path]]]:
+    """The INA3221 channels of one hwmon directory `d` (this hwmon class, or a Jetson's
+    ina3221/<addr>/hwmon/hwmonN): (k, in<k>_label or None, (in<k>_input mV, curr<k>_input mA)) for
+    each k = 1..3 that has both files."""
+    found = []
+    for k in (1, 2, 3):
+        volts, amps = d / f"in{k}_input", d / f"curr{k}_input"
+        if volts.exists() and amps.exists():
+            found.append((k, read_label(d / f"in{k}_label"), (volts, amps)))
+    return found
+
+
 def _channels_of(d: Path, chip: str) -> list[Channel]:
     if chip in SINGLE_CHANNEL_CHIPS:
-        label = _read_label(d / "label") or chip
+        label = read_label(d / "label") or chip
         if (d / "power1_input").exists():
             return [Channel(chip, d.name, label, (d / "power1_input",))]
         if (d / "in1_input").exists() and (d / "curr1_input").exists():
             return [Channel(chip, d.name, label, (d / "in1_input", d / "curr1_input"))]
         return []
-    found = []
-    for k in (1, 2, 3):
-        volts, amps = d / f"in{k}_input", d / f"curr{k}_input"
-        if volts.exists() and amps.exists():
-            label = _read_label(d / f"in{k}_label") or f"{chip} {d.name} channel {k}"
-            found.append(Channel(chip, d.name, label, (volts, amps)))
-    return found
+    return [Channel(chip, d.name, label or f"{chip} {d.name} channel {k}", files)
+            for k, label, files in ina3221_channels(d)]
 
 
 def find_channels(root: str | Path) -> tuple[list[Channel], list[str], list[str]]:
@@ -115,7 +123,7 @@ def find_channels(root: str | Path) -> tuple[list[Channel], list[str], list[str]
     dirs = [d for d in base.iterdir() if re.fullmatch(r"hwmon\d+", d.name)] if base.is_dir() else []
     channels, notes, seen = [], [], []
     for d in sorted(dirs, key=lambda p: int(p.name[5:])):
-        chip = (_read_label(d / "name") or "?").lower()
+        chip = (read_label(d / "name") or "?").lower()
         seen.append(chip)
         if chip not in SINGLE_CHANNEL_CHIPS + THREE_CHANNEL_CHIPS:
             continue

@@ -6,7 +6,9 @@ Two sysfs layouts, both read:
   in_voltage<k>_input (millivolts, mV), k = 0..2;
 - newer L4T (Orin, L4T 34+; hwmon driver): ina3221/<addr>/hwmon/hwmon<N>/ with in<k>_label,
   in<k>_input (mV) and curr<k>_input (mA), k = 1..3.
-read() returns watts (W): mW / 1e3, or mV x mA / 1e6 where there is no power file.
+read() returns watts (W): mW / 1e3, or mV x mA / 1e6 where there is no power file. The newer
+layout's channels are found by hwmon.ina3221_channels, the one INA3221 hwmon reader, and read
+with hwmon.rail_watts.
 
 Which rails: `rails` given: those names (case-insensitive), summed; an unknown name is an error
 listing the rails. Otherwise the module's total input rail alone (POM_5V_IN, VDD_IN, else a label
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.device.power.base import PowerSource, Sample, SourceUnavailable
-from edgekit.device.power.hwmon import is_total_rail, rail_watts, readable
+from edgekit.device.power.hwmon import ina3221_channels, is_total_rail, rail_watts, read_label, readable
 
 TOTAL_RAIL_NAMES = ("POM_5V_IN", "VDD_IN")
 
@@ -42,13 +44,6 @@ class Rail:
         return f"{self.name} [{self.where}: {', '.join(f.name for f in self.files)}]"
 
 
-def _label(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
 def _numbered(parent: Path, pattern: str) -> list[Path]:
     found = [d for d in parent.glob(pattern) if d.is_dir()] if parent.is_dir() else []
     return sorted(found, key=lambda d: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", d.name)])
@@ -60,7 +55,7 @@ def _iio_rails(base: Path) -> list[Rail]:
         for dev in _numbered(addr, "iio:device*"):
             where = f"ina3221x/{addr.name}/{dev.name}"
             for k in (0, 1, 2):
-                name = _label(dev / f"rail_name_{k}")
+                name = read_label(dev / f"rail_name_{k}")
                 if name is None:
                     continue
                 if (dev / f"in_power{k}_input").exists():
@@ -75,11 +70,8 @@ def _hwmon_rails(base: Path) -> list[Rail]:
     for addr in _numbered(base / "ina3221", "*"):
         for dev in _numbered(addr / "hwmon", "hwmon*"):
             where = f"ina3221/{addr.name}/hwmon/{dev.name}"
-            for k in (1, 2, 3):
-                volts, amps = dev / f"in{k}_input", dev / f"curr{k}_input"
-                if volts.exists() and amps.exists():
-                    name = _label(dev / f"in{k}_label") or f"{addr.name} channel {k}"
-                    rails.append(Rail(name, where, (volts, amps)))
+            rails += [Rail(label or f"{addr.name} channel {k}", where, files)
+                      for k, label, files in ina3221_channels(dev)]
     return rails
 
 
