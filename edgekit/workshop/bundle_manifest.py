@@ -6,20 +6,15 @@ May import: stdlib, edgekit.core, edgekit.device, edgekit.workshop; torch/transf
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
 
 from edgekit import __version__
 from edgekit.core.bundle import SCHEMA_VERSION
 from edgekit.device.reference import REFERENCE_FILE
 
-if TYPE_CHECKING:
-    from edgekit.workshop.builder import BuildContext
-
-
-def bundle_manifest(ctx: BuildContext, outs: dict, records: list) -> dict:
+def bundle_manifest(ctx, outs: dict, records: list) -> dict:
     """The manifest of the bundle `edgekit build` writes: model, signature, tokenizer, provenance
-    (recipe, teacher, stage records), verify metrics and gate. `ctx` is builder.BuildContext, `outs`
-    the stage outputs by name, `records` the stage records."""
+    (recipe, teacher, stage records), verify metrics and gate. `ctx` is builder.BuildContext (not
+    imported: builder imports this module), `outs` the stage outputs by name, `records` the stage records."""
     encoder = ctx.recipe.task == "feature-extraction"
     if encoder:
         from edgekit.workshop.encoder_build import architecture
