@@ -189,3 +189,33 @@ def test_setup_ships_every_package():
     listed = set(ast.literal_eval(next(k.value for k in call.keywords if k.arg == "packages")))
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
     assert found <= listed, f"setup.py packages= misses {sorted(found - listed)}"
+
+
+MAX_FUNCTION_LINES = 60  # the house rule (DEVELOPERS.md); bench/ scripts are exempt
+MAX_MODULE_LINES = 400
+
+
+def oversized(pkg_dir: Path) -> list[str]:
+    """Functions over MAX_FUNCTION_LINES (def line to last line) and modules over MAX_MODULE_LINES."""
+    found = []
+    for path in sorted(pkg_dir.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.append(f"{path.name}:{node.lineno} {node.name}: {lines} lines")
+    return found
+
+
+def test_functions_and_modules_stay_small():
+    assert oversized(PKG) == []
+
+
+def test_size_check_sees_a_long_function_and_a_long_module(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "a.py").write_text(f"def long():\n{body}\n\n\ndef short():\n    return 1\n")
+    (tmp_path / "b.py").write_text("y = 1\n" * (MAX_MODULE_LINES + 1))
+    assert oversized(tmp_path) == [f"a.py:1 long: {MAX_FUNCTION_LINES + 1} lines", f"b.py: {MAX_MODULE_LINES + 1} lines"]
