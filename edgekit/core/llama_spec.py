@@ -26,7 +26,7 @@ value, one array or a tuple (q, k, v) / (gate, up). Op kinds:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from edgekit.core.errors import BuildError
 
@@ -76,7 +76,7 @@ class LlamaSpec:
     hidden_act: str = "silu"
     tied_embeddings: bool = False
     sliding_window: int | None = None
-    scaling: float = field(default=0.0)
+    scaling: float = 0.0  # 0: head_dim ** -0.5 (what HF uses for these families)
 
     def __post_init__(self):
         if not self.scaling:
