@@ -1,6 +1,7 @@
 """Run an Edge TPU segmented decoder (see edgekit/workshop/coral_segments.py): TPU segments for the
 projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV cache and attention
-here in numpy (float32).
+here in numpy (float32), in the op order of the bundle's LlamaSpec (edgekit/core/llama_spec.py;
+bundles that predate the stored spec get the one their signature's flat keys describe).
 
 One token per step (the segments have [1, n] inputs: FullyConnected maps to the Edge TPU only with
 a one-dimensional output), so a prompt of n tokens costs n steps. Same forward() contract as the
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
+from edgekit.core.llama_spec import HOST_NORM_TABLES, spec_from_signature
 from edgekit.device import delegation
 from edgekit.device.tflite_model import RecordingRunner, SignatureCall, load_host_tables, make_interpreter
 
@@ -75,16 +77,24 @@ def _delegation(runners: list):
 
 
 class SegmentedCausalLM:
+    """The host side of a segmented decoder: runs the per-layer ops of the bundle's LlamaSpec
+    (edgekit/core/llama_spec.py), the `linear` ones on the segments, the rest here."""
+
+    HOST_KINDS = ("rmsnorm", "linear", "split_heads", "rope", "attention", "silu_mul", "residual")
+
     def __init__(self, runners: list, signature: dict, host_tables: dict):
         self.runners = runners
         self._scaled = _LinearSegments(runners, signature, host_tables)
-        self.layers = int(signature["layers"])
-        self.heads, self.kv_heads = int(signature["heads"]), int(signature["kv_heads"])
-        self.head_dim = int(signature["head_dim"])
-        self.scaling = float(signature["scaling"])
-        self.eps = float(signature["rms_norm_eps"])
+        self.spec = spec = spec_from_signature(signature)
+        self.ops = spec.layer_ops
+        unknown = [op.kind for op in self.ops if op.kind not in self.HOST_KINDS]
+        if unknown:
+            raise ValueError(f"the segmented runner has no host rule for op(s) {unknown} ({spec.model_type})")
+        self.linear_per_layer = sum(op.kind == "linear" for op in self.ops)
+        self.layers, self.heads, self.kv_heads, self.head_dim = spec.layers, spec.heads, spec.kv_heads, spec.head_dim
+        self.scaling, self.eps = spec.scaling, spec.rms_norm_eps
         roles = [s["role"] for s in signature["segments"]]
-        if roles != ["qkv", "o", "up", "down"] * self.layers + ["head"]:
+        if roles != [op.name for op in self.ops if op.kind == "linear"] * self.layers + ["head"]:
             raise ValueError(f"unexpected segment layout: {roles}")
         self.cache_length = self.max_sequence_length = int(signature["cache_length"])
         self.embed = np.asarray(host_tables["embed"])
@@ -92,8 +102,7 @@ class SegmentedCausalLM:
         self.embed_scale = None if scale is None else np.asarray(scale, np.float32)
         self.cos = np.asarray(host_tables["cos"], np.float32)
         self.sin = np.asarray(host_tables["sin"], np.float32)
-        self.input_norm = np.asarray(host_tables["input_norm"], np.float32)
-        self.post_norm = np.asarray(host_tables["post_norm"], np.float32)
+        self.norms = {read: np.asarray(host_tables[table], np.float32) for read, table in HOST_NORM_TABLES.items()}
         self.final_norm = np.asarray(host_tables["final_norm"], np.float32)
         self.delegation, self.accelerator = _delegation(runners)
 
@@ -108,12 +117,12 @@ class SegmentedCausalLM:
         return t * self.cos[pos] + rotated * self.sin[pos]
 
     def _attention(self, layer: int, q, k, v, pos: int, cache: SegmentCache) -> np.ndarray:
-        q = self._rope(q.reshape(self.heads, self.head_dim), pos)
-        cache.keys[layer][:, pos] = self._rope(k.reshape(self.kv_heads, self.head_dim), pos)
-        cache.values[layer][:, pos] = v.reshape(self.kv_heads, self.head_dim)
+        """q [heads, d], k, v [kv_heads, d] (rotated) -> [1, heads * d]; caches k and v at `pos`."""
+        cache.keys[layer][:, pos] = k
+        cache.values[layer][:, pos] = v
         keys = cache.keys[layer][:, : pos + 1]  # [kv, t, d]
         vals = cache.values[layer][:, : pos + 1]
-        g = self.heads // self.kv_heads
+        g = self.spec.groups
         scores = np.einsum("kgd,ktd->kgt", q.reshape(self.kv_heads, g, self.head_dim), keys) * self.scaling
         scores -= scores.max(axis=-1, keepdims=True)
         probs = np.exp(scores)
@@ -126,9 +135,30 @@ class SegmentedCausalLM:
             row = row * self.embed_scale[token]
         return row[None, :]
 
-
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return weight * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps))
+
+    def _layer(self, layer: int, x: np.ndarray, pos: int, cache: SegmentCache) -> np.ndarray:
+        """One decoder layer for the token at `pos`, op by op; returns the residual stream."""
+        h, segment = None, layer * self.linear_per_layer
+        for op in self.ops:
+            if op.kind == "rmsnorm":
+                h = self._norm(x, self.norms[op.reads[0]][layer])
+            elif op.kind == "linear":
+                outs = self._scaled(segment, h)
+                h, segment = (tuple(outs) if len(outs) > 1 else outs[0]), segment + 1
+            elif op.kind == "split_heads":
+                h = (h[0].reshape(self.heads, self.head_dim), h[1].reshape(self.kv_heads, self.head_dim),
+                     h[2].reshape(self.kv_heads, self.head_dim))
+            elif op.kind == "rope":
+                h = (self._rope(h[0], pos), self._rope(h[1], pos), h[2])
+            elif op.kind == "attention":
+                h = self._attention(layer, *h, pos, cache)
+            elif op.kind == "silu_mul":
+                h = h[0] / (1.0 + np.exp(-h[0])) * h[1]
+            else:  # residual
+                x = x + h
+        return x
 
     def forward(self, token_ids: list[int], cache: SegmentCache, last_only: bool = False) -> np.ndarray:
         """Logits [len(token_ids), vocab]; with `last_only` [1, vocab] of the last token, and the LM
@@ -139,18 +169,13 @@ class SegmentedCausalLM:
         if cache.length + n > self.cache_length:
             raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
         out = []
-        run = self._scaled
         for i, token in enumerate(token_ids):
             pos = cache.length + i
             x = self._row(token)
             for layer in range(self.layers):
-                q, k, v = run(4 * layer, self._norm(x, self.input_norm[layer]))
-                a = self._attention(layer, q, k, v, pos, cache)
-                x = x + run(4 * layer + 1, a)[0]
-                gate, up = run(4 * layer + 2, self._norm(x, self.post_norm[layer]))
-                x = x + run(4 * layer + 3, gate / (1.0 + np.exp(-gate)) * up)[0]
+                x = self._layer(layer, x, pos, cache)
             if not last_only or i == n - 1:
-                out.append(run(4 * self.layers, self._norm(x, self.final_norm))[0][0])
+                out.append(self._scaled(self.linear_per_layer * self.layers, self._norm(x, self.final_norm))[0][0])
         cache.length += n
         return np.stack(out)
 

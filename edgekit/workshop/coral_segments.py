@@ -32,17 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgekit.workshop.tflite_export import SUPPORTED, quiet, rotary_tables
 from edgekit.core.errors import BuildError
+from edgekit.core.llama_spec import HOST_NORM_TABLES, SEGMENT_ROLES, SIGNATURE_KEY
+from edgekit.workshop.tflite_export import model_spec, quiet, rotary_tables
 
 HOST_FILE = "host_tables.npz"
 
 
 class LinearSegment(torch.nn.Module):
     """Bias-free copies of one or more Linear layers applied to the same input (their biases are
-    added on the host, after the per-token rescaling)."""
+    added on the host, after the per-token rescaling). `biased[j]`: whether linear j's bias is kept
+    (default: whenever it has one)."""
 
-    def __init__(self, linears: list[torch.nn.Linear]):
+    def __init__(self, linears: list[torch.nn.Linear], biased: list[bool] | None = None):
         super().__init__()
         self.maps = torch.nn.ModuleList()
         for lin in linears:
@@ -50,7 +52,8 @@ class LinearSegment(torch.nn.Module):
             with torch.no_grad():
                 m.weight.copy_(lin.weight)
             self.maps.append(m)
-        self.biases = [None if lin.bias is None else lin.bias.detach().float().numpy() for lin in linears]
+        keep = biased or [lin.bias is not None for lin in linears]
+        self.biases = [lin.bias.detach().float().numpy() if k else None for lin, k in zip(linears, keep)]
         self.width = linears[0].in_features
 
     def forward(self, x):
@@ -59,20 +62,19 @@ class LinearSegment(torch.nn.Module):
 
 
 def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
-    """[(file name, role, segment)] in execution order for a Llama-family decoder."""
-    cfg = model.config
-    if cfg.model_type not in SUPPORTED or getattr(cfg, "hidden_act", "silu") != "silu":
-        raise BuildError(f"Edge TPU segments support {', '.join(SUPPORTED)} decoders with SiLU MLPs; "
-                         f"got '{cfg.model_type}' ({getattr(cfg, 'hidden_act', '?')})")
-    if any(hasattr(layer.self_attn, "q_norm") for layer in model.model.layers):
-        raise BuildError("Edge TPU segments do not support per-head q/k norms (qwen3) yet")
+    """[(file name, role, segment)] in execution order for a Llama-family decoder: one segment per
+    `linear` op of its LlamaSpec (roles qkv, o, up, down), then the LM head."""
+    spec = model_spec(model, "segments")
+    linear_ops = [op for op in spec.layer_ops if op.kind == "linear"]
+    if tuple(op.name for op in linear_ops) != SEGMENT_ROLES:
+        raise BuildError(f"Edge TPU segments expect linear ops {SEGMENT_ROLES}; the spec has "
+                         f"{tuple(op.name for op in linear_ops)}")
     out = []
     for i, layer in enumerate(model.model.layers):
-        a, m = layer.self_attn, layer.mlp
-        out += [(f"l{i:02d}_qkv.tflite", "qkv", LinearSegment([a.q_proj, a.k_proj, a.v_proj])),
-                (f"l{i:02d}_o.tflite", "o", LinearSegment([a.o_proj])),
-                (f"l{i:02d}_up.tflite", "up", LinearSegment([m.gate_proj, m.up_proj])),
-                (f"l{i:02d}_down.tflite", "down", LinearSegment([m.down_proj]))]
+        for op in linear_ops:
+            seg = LinearSegment([layer.get_submodule(m) for m in op.modules()],
+                                [op.has_bias(m) for m in op.modules()])
+            out.append((f"l{i:02d}_{op.name}.tflite", op.name, seg))
     return out + [("head.tflite", "head", LinearSegment([model.lm_head]))]
 
 
@@ -109,28 +111,25 @@ def _write_segments(segments, out_path: Path) -> tuple[list[dict], dict]:
 def export_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 1) -> dict:
     """Write every segment (fp32) and the host tables into out_path's folder. `out_path`
     (model.tflite) is written as the first segment's file, so the bundle's model file is the
-    entry point. Returns the signature record the device runner needs."""
+    entry point. Returns the signature record the device runner needs (with the LlamaSpec)."""
     model = model.float().eval()
-    cfg = model.config
-    hidden = cfg.hidden_size
-    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    spec = model_spec(model, "segments")
     d = out_path.parent
     segments, biases = _write_segments(decoder_segments(model), out_path)
     cos, sin = rotary_tables(model, max_sequence_length)
     layers = model.model.layers
 
-    def w(norm):
-        return norm.weight.detach().float().numpy()
+    def w(layer, read):
+        return layer.get_parameter(read).detach().float().numpy()
 
+    norms = {table: np.stack([w(x, read) for x in layers]) for read, table in HOST_NORM_TABLES.items()}
     np.savez(d / HOST_FILE, embed=model.model.embed_tokens.weight.detach().float().numpy(),
-             cos=cos.numpy(), sin=sin.numpy(), input_norm=np.stack([w(x.input_layernorm) for x in layers]),
-             post_norm=np.stack([w(x.post_attention_layernorm) for x in layers]), final_norm=w(model.model.norm),
-             **biases)
+             cos=cos.numpy(), sin=sin.numpy(), **norms, final_norm=w(model.model, "norm.weight"), **biases)
+    # the flat keys stay for runners and readers that predate SIGNATURE_KEY
     return {"layout": "tpu-segments", "segments": segments, "host_file": HOST_FILE,
-            "cache_length": max_sequence_length, "layers": cfg.num_hidden_layers, "hidden_size": hidden,
-            "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "rms_norm_eps": float(cfg.rms_norm_eps),
-            "scaling": float(model.model.layers[0].self_attn.scaling)}
+            "cache_length": max_sequence_length, "layers": spec.layers, "hidden_size": spec.hidden_size,
+            "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
+            "rms_norm_eps": spec.rms_norm_eps, "scaling": spec.scaling, SIGNATURE_KEY: spec.to_dict()}
 
 
 def quantize_segments(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:

@@ -20,8 +20,10 @@ DYNAMIC_UPDATE_SLICE at input_pos[0] (positions in one call are contiguous); the
 (0 = attend, `mask_value` = do not) and comes from the caller, so the graph holds no
 comparison/select ops.
 
-Written against transformers' Llama modules (q/k/v/o_proj, RMSNorm, gated MLP, rotary_emb); other
-architectures get a clear error. May import: stdlib, torch, transformers, litert_torch.
+Written against transformers' Llama modules (q/k/v/o_proj, RMSNorm, gated MLP, rotary_emb); the
+architecture decisions (supported families, q/k norms, GQA, op order) come from the model's LlamaSpec
+(edgekit/core/llama_spec.py); other architectures get a clear error.
+May import: stdlib, torch, transformers, litert_torch, edgekit.core.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 from edgekit.core.errors import BuildError
+from edgekit.core.llama_spec import LlamaSpec, spec_from_config
 
 # Additive mask for float variants: exp(-1e4) is exactly 0, and -1e4 fits in float16. Masked slots
 # include prefill padding whose keys can score high, so a small value would leak attention to them.
@@ -44,7 +47,6 @@ MASK_VALUE = -1.0e4
 # attention scores it is added to; exp(-30) ~ 1e-13 is the compromise there.
 INT8_MASK_VALUE = -30.0
 HOST_FILE = "host_tables.npz"
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _rotate_half(x):
@@ -52,57 +54,90 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def model_spec(model, layout: str = "tflite") -> LlamaSpec:
+    """The model's LlamaSpec, checked against the model itself: every tensor the ops read exists
+    and no projection carries a bias the spec does not list (so a spec cannot silently drop one)."""
+    spec = spec_from_config(model.config, layout)
+    params = dict(model.named_parameters())
+    for i, layer in enumerate(model.model.layers):
+        for op in spec.layer_ops:
+            missing = [r for r in op.reads if f"model.layers.{i}.{r}" not in params]
+            extra = [m for m in op.modules()
+                     if getattr(layer.get_submodule(m), "bias", None) is not None and not op.has_bias(m)]
+            if missing or extra:
+                raise BuildError(f"'{model.config.model_type}' layer {i} does not match its Llama-family "
+                                 f"description (op {op.name}: missing {missing}, unlisted biases {extra})")
+    return spec
+
+
 class EdgeDecoder(torch.nn.Module):
-    """A static-shape re-statement of the HF model's forward that reuses its weight modules."""
+    """A static-shape re-statement of the HF model's forward that reuses its weight modules and
+    follows the op order of its LlamaSpec (edgekit/core/llama_spec.py)."""
 
     def __init__(self, model, cache_length: int):
         super().__init__()
-        cfg = model.config
-        if cfg.model_type not in SUPPORTED:
-            raise BuildError(f"TFLite export supports {', '.join(SUPPORTED)} decoders; this model is "
-                             f"'{cfg.model_type}' (use an onnx target)")
+        self.spec = model_spec(model)
         self.model = model
         self.layers = list(model.model.layers)
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.heads, self.kv_heads, self.head_dim = self.spec.heads, self.spec.kv_heads, self.spec.head_dim
         self.cache_length = cache_length
 
-    def _attention(self, layer, h, cos, sin, mask, k_cache, v_cache, start):
+    def _heads(self, q, k, v):
+        t = q.shape[1]
+        return (q.view(1, t, self.heads, self.head_dim).transpose(1, 2),
+                k.view(1, t, self.kv_heads, self.head_dim).transpose(1, 2),
+                v.view(1, t, self.kv_heads, self.head_dim).transpose(1, 2))
+
+    def _attention(self, q, k, v, mask, k_cache, v_cache, start):
         from litert_torch.generative.custom_ops.dynamic_update_slice import dynamic_update_slice
 
-        attn = layer.self_attn
-        t = h.shape[1]
-        q = attn.q_proj(h).view(1, t, self.heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        if hasattr(attn, "q_norm"):  # qwen3
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        t = q.shape[2]
         zero = torch.zeros([], dtype=torch.int32)
         k_cache = dynamic_update_slice(k_cache, k, [zero, zero, start, zero])
         v_cache = dynamic_update_slice(v_cache, v, [zero, zero, start, zero])
-        g = self.heads // self.kv_heads
+        g = self.spec.groups
         # group query heads per KV head instead of repeating K/V (no BROADCAST_TO of the cache)
         qg = q.reshape(1, self.kv_heads, g * t, self.head_dim)
-        scores = torch.matmul(qg, k_cache.transpose(2, 3)) * attn.scaling
+        scores = torch.matmul(qg, k_cache.transpose(2, 3)) * self.spec.scaling
         scores = scores.view(1, self.kv_heads, g, t, self.cache_length) + mask.view(1, 1, 1, t, self.cache_length)
         probs = torch.softmax(scores, dim=-1).view(1, self.kv_heads, g * t, self.cache_length)
         out = torch.matmul(probs, v_cache).view(1, self.heads, t, self.head_dim)
-        out = out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim)
-        return attn.o_proj(out), k_cache, v_cache
+        return out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim), k_cache, v_cache
+
+    def _layer(self, layer, x, cos, sin, mask, kv: list, start):
+        """One decoder layer, op by op; `kv` = [k_cache, v_cache], replaced by the updated caches."""
+        h = None
+        for op in self.spec.layer_ops:
+            mods = [layer.get_submodule(m) for m in op.modules()]
+            if op.kind == "rmsnorm":
+                h = mods[0](x)
+            elif op.kind == "linear":
+                h = tuple(m(h) for m in mods) if len(mods) > 1 else mods[0](h)
+            elif op.kind == "split_heads":
+                h = self._heads(*h)
+            elif op.kind == "head_rmsnorm":
+                h = (mods[0](h[0]), mods[1](h[1]), h[2])
+            elif op.kind == "rope":
+                q, k, v = h
+                h = (q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v)
+            elif op.kind == "attention":
+                h, kv[0], kv[1] = self._attention(*h, mask, kv[0], kv[1], start)
+            elif op.kind == "silu_mul":
+                h = layer.mlp.act_fn(h[0]) * h[1]
+            elif op.kind == "residual":
+                x = x + h
+            else:
+                raise BuildError(f"TFLite export has no rule for the '{op.kind}' op")
+        return x
 
     def body(self, x, input_pos, cos, sin, mask, kv):
         """The decoder layers: hidden states [1,T,hidden] and the updated caches."""
         start = input_pos[0].reshape([])
         new_kv = []
         for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            a, k_c, v_c = self._attention(layer, h, cos, sin, mask, kv[2 * i], kv[2 * i + 1], start)
-            x = x + a
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-            new_kv += [k_c, v_c]
+            caches = [kv[2 * i], kv[2 * i + 1]]
+            x = self._layer(layer, x, cos, sin, mask, caches, start)
+            new_kv += caches
         return x, new_kv
 
     def head(self, x):
