@@ -149,6 +149,16 @@ def test_openai_client_works_unchanged(stories_bundle):
         chunks = list(client.chat.completions.create(model="stories260k", max_tokens=8, temperature=0, stream=True,
                                                      messages=[{"role": "user", "content": "Tell me a story."}]))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+        # logprobs (issue 16): the client's own types parse them; greedy picks each token's best alternative
+        lp = client.completions.create(model="stories260k", prompt=PROMPT, max_tokens=6, temperature=0,
+                                       logprobs=3).choices[0].logprobs
+        assert len(lp.tokens) == 6 and all(x <= 0 for x in lp.token_logprobs)
+        assert all(max(top.values()) == pytest.approx(x) for top, x in zip(lp.top_logprobs, lp.token_logprobs))
+        chat_lp = client.chat.completions.create(model="stories260k", max_tokens=6, temperature=0, logprobs=True,
+                                                 top_logprobs=2, messages=[{"role": "user", "content": "Hi."}])
+        content = chat_lp.choices[0].logprobs.content
+        assert len(content) == 6 and all(c.top_logprobs[0].logprob == pytest.approx(c.logprob) for c in content)
+        assert bytes(b for c in content for b in c.bytes).decode() == chat_lp.choices[0].message.content
 
 
 def test_sigterm_finishes_cleanly_and_the_request_log_is_whole(stories_bundle, tmp_path):

@@ -61,19 +61,18 @@ def generate(
     stop: list[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     should_stop: Callable[[], bool] | None = None,
+    recorder=None,
 ) -> Iterator[str]:
-    """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult.
-
-    Use `result = yield from generate(...)` or `drain(generate(...))`. `should_stop` lets a
-    caller cancel (e.g. a client disconnected): generation ends with finish_reason "cancelled".
-    """
+    """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
+    (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
+    (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
+    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties)."""
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     cache = model.new_cache()
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
-    sent: list[str] = []  # text yielded so far; `pending` is produced but held back (a possible stop string)
-    pending, hit = "", False
+    sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
     logits = model.forward(prompt_ids, cache, last_only=True)[-1]
     result.prefill_seconds = clock() - t0
@@ -85,6 +84,8 @@ def generate(
             result.finish_reason = "stop"
             break
         result.token_ids.append(token)
+        if recorder is not None:
+            recorder.record(logits, token)
         history.add(token)
         pending, hit = _cut_at_stop(pending + detok.add(token), stops)
         if hit:

@@ -30,6 +30,11 @@ class TextTokenizer:
         tok.no_truncation()
         return cls(tok, eos_token_ids)
 
+    @property
+    def raw(self):
+        """The wrapped `tokenizers.Tokenizer` (token pieces, its decoder's kind)."""
+        return self._tok
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from edgekit.device.chat import ChatError, check_messages, render
 from edgekit.device.embeddings import EmbeddingRequestError, parse_embeddings_request
 from edgekit.device.limits import DEFAULT_LIMITS, Limits
+from edgekit.device.logprobs import MAX_CHAT_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.sampling import Penalties, Sampler
 
 # OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
-IGNORED_FIELDS = {"user", "logprobs", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
+IGNORED_FIELDS = {"user", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
 # Repetition penalties (edgekit.device.sampling.Penalties): request field -> (low, high, integer).
 PENALTY_FIELDS = {"frequency_penalty": (-2.0, 2.0, False), "presence_penalty": (-2.0, 2.0, False),
                   "repeat_penalty": (0.0, 10.0, False), "repeat_last_n": (-1, 1 << 20, True)}
@@ -47,6 +48,7 @@ class CompletionRequest:
     stop: list[str]
     penalties: Penalties = field(default_factory=Penalties)
     chat: bool = False
+    logprobs: int | None = None  # None: no logprobs; else how many top alternatives per token (0 = none)
 
     def sampler(self) -> Sampler:
         """A fresh sampler for one generation of this request."""
@@ -172,6 +174,20 @@ def _sampling(body: dict, loaded: LoadedModel, limits: Limits) -> dict:
     return params
 
 
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """Top alternatives per token for `logprobs`, or None when not asked. Completions: `logprobs`
+    is that number (0-5); chat: `logprobs` true, with `top_logprobs` (0-20) alternatives."""
+    if not chat:
+        return _number(body, "logprobs", None, 0, MAX_COMPLETION_LOGPROBS, integer=True)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise RequestError("'logprobs' must be true or false", "logprobs")
+    top = _number(body, "top_logprobs", None, 0, MAX_CHAT_TOP_LOGPROBS, integer=True)
+    if top is not None and not wanted:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
 def parse_completion(body, loaded: LoadedModel, chat: bool = False,
                      limits: Limits = DEFAULT_LIMITS) -> CompletionRequest:
     """Validate a /v1/completions (or, with `chat`, /v1/chat/completions) body within `limits`, or
@@ -179,8 +195,9 @@ def parse_completion(body, loaded: LoadedModel, chat: bool = False,
     event loop."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", *PENALTY_FIELDS}
-    known |= {"messages", "max_completion_tokens"} if chat else {"prompt"}
+    known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "logprobs",
+             *PENALTY_FIELDS}
+    known |= {"messages", "max_completion_tokens", "top_logprobs"} if chat else {"prompt"}
     unknown = sorted(set(body) - known - IGNORED_FIELDS)
     if unknown:
         raise RequestError(f"unknown field '{unknown[0]}'", unknown[0])
@@ -194,6 +211,7 @@ def parse_completion(body, loaded: LoadedModel, chat: bool = False,
     else:
         prompt = _text_prompt(body, loaded, limits)
     params = _sampling(body, loaded, limits)
+    params["logprobs"] = _logprobs(body, chat)
     ids = loaded.tokenizer.encode(prompt, add_special_tokens=add_special)
     ctx_len = loaded.max_sequence_length
     if len(ids) >= ctx_len:

@@ -15,6 +15,7 @@ import uuid
 from starlette.responses import JSONResponse
 
 from edgekit.device.generate import GenerationResult
+from edgekit.device.logprobs import TokenText, shaped
 
 
 def error_response(message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error",
@@ -46,9 +47,9 @@ def timeout_message(request_timeout: float) -> str:
 
 
 def completion_body(model: str, chat: bool, cid: str, text: str, finish_reason: str | None, usage: dict | None,
-                    delta: bool, first: bool = False) -> dict:
+                    delta: bool, first: bool = False, logprobs: dict | None = None) -> dict:
     """A completion (`delta` False) or one streamed chunk of it, text or chat shaped; the first chat
-    chunk carries the assistant role."""
+    chunk carries the assistant role. `logprobs` (edgekit.device.logprobs.shaped) goes in the choice."""
     now = int(time.time())
     if chat:
         key = "delta" if delta else "message"
@@ -58,6 +59,8 @@ def completion_body(model: str, chat: bool, cid: str, text: str, finish_reason: 
     else:
         out = {"id": cid, "object": "text_completion", "created": now, "model": model,
                "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}]}
+    if logprobs is not None:
+        out["choices"][0]["logprobs"] = logprobs
     if usage is not None:
         out["usage"] = usage
     return out
@@ -76,13 +79,19 @@ class ChunkWriter:
     ("delta", text) -> a chunk, ("done", (result, text, usage)) -> the final chunk with usage and
     [DONE] (or a timeout error event), ("error", exc) -> a server_error event."""
 
-    def __init__(self, model: str, chat: bool, cid: str, timeout_text: str, timed_out):
+    def __init__(self, model: str, chat: bool, cid: str, timeout_text: str, timed_out, names: TokenText | None = None):
         self.model, self.chat, self.cid = model, chat, cid
         self.timeout_text, self.timed_out = timeout_text, timed_out
         self.first = True
+        self.names, self.offset = names, 0  # token names for logprobs; characters sent so far
 
     def event(self, kind: str, value) -> str:
         first, self.first = self.first, False
+        if kind == "delta" and isinstance(value, tuple):  # (text, the logprobs of its tokens)
+            text, entries = value
+            logprobs = shaped(entries, self.names, self.chat, self.offset)
+            self.offset += len(text)
+            return sse(completion_body(self.model, self.chat, self.cid, text, None, None, True, first, logprobs))
         if kind == "delta":
             return sse(completion_body(self.model, self.chat, self.cid, value, None, None, True, first))
         if kind == "done" and self.timed_out(value[0]):

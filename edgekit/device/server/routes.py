@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgekit.device.embeddings import embeddings_body
 from edgekit.device.limits import Limits
+from edgekit.device.logprobs import TokenText, shaped
 from edgekit.device.server.admission import Door, ModelHost, Refusal
 from edgekit.device.server.metering import Ledger, Meters
 from edgekit.device.server.parse import RequestError, parse_completion, parse_embeddings, parse_json
@@ -60,6 +61,10 @@ class Routes:
             return await run_in_threadpool(parse_json, raw), None
         except RequestError as exc:
             return None, self.fail(route, started, str(exc), exc.param, exc.status)
+
+    def token_names(self) -> TokenText:
+        """Text and bytes of single tokens of the loaded model (for logprobs)."""
+        return TokenText(self.host.loaded.tokenizer)
 
     async def health(self, request: Request):
         host = self.host
@@ -156,15 +161,17 @@ class Routes:
                         return self.fail(route, started, f"{timeout_message(self.request_timeout)} "
                                          f"({res.completion_tokens} tokens generated)", status=504, usage=usage)
                     self.ledger.finish(route, 200, started, usage)
-                    return JSONResponse(completion_body(self.host.loaded.name, session.request.chat, session.cid,
-                                                        text, res.finish_reason, usage, False))
+                    chat, entries = session.request.chat, session.logprobs
+                    logprobs = None if entries is None else shaped(entries, self.token_names(), chat)
+                    return JSONResponse(completion_body(self.host.loaded.name, chat, session.cid, text,
+                                                        res.finish_reason, usage, False, logprobs=logprobs))
         finally:
             session.cancel()
 
     async def stream(self, session: GenerationSession, channel: Channel):
         """The SSE body: one event per token; the events that arrived together go out in one write."""
         writer = ChunkWriter(self.host.loaded.name, session.request.chat, session.cid,
-                             timeout_message(self.request_timeout), session.timed_out)
+                             timeout_message(self.request_timeout), session.timed_out, self.token_names())
         try:
             while True:
                 out = []

@@ -2,7 +2,8 @@
 thread: prompt tokens -> streamed text pieces (stop strings held back by edgekit.device.generate),
 cancelled at the next token when the client goes away or the request's deadline passes.
 
-Events go to a serving.Channel read by the event loop: ("delta", text) while streaming,
+Events go to a serving.Channel read by the event loop: ("delta", text) while streaming (("delta",
+(text, [TokenLogprob...])) when the request asked for logprobs: the tokens behind that text),
 ("done", (GenerationResult, text, usage)) or ("error", exception) at the end.
 Deadlines in seconds on time.monotonic. May import: stdlib, edgekit.device.
 """
@@ -14,6 +15,7 @@ import time
 from typing import Callable
 
 from edgekit.device.generate import GenerationResult, generate
+from edgekit.device.logprobs import LogprobRecorder, TokenLogprob
 from edgekit.device.server.metering import Meters
 from edgekit.device.server.parse import CompletionRequest
 from edgekit.device.server.responses import generation_usage
@@ -31,6 +33,8 @@ class GenerationSession:
         self.clock = clock
         self.deadline = clock() + timeout_seconds
         self.cancelled = threading.Event()
+        # the logprobs of the tokens whose text was delivered (None: not asked for)
+        self.logprobs: list[TokenLogprob] | None = None if request.logprobs is None else []
 
     def cancel(self) -> None:
         """Stop at the next token (a client that went away)."""
@@ -68,14 +72,19 @@ class GenerationSession:
 
     def _generate(self, channel, parts: list[str]) -> GenerationResult:
         req, m = self.request, self.loaded
+        recorder = None if req.logprobs is None else LogprobRecorder(req.logprobs)
         gen = generate(m.model, m.tokenizer, req.prompt_ids, req.max_tokens, req.sampler(), req.stop,
-                       should_stop=self.should_stop)
+                       should_stop=self.should_stop, recorder=recorder)
         while True:
             try:
                 piece = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if recorder is not None:
+                taken = recorder.take()
+                self.logprobs.extend(taken)
+                piece_event = (piece, taken)
             if req.stream:
-                channel.put(("delta", piece))
+                channel.put(("delta", piece if recorder is None else piece_event))
             else:  # nothing to send before the end: no per-token wake-ups
                 parts.append(piece)
