@@ -14,8 +14,9 @@ from typing import Callable
 
 import torch
 
-from edgekit.workshop import textdata
 from edgekit.core.errors import BuildError
+from edgekit.workshop import textdata
+from edgekit.workshop.distill_settings import DistillSettings
 
 
 def _kd_loss(s_logits, t_logits, labels, s: DistillSettings, s_hidden=None, t_hidden=None, mask=None):
