@@ -25,7 +25,7 @@ def test_default_recipe_builds_and_evaluates(shared_dir, tmp_path):
     assert m["name"] == "smollm2-135m" and m["model"]["precision"] == "int8-dynamic"
     d = m["provenance"]["stages"][0]["metrics"]["distill"]
     assert len(d["keep_layers"]) == 24 and d["parameters"]["layer_ratio"] == 0.8 and d["steps"] == 3
-    assert "budgets up to 5 min" in d["layer_reason"]
+    assert d["layer_reason"] == ""  # the recipe keeps 24 layers at every budget: no budget rule to report
     assert d["parameters"]["teacher"]["total"] > 134_000_000
     assert m["model"]["architecture"]["layers"] == 24 and m["gate"]["passed"]
     sg = m["provenance"]["stages"][0]["metrics"]["student_gate"]
