@@ -94,18 +94,23 @@ def test_distill_cli_reports_finite_perplexity(tmp_path):
 def test_interrupted_distillation_resumes(tmp_path):
     out = tmp_path / "student"
     ckpt = tmp_path / "student.checkpoints" / "checkpoint" / "state.json"
-    # far more steps than run before the interrupt, whatever this machine's speed (300 steps once finished
-    # in 17 s on an idle CI box before the poll below saw step 20)
+    # far more steps than run before the interrupt, whatever this machine's speed
     args = [sys.executable, "-m", "edgekit", "distill", "--recipe", "stories260k", "--max-steps", "20000",
             "--checkpoint-every", "10", "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # a shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: give the child the default disposition so Ctrl-C reaches it however the suite was started
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not ckpt.is_file() or json.loads(ckpt.read_text())["step"] < 20:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a 20,000-step run behind
     assert proc.returncode == 130, err[-2000:]
     assert "checkpoint saved" in err and "Traceback" not in err
     stopped_at = json.loads(ckpt.read_text())["step"]
