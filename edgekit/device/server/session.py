@@ -80,11 +80,10 @@ class GenerationSession:
                 piece = next(gen)
             except StopIteration as stop:
                 return stop.value
-            if recorder is not None:
-                taken = recorder.take()
+            taken = None if recorder is None else recorder.take()  # the logprobs of this piece's tokens
+            if taken is not None:
                 self.logprobs.extend(taken)
-                piece_event = (piece, taken)
             if req.stream:
-                channel.put(("delta", piece if recorder is None else piece_event))
+                channel.put(("delta", piece if taken is None else (piece, taken)))
             else:  # nothing to send before the end: no per-token wake-ups
                 parts.append(piece)
