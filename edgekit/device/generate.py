@@ -29,6 +29,7 @@ class GenerationResult:
     finish_reason: str = "length"
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    cached_tokens: int = 0  # prompt tokens whose KV cache came from the prefix cache (not run again)
 
     @property
     def completion_tokens(self) -> int:
@@ -62,19 +63,24 @@ def generate(
     clock: Callable[[], float] = time.perf_counter,
     should_stop: Callable[[], bool] | None = None,
     recorder=None,
+    prefix_cache=None,
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
     (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
     (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
-    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties)."""
+    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
+    With a `prefix_cache` (edgekit.device.prefix_cache.PrefixCache) the prompt's longest stored prefix is
+    not run again (its lookup counts in prefill_seconds), and the cache of the prompt plus the completion
+    tokens fed back is stored at the end, so a next chat turn that repeats this answer matches it."""
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
-    cache = model.new_cache()
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
-    logits = model.forward(prompt_ids, cache, last_only=True)[-1]
+    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
+    result.cached_tokens = reused
+    logits = model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
     result.prefill_seconds = clock() - t0
     t_decode = clock()
     history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
@@ -103,6 +109,8 @@ def generate(
             break
         logits = model.forward([token], cache)[-1]
     result.decode_seconds = clock() - t_decode
+    if prefix_cache is not None:  # the cache holds the prompt and every completion token fed back
+        prefix_cache.store(model, (prompt_ids + result.token_ids)[:getattr(cache, "length", 0)], cache)
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)
         result.finish_reason = "stop" if hit else result.finish_reason

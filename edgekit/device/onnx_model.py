@@ -47,6 +47,15 @@ class OnnxCausalLM:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         return KVCache(past=[empty] * len(self.past_names), length=0)
 
+    def cache_copy(self, cache: KVCache, n_tokens: int) -> KVCache:
+        """An independent cache holding the first `n_tokens` of `cache` (edgekit.device.prefix_cache)."""
+        if not 0 <= n_tokens <= cache.length:
+            raise ValueError(f"cannot copy {n_tokens} tokens of a cache holding {cache.length}")
+        return KVCache(past=[np.array(a[:, :, :n_tokens]) for a in cache.past], length=n_tokens)
+
+    def cache_nbytes(self, cache: KVCache) -> int:
+        return sum(a.nbytes for a in cache.past)
+
     def forward(self, token_ids: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab] ([1, vocab]
         of the last token with `last_only`, the only row computed when the graph selects); updates cache."""

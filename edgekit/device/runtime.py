@@ -57,6 +57,7 @@ class LoadedModel:
     threads_source: str = ""
     device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
     fallback_warning: str | None = None  # --allow-cpu-fallback let an unusable delegate run on the CPU
+    prefix_cache: object | None = None  # edgekit.device.prefix_cache.PrefixCache (serve --prefix-cache-mib)
 
     @property
     def delegation(self):
@@ -86,10 +87,19 @@ class LoadedModel:
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
             "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
+            "prefix_cache": self.describe_prefix_cache(),
             **({"generation_defaults": generation_defaults(self.generation),
                 "chat_template": self.generation.get("chat_template") or None}  # as llama-server's /props
                if m["task"] == "text-generation" else {}),
         }
+
+    def describe_prefix_cache(self) -> dict | None:
+        """/props "prefix_cache": budget, use and reuse; whether this runner can reuse at all."""
+        if self.prefix_cache is None:
+            return None
+        from edgekit.device.prefix_cache import supports
+
+        return dict(self.prefix_cache.describe(), runner_supported=supports(self.model))
 
     @property
     def name(self) -> str:

@@ -111,6 +111,24 @@ class SegmentedCausalLM:
         return SegmentCache([np.zeros(shape, np.float32) for _ in range(self.layers)],
                             [np.zeros(shape, np.float32) for _ in range(self.layers)], 0)
 
+    def cache_copy(self, cache: SegmentCache, n_tokens: int) -> SegmentCache:
+        """An independent, compact cache of the first `n_tokens` (edgekit.device.prefix_cache);
+        forward() widens it to the full capacity."""
+        if not 0 <= n_tokens <= cache.length:
+            raise ValueError(f"cannot copy {n_tokens} tokens of a cache holding {cache.length}")
+        return SegmentCache([np.array(k[:, :n_tokens]) for k in cache.keys],
+                            [np.array(v[:, :n_tokens]) for v in cache.values], n_tokens)
+
+    def cache_nbytes(self, cache: SegmentCache) -> int:
+        return sum(a.nbytes for a in cache.keys) + sum(a.nbytes for a in cache.values)
+
+    def _widen(self, cache: SegmentCache) -> None:
+        if cache.keys and cache.keys[0].shape[1] < self.cache_length:
+            full = self.new_cache()
+            for dst, src in zip(full.keys + full.values, cache.keys + cache.values):
+                dst[:, :src.shape[1]] = src
+            cache.keys, cache.values = full.keys, full.values
+
     def _rope(self, t: np.ndarray, pos: int) -> np.ndarray:
         half = self.head_dim // 2
         rotated = np.concatenate([-t[:, half:], t[:, :half]], axis=-1)
@@ -168,6 +186,7 @@ class SegmentedCausalLM:
             raise ValueError("forward needs at least one token")
         if cache.length + n > self.cache_length:
             raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
+        self._widen(cache)
         out = []
         for i, token in enumerate(token_ids):
             pos = cache.length + i

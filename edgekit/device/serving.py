@@ -92,6 +92,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("edgekit_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
         self.tokens = Counter("edgekit_tokens", "Tokens processed", ["kind"], registry=r)
+        self.prefix_hits = Counter("edgekit_prefix_cache_hits", "Requests whose prompt reused a cached prefix "
+                                   "(edgekit_tokens{kind=\"prompt_cached\"}: the tokens reused)", registry=r)
         self.latency = Histogram("edgekit_request_seconds", "Request latency (seconds)", ["route"], registry=r,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.prefill = Histogram("edgekit_prefill_seconds", "Prompt prefill time (seconds)", registry=r,
@@ -149,6 +151,10 @@ class Metrics:
         if usage:
             self.tokens.labels("prompt").inc(usage.get("prompt_tokens", 0))
             self.tokens.labels("completion").inc(usage.get("completion_tokens", 0))
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            if cached:
+                self.tokens.labels("prompt_cached").inc(cached)
+                self.prefix_hits.inc()
             if "prefill_ms" in usage:
                 self.prefill.observe(usage["prefill_ms"] / 1000)
             if usage.get("decode_tokens_per_second"):

@@ -187,6 +187,27 @@ class TfliteCausalLM:
         """The cache's arrays, wherever they live (tests and tools; not needed to generate)."""
         return self._resident.export(cache) if self._resident is not None else cache.arrays
 
+    def cache_copy(self, cache: StaticCache, n_tokens: int) -> StaticCache:
+        """An independent cache holding the first `n_tokens` of `cache` (edgekit.device.prefix_cache),
+        copied out of the interpreter when resident. Its arrays are compact ([1, kv, n_tokens, hd]):
+        forward() widens them to the cache's capacity when it runs them."""
+        if not 0 <= n_tokens <= cache.length:
+            raise ValueError(f"cannot copy {n_tokens} tokens of a cache holding {cache.length}")
+        return StaticCache([np.array(a[:, :, :n_tokens]) for a in self.cache_arrays(cache)], n_tokens)
+
+    def cache_nbytes(self, cache: StaticCache) -> int:
+        return sum(a.nbytes for a in cache.arrays)
+
+    def _widen(self, cache: StaticCache) -> None:
+        """Give a compact cache (cache_copy) arrays of the full capacity, for the copying path."""
+        if self._resident is None and cache.arrays and cache.arrays[0].shape[2] < self.cache_length:
+            full = []
+            for a in cache.arrays:
+                w = np.zeros(self.cache_shape, np.float32)
+                w[:, :, :a.shape[2]] = a
+                full.append(w)
+            cache.arrays = full
+
     def _step(self, sig: SignatureCall, tokens: list[int], start: int, cache: StaticCache) -> np.ndarray:
         """Logits [len(tokens), vocab]; from a selecting prefill, [1, vocab] of the last of `tokens`."""
         t, real = sig.length, len(tokens)
@@ -218,6 +239,7 @@ class TfliteCausalLM:
             raise ValueError("forward needs at least one token")
         if cache.length + n > self.cache_length:
             raise ValueError(f"sequence of {cache.length + n} tokens exceeds the model's {self.cache_length}")
+        self._widen(cache)
         p = self.prefill.length
         every_row = not last_only and self.selects  # a selecting prefill gives one row per call
         chunks, i = [], 0

@@ -33,6 +33,7 @@ def generation_usage(res: GenerationResult) -> dict:
         "prompt_tokens": res.prompt_tokens,
         "completion_tokens": res.completion_tokens,
         "total_tokens": res.prompt_tokens + res.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": res.cached_tokens},  # OpenAI's: reused, not run again
         "prefill_ms": round(res.prefill_seconds * 1000, 3),
         "decode_tokens_per_second": round(res.decode_tokens_per_second, 2),
     }

@@ -1,0 +1,103 @@
+"""A prompt/prefix cache for `edgekit serve`: the KV caches of recent generations, kept within a
+memory budget (bytes, least recently used dropped first), so a prompt that starts with tokens run
+before (a chat's system prompt and earlier turns) prefills only the rest.
+
+An entry is the token ids a cache holds (prompt + the completion tokens fed back) and an
+independent snapshot of that cache. A runner takes part when it has `cache_copy(cache, n_tokens)`
+(an independent cache holding the first n tokens: snapshots are stored and restored with it) and
+`cache_nbytes(cache)`; other runners (no such methods) simply get no reuse. A lookup always leaves
+at least one prompt token to run: the next token's logits come from running it.
+Sizes in bytes. Not thread-safe by itself: the server uses it under the model lock.
+May import: stdlib, edgekit.core, edgekit.device.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+def supports(model) -> bool:
+    """Whether `model` can snapshot and restore its cache (ONNX and LiteRT runners can)."""
+    return callable(getattr(model, "cache_copy", None)) and callable(getattr(model, "cache_nbytes", None))
+
+
+def common_prefix(a, b) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class _Entry:
+    tokens: tuple[int, ...]
+    snapshot: object
+    nbytes: int
+
+
+class PrefixCache:
+    """Snapshots of KV caches by the tokens they hold, within `budget_bytes` (LRU)."""
+
+    def __init__(self, budget_bytes: int):
+        if budget_bytes < 0:
+            raise ValueError("the prefix cache budget cannot be negative")
+        self.budget_bytes = int(budget_bytes)
+        self.entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # oldest use first
+        self.used_bytes = 0
+        self.lookups = self.hits = self.tokens_reused = self.evictions = 0
+
+    def lookup(self, model, prompt_ids: list[int]):
+        """(a cache for `model` holding the longest stored prefix of `prompt_ids`, that prefix's length
+        in tokens); (model.new_cache(), 0) when nothing matches or the runner cannot restore caches.
+        At most len(prompt_ids) - 1 tokens are reused."""
+        self.lookups += 1
+        best, best_n = None, 0
+        if supports(model):
+            for entry in self.entries.values():
+                n = min(common_prefix(entry.tokens, prompt_ids), len(prompt_ids) - 1)
+                if n > best_n:
+                    best, best_n = entry, n
+        if best is None:
+            return model.new_cache(), 0
+        self.entries.move_to_end(best.tokens)
+        self.hits += 1
+        self.tokens_reused += best_n
+        return model.cache_copy(best.snapshot, best_n), best_n
+
+    def store(self, model, token_ids: list[int], cache) -> bool:
+        """Keep a snapshot of `cache`, which holds `token_ids` (all of them, in order). Entries whose
+        tokens are a prefix of these are dropped (this one covers them); the least recently used go
+        until it fits. False when it was not kept (no support, empty, or larger than the budget)."""
+        tokens = tuple(token_ids)
+        if not tokens or not supports(model) or self.budget_bytes == 0:
+            return False
+        snapshot = model.cache_copy(cache, len(tokens))
+        nbytes = int(model.cache_nbytes(snapshot))
+        if nbytes > self.budget_bytes:
+            return False
+        for key in [k for k in self.entries if common_prefix(k, tokens) == len(k)]:
+            self._drop(key)
+        while self.used_bytes + nbytes > self.budget_bytes:
+            self._drop(next(iter(self.entries)))
+            self.evictions += 1
+        self.entries[tokens] = _Entry(tokens, snapshot, nbytes)
+        self.used_bytes += nbytes
+        return True
+
+    def _drop(self, key) -> None:
+        self.used_bytes -= self.entries.pop(key).nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.used_bytes = 0
+
+    def describe(self) -> dict:
+        """/props "prefix_cache": the budget and its use, and the reuse so far."""
+        return {"budget_bytes": self.budget_bytes, "used_bytes": self.used_bytes, "entries": len(self.entries),
+                "tokens_held": sum(len(k) for k in self.entries), "lookups": self.lookups, "hits": self.hits,
+                "tokens_reused": self.tokens_reused, "evictions": self.evictions}
