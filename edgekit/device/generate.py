@@ -67,20 +67,15 @@ def generate(
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
     (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
-    (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
-    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
-    With a `prefix_cache` (edgekit.device.prefix_cache.PrefixCache) the prompt's longest stored prefix is
-    not run again (its lookup counts in prefill_seconds), and the cache of the prompt plus the completion
-    tokens fed back is stored at the end, so a next chat turn that repeats this answer matches it."""
+    (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.LogprobRecorder)
+    gets each generated token and its logits (before penalties). `prefix_cache`: see _prefill, _remember."""
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
-    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
-    result.cached_tokens = reused
-    logits = model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
+    cache, result.cached_tokens, logits = _prefill(model, prompt_ids, prefix_cache)
     result.prefill_seconds = clock() - t0
     t_decode = clock()
     history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
@@ -109,8 +104,7 @@ def generate(
             break
         logits = model.forward([token], cache)[-1]
     result.decode_seconds = clock() - t_decode
-    if prefix_cache is not None:  # the cache holds the prompt and every completion token fed back
-        prefix_cache.store(model, (prompt_ids + result.token_ids)[:getattr(cache, "length", 0)], cache)
+    _remember(prefix_cache, model, prompt_ids + result.token_ids, cache)
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)
         result.finish_reason = "stop" if hit else result.finish_reason
@@ -119,6 +113,21 @@ def generate(
         yield pending
     result.text = "".join(sent)
     return result
+
+
+def _prefill(model, prompt_ids: list[int], prefix_cache):
+    """(the cache after the prompt, prompt tokens taken from `prefix_cache`, the last token's logits).
+    The prompt's longest stored prefix is not run again; its lookup counts in prefill_seconds."""
+    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
+    return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
+
+
+def _remember(prefix_cache, model, ids: list[int], cache) -> None:
+    """Store the cache in `prefix_cache` (if any) under the tokens it holds: the prompt and the
+    completion tokens fed back (`ids` up to the cache's length), so a next chat turn that repeats
+    this answer matches all of it."""
+    if prefix_cache is not None:
+        prefix_cache.store(model, ids[:getattr(cache, "length", 0)], cache)
 
 
 def _cut_at_stop(pending: str, stops: list[str]) -> tuple[str, bool]:
