@@ -154,12 +154,12 @@ class _Tok:
         return "".join(chr(97 + i) for i in ids)
 
 
-def _client(budget_bytes: int | None) -> TestClient:
+def _client(budget_bytes: int | None, reuse_answers: bool = False) -> TestClient:
     manifest = {"name": "toy", "task": "text-generation", "target": {"name": "fake"},
                 "model": {"max_sequence_length": 64, "format": "onnx", "precision": "fp32", "runtime": "fake"}}
     loaded = LoadedModel(bundle=Bundle(Path("."), manifest), model=_onnx(), tokenizer=FakeTokenizer(),
                          generation={"max_new_tokens": 4, "temperature": 0.0},
-                         prefix_cache=None if budget_bytes is None else PrefixCache(budget_bytes))
+                         prefix_cache=None if budget_bytes is None else PrefixCache(budget_bytes, reuse_answers))
     return TestClient(create_app(loaded))
 
 
@@ -174,8 +174,10 @@ def _chat(client, messages, stream=False):
     return "".join(e["choices"][0]["delta"].get("content", "") for e in events), events[-1]["usage"]
 
 
-def test_http_chat_reports_cached_tokens_and_answers_as_without_the_cache():
-    on, off = _client(1 << 20), _client(None)
+@pytest.mark.parametrize("reuse_answers", [False, True])
+def test_http_chat_reports_cached_tokens_and_answers_as_without_the_cache(reuse_answers):
+    on, off = _client(1 << 20, reuse_answers), _client(None)
+    prompts = []
     msgs, cached = [], []
     for turn, user in enumerate(["abc", "de", "fa"]):
         msgs.append({"role": "user", "content": user})
@@ -184,8 +186,13 @@ def test_http_chat_reports_cached_tokens_and_answers_as_without_the_cache():
         assert text_on == text_off and usage_on["prompt_tokens"] == usage_off["prompt_tokens"]
         assert usage_off["prompt_tokens_details"] == {"cached_tokens": 0}
         cached.append(usage_on["prompt_tokens_details"]["cached_tokens"])
+        prompts.append(usage_on["prompt_tokens"])
         msgs.append({"role": "assistant", "content": text_on})
-    assert cached[0] == 0 and 0 < cached[1] < cached[2] < usage_on["prompt_tokens"]
+    assert cached[0] == 0 and 0 < cached[1] < cached[2] < prompts[2]
+    if reuse_answers:  # the previous prompt and its answer's tokens (all but the last, never fed back)
+        assert cached[1] > prompts[0] and cached[2] > prompts[1]
+    else:  # exactly the previous prompt
+        assert cached[1:] == prompts[:2]
     props = on.get("/props").json()["prefix_cache"]
     assert props["hits"] == 2 and props["tokens_reused"] == cached[1] + cached[2]
     assert props["runner_supported"] and 0 < props["used_bytes"] <= props["budget_bytes"] == 1 << 20
@@ -195,10 +202,11 @@ def test_http_chat_reports_cached_tokens_and_answers_as_without_the_cache():
     assert f'edgekit_tokens_total{{kind="prompt_cached"}} {float(cached[1] + cached[2])}' in text
 
 
-def test_completions_report_cached_tokens_too():
-    c = _client(1 << 20)
+@pytest.mark.parametrize("reuse_answers,reused", [(False, 7), (True, 7 + 1)])
+def test_completions_report_cached_tokens_too(reuse_answers, reused):
+    c = _client(1 << 20, reuse_answers)
     first = c.post("/v1/completions", json={"prompt": "abcdef", "max_tokens": 2}).json()
     again = c.post("/v1/completions", json={"prompt": "abcdef" + first["choices"][0]["text"] + "g",
                                            "max_tokens": 2}).json()
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
-    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 7 + 1  # BOS + 6 letters + 1 answer token fed
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == reused  # BOS + 6 letters (+ 1 answer token fed)

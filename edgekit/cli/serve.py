@@ -41,6 +41,9 @@ from edgekit.cli.sign import signed_line, trust_check, trust_option
 @click.option("--prefix-cache-mib", default=128.0, show_default=True, type=click.FloatRange(0, None),
               help="Memory (MiB) for the KV caches of recent requests, reused when a prompt starts with tokens run "
                    "before (a chat's system prompt and earlier turns; least recently used dropped first). 0 = off.")
+@click.option("--prefix-cache-answers", is_flag=True,
+              help="Also keep the answers' KV caches, so a chat's next turn reuses the answer it repeats (faster; "
+                   "greedy output can then differ where two tokens nearly tie: decode steps round differently).")
 @click.option("--request-log", type=click.Path(path_type=Path), default=None,
               help="JSONL request log (one line per request) [default: $EDGEKIT_HOME/logs/<name>-<target>-<precision>-requests.jsonl].")
 @power_options
@@ -58,7 +61,8 @@ from edgekit.cli.sign import signed_line, trust_check, trust_option
                    "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
 @trust_option
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, allow_cpu_fallback, api_key,
-          max_queue, request_timeout, prefix_cache_mib, request_log, power, power_channels, board, power_hz, power_log,
+          max_queue, request_timeout, prefix_cache_mib, prefix_cache_answers, request_log, power, power_channels,
+          board, power_hz, power_log,
           power_log_max_mb, subtract_idle, grid_intensity, country, verify_first, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
@@ -97,7 +101,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
     logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
     log_path = request_log or logs / f"{stem}-requests.jsonl"
-    loader = _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib)
+    loader = _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib,
+                     prefix_cache_answers)
     if subtract_idle and power == "none":
         raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
     request_log_file = _request_log(log_path)
@@ -130,10 +135,12 @@ def _delegate_options(items) -> dict:
     return options
 
 
-def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib=0.0):
+def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib=0.0,
+            prefix_cache_answers=False):
     """The function that opens the model (the server calls it in the background). A GPU / Edge TPU bundle
     is opened now, before anything listens: a missing or useless delegate is an error at once. A
-    text-generation model gets a prefix cache of `prefix_cache_mib` MiB (0: none)."""
+    text-generation model gets a prefix cache of `prefix_cache_mib` MiB (0: none), keeping the answers'
+    caches too with `prefix_cache_answers`."""
     from edgekit.device.delegation import DelegateUnusable
     from edgekit.device.prefix_cache import MIB, PrefixCache
     from edgekit.device.runtime import open_model, requests_hardware_delegate
@@ -142,7 +149,7 @@ def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_ca
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None,
                             allow_cpu_fallback=allow_cpu_fallback)  # an unusable delegate: DelegateUnusable
         if prefix_cache_mib > 0 and loaded.task == "text-generation":
-            loaded.prefix_cache = PrefixCache(int(prefix_cache_mib * MIB))
+            loaded.prefix_cache = PrefixCache(int(prefix_cache_mib * MIB), reuse_answers=prefix_cache_answers)
         if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
             _say(loaded.fallback_warning)
         elif loaded.delegation is not None and loaded.delegation.hardware:

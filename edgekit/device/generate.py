@@ -66,9 +66,9 @@ def generate(
     prefix_cache=None,
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
-    (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
-    (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.LogprobRecorder)
-    gets each generated token and its logits (before penalties). `prefix_cache`: see _prefill, _remember."""
+    (`result = yield from generate(...)` or `drain(...)`). `should_stop` lets a caller cancel (a client went
+    away): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.LogprobRecorder) gets each
+    generated token and its logits (before penalties). `prefix_cache`: see _prefill."""
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
@@ -104,7 +104,7 @@ def generate(
             break
         logits = model.forward([token], cache)[-1]
     result.decode_seconds = clock() - t_decode
-    _remember(prefix_cache, model, prompt_ids + result.token_ids, cache)
+    _store(prefix_cache, model, prompt_ids, result.token_ids, cache)
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)
         result.finish_reason = "stop" if hit else result.finish_reason
@@ -122,12 +122,10 @@ def _prefill(model, prompt_ids: list[int], prefix_cache):
     return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
 
 
-def _remember(prefix_cache, model, ids: list[int], cache) -> None:
-    """Store the cache in `prefix_cache` (if any) under the tokens it holds: the prompt and the
-    completion tokens fed back (`ids` up to the cache's length), so a next chat turn that repeats
-    this answer matches all of it."""
+def _store(prefix_cache, model, prompt_ids: list[int], completion_ids: list[int], cache) -> None:
+    """Keep the prompt's cache (and the answer's, with reuse_answers) for later requests."""
     if prefix_cache is not None:
-        prefix_cache.store(model, ids[:getattr(cache, "length", 0)], cache)
+        prefix_cache.store_generation(model, prompt_ids, completion_ids, cache)
 
 
 def _cut_at_stop(pending: str, stops: list[str]) -> tuple[str, bool]:
