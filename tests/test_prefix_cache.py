@@ -106,7 +106,9 @@ def test_lru_within_the_byte_budget():
     cache = m.new_cache()
     m.forward(huge, cache)
     assert not pc.store(m, huge, cache) and tuple(huge) not in pc.entries  # larger than the budget
-    assert pc.describe()["used_bytes"] == 8 * per_token
+    assert pc.describe()["used_bytes"] == 8 * per_token and pc.describe()["tokens_held"] == 8
+    pc.clear()
+    assert (pc.used_bytes, pc.tokens_held, len(pc.entries)) == (0, 0, 0)
 
 
 def test_a_runner_without_snapshots_gets_no_reuse():

@@ -14,7 +14,8 @@ answer's keys and values come from one-token decode steps, whose arithmetic can 
 batched prefill of the same tokens (measured on an int8-dynamic ONNX graph: logits up to 0.4 apart), so
 with `reuse_answers` greedy output can differ from an uncached run where two tokens nearly tie. Prompt
 prefixes are exact: runners give the same values whatever the prefill's split (tested).
-Sizes in bytes. Not thread-safe by itself: the server uses it under the model lock.
+Sizes in bytes. Lookups and stores are not thread-safe by themselves: the server makes them under the
+model lock.
 May import: stdlib, edgekit.core, edgekit.device.
 """
 
@@ -56,7 +57,7 @@ class PrefixCache:
         self.budget_bytes = int(budget_bytes)
         self.reuse_answers = reuse_answers
         self.entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # oldest use first
-        self.used_bytes = 0
+        self.used_bytes = self.tokens_held = 0  # kept as counts: /props reads them from another thread
         self.lookups = self.hits = self.tokens_reused = self.evictions = 0
 
     def lookup(self, model, prompt_ids: list[int]):
@@ -95,6 +96,7 @@ class PrefixCache:
             self.evictions += 1
         self.entries[tokens] = _Entry(tokens, snapshot, nbytes)
         self.used_bytes += nbytes
+        self.tokens_held += len(tokens)
         return True
 
     def store_generation(self, model, prompt_ids: list[int], completion_ids: list[int], cache) -> bool:
@@ -105,14 +107,17 @@ class PrefixCache:
         return self.store(model, (list(prompt_ids) + list(completion_ids))[:n], cache)
 
     def _drop(self, key) -> None:
-        self.used_bytes -= self.entries.pop(key).nbytes
+        entry = self.entries.pop(key)
+        self.used_bytes -= entry.nbytes
+        self.tokens_held -= len(entry.tokens)
 
     def clear(self) -> None:
         self.entries.clear()
-        self.used_bytes = 0
+        self.used_bytes = self.tokens_held = 0
 
     def describe(self) -> dict:
-        """/props "prefix_cache": the budget and its use, and the reuse so far."""
+        """/props "prefix_cache": the budget and its use, and the reuse so far (plain counters: safe to
+        read while a generation thread stores)."""
         return {"budget_bytes": self.budget_bytes, "reuse_answers": self.reuse_answers, "used_bytes": self.used_bytes, "entries": len(self.entries),
-                "tokens_held": sum(len(k) for k in self.entries), "lookups": self.lookups, "hits": self.hits,
+                "tokens_held": self.tokens_held, "lookups": self.lookups, "hits": self.hits,
                 "tokens_reused": self.tokens_reused, "evictions": self.evictions}
