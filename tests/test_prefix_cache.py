@@ -74,6 +74,11 @@ def test_longest_prefix_wins_and_one_token_is_always_left_to_run():
         m.forward(tokens, cache)
         pc.store(m, tokens, cache)
     assert len(pc.entries) == 2  # [0, 2, 3] is a prefix of [0, 2, 3, 4, 5]: superseded
+    used = pc.used_bytes
+    cache = m.new_cache()
+    m.forward([0, 2, 3, 4], cache)
+    assert pc.store(m, [0, 2, 3, 4], cache) and pc.used_bytes == used  # held by [0, 2, 3, 4, 5] already
+    assert list(pc.entries)[-1] == (0, 2, 3, 4, 5)  # ... which is now the most recently used
     cache, n = pc.lookup(m, [0, 2, 3, 4, 9])
     assert n == 4 and cache.length == 4 and cache.past[0][0, 0, :, 0].tolist() == [0, 2, 3, 4]
     cache, n = pc.lookup(m, [0, 2, 3, 4, 5])  # the whole prompt is stored: its last token still runs

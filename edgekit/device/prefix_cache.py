@@ -79,12 +79,16 @@ class PrefixCache:
         return model.cache_copy(best.snapshot, best_n), best_n
 
     def store(self, model, token_ids: list[int], cache) -> bool:
-        """Keep a snapshot of `cache`, which holds `token_ids` (all of them, in order). Entries whose
-        tokens are a prefix of these are dropped (this one covers them); the least recently used go
-        until it fits. False when it was not kept (no support, empty, or larger than the budget)."""
+        """Keep a snapshot of `cache`, which holds `token_ids` (all of them, in order), unless an entry
+        already holds them. Entries whose tokens are a prefix of these are dropped (this one covers
+        them); the least recently used go until it fits. False when it was not kept (no support, empty, or larger than the budget)."""
         tokens = tuple(token_ids)
         if not tokens or not supports(model) or self.budget_bytes == 0:
             return False
+        covering = next((k for k in self.entries if common_prefix(k, tokens) == len(tokens)), None)
+        if covering is not None:  # already held (by this entry or a longer one): no copy needed
+            self.entries.move_to_end(covering)
+            return True
         snapshot = model.cache_copy(cache, len(tokens))
         nbytes = int(model.cache_nbytes(snapshot))
         if nbytes > self.budget_bytes:
