@@ -56,7 +56,7 @@ DEVICE = [
     f"cryptography>=41; {_on(_LITERT_MACHINES)}",
     # Structured output and tool calls (edgekit/device/constrain.py): llguidance, a Rust grammar engine with
     # cp39-abi3 wheels and no dependencies (no torch). Wheels (PyPI, 2026-11-30): 1.9.1 for manylinux x86_64,
-    # macOS arm64, Windows AMD64/ARM64; the newest with a Linux aarch64 wheel is 1.6.1 (manylinux_2_28, 3.5 MB:
+    # macOS arm64, Windows AMD64/ARM64; the newest with a Linux aarch64 wheel is 1.6.1 (manylinux_2_28, 2.9 MB:
     # Pi OS Bookworm's glibc 2.36 takes it, for cp311 and cp313 alike). No armv7l wheel (a Rust build): skipped
     # there, and response_format / tools then answer 400 naming the missing package. Lower bound = the oldest
     # release tested (1.6.1); upper bound = the newest tested (1.9.1) -- the engine's API moved before 1.0.

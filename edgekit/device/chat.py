@@ -16,8 +16,7 @@ DEFAULT_TEMPLATE = (
 )
 ROLES = ("system", "user", "assistant", "tool")
 # Tools for a chat template without a `tools` variable: a system message (documented in docs/serving.md).
-TOOLS_PREAMBLE = ("You can call these functions. To call one, reply with only a JSON object "
-                  '{"name": <function name>, "arguments": <its arguments>}.\nFunctions:\n')
+TOOLS_PREAMBLE = 'To call a function, reply {"name": ..., "arguments": ...}. Functions:\n'
 
 
 class ChatError(ValueError):
@@ -73,7 +72,7 @@ def with_tools(messages: list[dict], tools: list[dict], template: str | None) ->
     results as user messages."""
     if template_takes_tools(template):
         return messages, [{"type": "function", "function": t} for t in tools]
-    listing = TOOLS_PREAMBLE + "\n".join(json.dumps(t) for t in tools)
+    listing = TOOLS_PREAMBLE + "\n".join(json.dumps(t, separators=(",", ":")) for t in tools)
     out = [{"role": "user", "content": "Function result: " + m["content"]} if m["role"] == "tool" else m
            for m in messages]
     if out and out[0]["role"] == "system":
