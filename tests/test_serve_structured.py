@@ -154,3 +154,58 @@ def test_openai_client_json_schema_and_tools_unchanged(client):
         assert follow.choices[0].finish_reason in ("stop", "length")
 
     asyncio.run(run())
+
+
+class Says:
+    """A model that writes `text` (greedy), then EOS (token 0)."""
+
+    def __init__(self, tok, text: str):
+        self.ids = tok.encode(text, add_special_tokens=False) + [0]
+        self.vocab, self.max_sequence_length, self.accelerator = tok.raw.get_vocab_size(with_added_tokens=True), 1024, "cpu"
+
+    def new_cache(self):
+        return {"n": 0}
+
+    def forward(self, token_ids, cache, last_only=False):
+        import numpy as np
+
+        logits = np.zeros((1, self.vocab), np.float32)
+        logits[0, self.ids[min(cache["n"], len(self.ids) - 1)]] = 9.0
+        cache["n"] += 1
+        return logits
+
+
+def _says(text: str) -> TestClient:
+    tok = byte_bpe_tokenizer()
+    manifest = {"name": "toy", "task": "text-generation", "target": {"name": "fake"},
+                "model": {"max_sequence_length": 1024, "format": "onnx", "precision": "fp32", "runtime": "fake"}}
+    return TestClient(create_app(LoadedModel(bundle=Bundle(Path("."), manifest), model=Says(tok, text), tokenizer=tok,
+                                             generation={"max_new_tokens": 200, "temperature": 0.0})))
+
+
+CALL = '{"name":"get_weather","arguments":{"city":"Paris","unit":"celsius"}}'
+
+
+@pytest.mark.parametrize("text, is_call", [
+    (CALL, True),
+    (" " + CALL, True),
+    ('{"name":"get_weather","arguments":{"city":"Paris","unit":"kelvin"}}', False),  # arguments off-schema
+    ('{"name":"other","arguments":{}}', False),  # not a declared function
+    ("ok " + CALL, False),  # text first: content, even though a call follows
+])
+def test_auto_turns_exactly_one_valid_call_into_tool_calls(text, is_call):
+    client = _says(text)
+    body = {"messages": MSG, "tools": [WEATHER], "tool_choice": "auto"}
+    choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    events = [json.loads(x[6:]) for x in client.post("/v1/chat/completions", json=dict(body, stream=True)).text.splitlines()
+              if x.startswith("data: {")]
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    calls = [c for e in events for c in e["choices"][0]["delta"].get("tool_calls", [])]
+    if is_call:
+        assert choice["finish_reason"] == events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+        assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris",
+                                                                                             "unit": "celsius"}
+        assert choice["message"]["content"] is None and content == "" and calls[0]["function"]["name"] == "get_weather"
+    else:
+        assert choice["finish_reason"] == "stop" and "tool_calls" not in choice["message"] and not calls
+        assert choice["message"]["content"] == content == text

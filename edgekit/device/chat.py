@@ -53,8 +53,8 @@ def check_messages(messages) -> list[dict]:
 
 def _calls_text(calls: list, i: int) -> str:
     try:
-        return "\n".join(json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])})
-                         for c in calls)
+        return "\n".join(json.dumps({"name": c["function"]["name"],
+                                      "arguments": json.loads(c["function"]["arguments"])}) for c in calls)
     except (TypeError, KeyError, ValueError):
         raise ChatError(f"messages[{i}].tool_calls must be OpenAI function calls with JSON arguments") from None
 

@@ -109,5 +109,6 @@ class ChunkWriter:
                 out = sse(completion_body(self.model, self.chat, self.cid, held, None, None, True, first, None, calls))
                 first = False
             reason = "tool_calls" if calls else value[0].finish_reason
-            return out + sse(completion_body(self.model, self.chat, self.cid, "", reason, value[2], True, first)) + SSE_DONE
+            end = completion_body(self.model, self.chat, self.cid, "", reason, value[2], True, first)
+            return out + sse(end) + SSE_DONE
         return sse({"error": {"message": str(value), "type": "server_error"}})

@@ -81,7 +81,8 @@ class GenerationSession:
         gen = generate(m.model, m.tokenizer, req.prompt_ids, req.max_tokens, req.sampler(), req.stop,
                        should_stop=self.should_stop, recorder=recorder,
                        constraint=None if grammar is None else Constraint(grammar, m.tokenizer))
-        held = False  # streaming text that may still turn out to be a tool call: kept until the end
+        # streamed text that may still turn out to be a tool call (nothing but a leading "{" yet) is held
+        may_call = req.stream and req.structure.tool_choice != "none"
         while True:
             try:
                 piece = next(gen)
@@ -90,8 +91,8 @@ class GenerationSession:
             taken = None if recorder is None else recorder.take()  # the logprobs of this piece's tokens
             if taken is not None:
                 self.logprobs.extend(taken)
-            held = req.structure.tool_choice != "none" and "".join(parts + [piece]).lstrip()[:1] in ("", "{")
-            if req.stream and not held:
+            may_call = may_call and "".join(parts + [piece]).lstrip()[:1] in ("", "{")  # once False, stays
+            if req.stream and not may_call:
                 if parts:  # text held back while it could have been a call
                     piece, parts[:] = "".join(parts) + piece, []
                 channel.put(("delta", piece if taken is None else (piece, taken)))
