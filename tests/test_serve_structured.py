@@ -59,6 +59,14 @@ def test_json_schema_replies_parse_and_validate(client):
     jsonschema.validate(json.loads(text), SCHEMA)
 
 
+def test_json_object_replies_that_end_are_objects(client):
+    replies = [_chat(client, seed=seed, response_format={"type": "json_object"}).json()["choices"][0]
+               for seed in range(6)]
+    ended = [r["message"]["content"] for r in replies if r["finish_reason"] == "stop"]
+    assert ended and all(isinstance(json.loads(t), dict) for t in ended)
+    assert _chat(client, response_format={"type": "text"}, max_tokens=3).status_code == 200
+
+
 def test_required_tool_call_in_openai_shape_streamed_and_not(client):
     body = {"tools": [WEATHER], "tool_choice": "required", "seed": 4}
     choice = _chat(client, **body).json()["choices"][0]
