@@ -54,6 +54,13 @@ DEVICE = [
     # abi3 for manylinux aarch64 (4.7 MB), armv7l and x86_64; its dependency cffi has no armv7l wheel on PyPI
     # (a C build), so 32-bit ARM skips it like the runtimes: `keygen`/`sign`/`--trust` then say it is missing.
     f"cryptography>=41; {_on(_LITERT_MACHINES)}",
+    # Structured output and tool calls (edgekit/device/constrain.py): llguidance, a Rust grammar engine with
+    # cp39-abi3 wheels and no dependencies (no torch). Wheels (PyPI, 2026-11-30): 1.9.1 for manylinux x86_64,
+    # macOS arm64, Windows AMD64/ARM64; the newest with a Linux aarch64 wheel is 1.6.1 (manylinux_2_28, 2.9 MB:
+    # Pi OS Bookworm's glibc 2.36 takes it, for cp311 and cp313 alike). No armv7l wheel (a Rust build): skipped
+    # there, and response_format / tools then answer 400 naming the missing package. Lower bound = the oldest
+    # release tested (1.6.1); upper bound = the newest tested (1.9.1) -- the engine's API moved before 1.0.
+    f"llguidance>=1.6.1,<1.10; {_on(_ORT_MACHINES)}",
 ]
 BUILD = [
     # litert-torch 0.10 requires torch<2.15; a "+cpu" pin would not resolve on users' machines,
@@ -70,7 +77,8 @@ BUILD = [
     "scipy>=1.10",  # Spearman correlation for STS-B
 ]
 TF = ["tensorflow-cpu>=2.19"]
-TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100", "matplotlib>=3.8"]  # matplotlib: plot tests
+# matplotlib: plot tests; jsonschema: structured-output tests validate replies with an independent validator
+TEST = ["pytest>=8", "httpx>=0.27", "openai>=1.40", "hypothesis>=6.100", "matplotlib>=3.8", "jsonschema>=4.18"]
 BENCH = ["matplotlib>=3.8"]
 
 setup(

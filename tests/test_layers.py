@@ -19,7 +19,7 @@ from test_structure import imports_in, modules_of
 PKG = ROOT / "edgekit"
 WORKSHOP_ONLY = {"torch", "tensorflow", "transformers", "litert_torch", "onnx", "onnxscript", "jax", "accelerate"}
 DEVICE_OK = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "tokenizers", "starlette", "uvicorn",
-             "jinja2", "prometheus_client", "psutil", "click", "cryptography", "edgekit"}
+             "jinja2", "prometheus_client", "psutil", "click", "cryptography", "llguidance", "edgekit"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -133,7 +133,8 @@ def test_runtimes_are_required_only_where_they_publish_wheels(tmp_path):
         env = {"platform_machine": machine, "sys_platform": "linux", "python_version": "3.11", "extra": ""}
         return {r.name for r in base if r.marker is None or r.marker.evaluate(env)}
 
-    assert {"onnxruntime", "ai-edge-litert", "numpy", "tokenizers"} <= wanted("aarch64")
-    assert {"onnxruntime", "ai-edge-litert"} <= wanted("x86_64")
+    assert {"onnxruntime", "ai-edge-litert", "numpy", "tokenizers", "llguidance"} <= wanted("aarch64")
+    assert {"onnxruntime", "ai-edge-litert", "llguidance"} <= wanted("x86_64")
     on_arm32 = wanted("armv7l")
     assert "onnxruntime" not in on_arm32 and "ai-edge-litert" not in on_arm32 and "tokenizers" in on_arm32
+    assert "llguidance" not in on_arm32  # no armv7l wheel: a Rust build would fail the install

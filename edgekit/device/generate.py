@@ -53,23 +53,33 @@ def _held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
+class _Unconstrained:
+    """Every token allowed (no `constraint`)."""
+
+    def mask(self, logits):
+        return logits
+
+    def advance(self, token: int) -> None:
+        pass
+
+
+_UNCONSTRAINED = _Unconstrained()
+
+
 def generate(
-    model,
-    tokenizer,
-    prompt_ids: list[int],
-    max_new_tokens: int,
+    model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
     sampler: Sampler,
     stop: list[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     should_stop: Callable[[], bool] | None = None,
-    recorder=None,
-    prefix_cache=None,
+    recorder=None, constraint=None, prefix_cache=None,
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
     (`result = yield from generate(...)` or `drain(...)`). `should_stop` lets a caller cancel (a client went
     away): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.LogprobRecorder) gets each
-    generated token and its logits (before penalties). `prefix_cache`: see _prefill."""
-    stops = [s for s in (stop or []) if s]
+    generated token and its logits (before penalties); a `constraint` (constrain.Constraint) masks each
+    step's logits after the penalties and advances past each token. `prefix_cache`: see _prefill."""
+    stops, constraint = [s for s in (stop or []) if s], constraint or _UNCONSTRAINED
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
@@ -80,7 +90,7 @@ def generate(
     t_decode = clock()
     history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
     while result.completion_tokens < budget:
-        token = sampler(history.apply(logits))
+        token = sampler(constraint.mask(history.apply(logits)))
         if token in tokenizer.eos_token_ids:
             result.finish_reason = "stop"
             break
@@ -88,6 +98,7 @@ def generate(
         if recorder is not None:
             recorder.record(logits, token)
         history.add(token)
+        constraint.advance(token)
         pending, hit = _cut_at_stop(pending + detok.add(token), stops)
         if hit:
             result.finish_reason = "stop"

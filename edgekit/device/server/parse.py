@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from edgekit.device.chat import ChatError, check_messages, render
+from edgekit.device.chat import ChatError, check_messages, render, with_tools
 from edgekit.device.embeddings import EmbeddingRequestError, parse_embeddings_request
 from edgekit.device.limits import DEFAULT_LIMITS, Limits
 from edgekit.device.logprobs import MAX_CHAT_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.sampling import Penalties, Sampler
+from edgekit.device.server.structured import Structure, StructuredError, parse_structure
 
 # OpenAI fields we accept and ignore (they do not change what a single-sequence server does).
 IGNORED_FIELDS = {"user", "echo", "best_of", "logit_bias", "suffix", "stream_options"}
@@ -49,6 +50,7 @@ class CompletionRequest:
     penalties: Penalties = field(default_factory=Penalties)
     chat: bool = False
     logprobs: int | None = None  # None: no logprobs; else how many top alternatives per token (0 = none)
+    structure: Structure = field(default_factory=Structure)  # response_format / tools (server.structured)
 
     def sampler(self) -> Sampler:
         """A fresh sampler for one generation of this request."""
@@ -124,7 +126,7 @@ def _check_prompt_size(chars: int, loaded: LoadedModel, limits: Limits, param: s
                            f"{loaded.max_sequence_length}-token context", param)
 
 
-def _chat_prompt(body: dict, gen: dict, loaded: LoadedModel, limits: Limits) -> str:
+def _chat_prompt(body: dict, gen: dict, loaded: LoadedModel, limits: Limits, tools: tuple = ()) -> str:
     raw = body.get("messages")
     if isinstance(raw, list) and len(raw) > limits.max_messages:
         raise RequestError(f"'messages' has {len(raw)} entries; at most {limits.max_messages} are accepted",
@@ -132,7 +134,11 @@ def _chat_prompt(body: dict, gen: dict, loaded: LoadedModel, limits: Limits) -> 
     try:
         messages = check_messages(raw)
         _check_prompt_size(sum(len(m["content"]) for m in messages), loaded, limits, "messages")
-        return render(messages, gen.get("chat_template"), gen.get("bos_token", ""), gen.get("eos_token", ""))
+        tool_var = None
+        if tools:
+            messages, tool_var = with_tools(messages, list(tools), gen.get("chat_template"))
+        return render(messages, gen.get("chat_template"), gen.get("bos_token", ""), gen.get("eos_token", ""),
+                      tool_var)
     except ChatError as exc:
         raise RequestError(str(exc), exc.param) from None
 
@@ -197,14 +203,19 @@ def parse_completion(body, loaded: LoadedModel, chat: bool = False,
         raise RequestError("request body must be a JSON object")
     known = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "logprobs",
              *PENALTY_FIELDS}
-    known |= {"messages", "max_completion_tokens", "top_logprobs"} if chat else {"prompt"}
+    known |= {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format",
+              "parallel_tool_calls"} if chat else {"prompt", "response_format"}
     unknown = sorted(set(body) - known - IGNORED_FIELDS)
     if unknown:
         raise RequestError(f"unknown field '{unknown[0]}'", unknown[0])
     gen = loaded.generation
     add_special = True
+    try:
+        structure = parse_structure(body, chat)
+    except StructuredError as exc:
+        raise RequestError(str(exc), exc.param) from None
     if chat:
-        prompt = _chat_prompt(body, gen, loaded, limits)
+        prompt = _chat_prompt(body, gen, loaded, limits, structure.tools)
         add_special = not gen.get("chat_template")  # a bundle template writes its own special tokens
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
             body = dict(body, max_tokens=body["max_completion_tokens"])
@@ -217,4 +228,4 @@ def parse_completion(body, loaded: LoadedModel, chat: bool = False,
     if len(ids) >= ctx_len:
         raise RequestError(f"prompt is {len(ids)} tokens; this model's context is {ctx_len}",
                            "messages" if chat else "prompt")
-    return CompletionRequest(prompt=prompt, prompt_ids=ids, chat=chat, **params)
+    return CompletionRequest(prompt=prompt, prompt_ids=ids, chat=chat, structure=structure, **params)

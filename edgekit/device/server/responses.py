@@ -48,13 +48,18 @@ def timeout_message(request_timeout: float) -> str:
 
 
 def completion_body(model: str, chat: bool, cid: str, text: str, finish_reason: str | None, usage: dict | None,
-                    delta: bool, first: bool = False, logprobs: dict | None = None) -> dict:
+                    delta: bool, first: bool = False, logprobs: dict | None = None,
+                    tool_calls: list[dict] | None = None) -> dict:
     """A completion (`delta` False) or one streamed chunk of it, text or chat shaped; the first chat
-    chunk carries the assistant role. `logprobs` (edgekit.device.logprobs.shaped) goes in the choice."""
+    chunk carries the assistant role. `logprobs` (edgekit.device.logprobs.shaped) goes in the choice;
+    `tool_calls` replace the content (a streamed chunk numbers them with `index`)."""
     now = int(time.time())
     if chat:
         key = "delta" if delta else "message"
         msg = {"content": text} if delta and not first else {"role": "assistant", "content": text}
+        if tool_calls:
+            msg["content"] = None
+            msg["tool_calls"] = [dict(c, index=i) for i, c in enumerate(tool_calls)] if delta else tool_calls
         out = {"id": cid, "object": "chat.completion.chunk" if delta else "chat.completion", "created": now,
                "model": model, "choices": [{"index": 0, key: msg, "finish_reason": finish_reason}]}
     else:
@@ -80,8 +85,10 @@ class ChunkWriter:
     ("delta", text) -> a chunk, ("done", (result, text, usage)) -> the final chunk with usage and
     [DONE] (or a timeout error event), ("error", exc) -> a server_error event."""
 
-    def __init__(self, model: str, chat: bool, cid: str, timeout_text: str, timed_out, names: TokenText | None = None):
+    def __init__(self, model: str, chat: bool, cid: str, timeout_text: str, timed_out, names: TokenText | None = None,
+                 tool_calls=lambda: None):
         self.model, self.chat, self.cid = model, chat, cid
+        self.tool_calls = tool_calls  # () -> the reply's tool_calls (None: text), known once done
         self.timeout_text, self.timed_out = timeout_text, timed_out
         self.first = True
         self.names, self.offset = names, 0  # token names for logprobs; characters sent so far
@@ -97,7 +104,12 @@ class ChunkWriter:
             return sse(completion_body(self.model, self.chat, self.cid, value, None, None, True, first))
         if kind == "done" and self.timed_out(value[0]):
             return sse({"error": {"message": self.timeout_text, "type": "timeout"}})
-        if kind == "done":
-            body = completion_body(self.model, self.chat, self.cid, "", value[0].finish_reason, value[2], True, first)
-            return sse(body) + SSE_DONE
+        if kind == "done":  # text still held (a possible tool call), then the end
+            calls, held, out = self.tool_calls(), value[1], ""
+            if calls or held:
+                out = sse(completion_body(self.model, self.chat, self.cid, held, None, None, True, first, None, calls))
+                first = False
+            reason = "tool_calls" if calls else value[0].finish_reason
+            end = completion_body(self.model, self.chat, self.cid, "", reason, value[2], True, first)
+            return out + sse(end) + SSE_DONE
         return sse({"error": {"message": str(value), "type": "server_error"}})

@@ -163,15 +163,18 @@ class Routes:
                     self.ledger.finish(route, 200, started, usage)
                     chat, entries = session.request.chat, session.logprobs
                     logprobs = None if entries is None else shaped(entries, self.token_names(), chat)
+                    calls = session.tool_calls
                     return JSONResponse(completion_body(self.host.loaded.name, chat, session.cid, text,
-                                                        res.finish_reason, usage, False, logprobs=logprobs))
+                                                        "tool_calls" if calls else res.finish_reason, usage, False,
+                                                        logprobs=logprobs, tool_calls=calls))
         finally:
             session.cancel()
 
     async def stream(self, session: GenerationSession, channel: Channel):
         """The SSE body: one event per token; the events that arrived together go out in one write."""
         writer = ChunkWriter(self.host.loaded.name, session.request.chat, session.cid,
-                             timeout_message(self.request_timeout), session.timed_out, self.token_names())
+                             timeout_message(self.request_timeout), session.timed_out, self.token_names(),
+                             lambda: session.tool_calls)
         try:
             while True:
                 out = []

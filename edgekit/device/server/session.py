@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Callable
 
+from edgekit.device.constrain import Constraint, parse_tool_call
 from edgekit.device.generate import GenerationResult, generate
 from edgekit.device.logprobs import LogprobRecorder, TokenLogprob
 from edgekit.device.server.metering import Meters
@@ -35,6 +37,7 @@ class GenerationSession:
         self.cancelled = threading.Event()
         # the logprobs of the tokens whose text was delivered (None: not asked for)
         self.logprobs: list[TokenLogprob] | None = None if request.logprobs is None else []
+        self.tool_calls: list[dict] | None = None  # OpenAI tool_calls, when the reply is a call
 
     def cancel(self) -> None:
         """Stop at the next token (a client that went away)."""
@@ -61,6 +64,7 @@ class GenerationSession:
         try:
             with self.lock:
                 res, window, heat = self.meters.run(self.cid, lambda: self._generate(channel, parts))
+            self.tool_calls = self._calls(res, "".join(parts))
             usage = self.meters.usage(generation_usage(res), window, res.completion_tokens, heat)
             channel.put(("done", (res, "".join(parts), usage)))
             status = self.status(res)
@@ -73,9 +77,13 @@ class GenerationSession:
     def _generate(self, channel, parts: list[str]) -> GenerationResult:
         req, m = self.request, self.loaded
         recorder = None if req.logprobs is None else LogprobRecorder(req.logprobs)
+        grammar = req.structure.grammar
         gen = generate(m.model, m.tokenizer, req.prompt_ids, req.max_tokens, req.sampler(), req.stop,
                        should_stop=self.should_stop, recorder=recorder,
+                       constraint=None if grammar is None else Constraint(grammar, m.tokenizer),
                        prefix_cache=getattr(m, "prefix_cache", None))
+        # streamed text that may still turn out to be a tool call (nothing but a leading "{" yet) is held
+        may_call = req.stream and req.structure.tool_choice != "none"
         while True:
             try:
                 piece = next(gen)
@@ -84,7 +92,22 @@ class GenerationSession:
             taken = None if recorder is None else recorder.take()  # the logprobs of this piece's tokens
             if taken is not None:
                 self.logprobs.extend(taken)
-            if req.stream:
+            may_call = may_call and "".join(parts + [piece]).lstrip()[:1] in ("", "{")  # once False, stays
+            if req.stream and not may_call:
+                if parts:  # text held back while it could have been a call
+                    piece, parts[:] = "".join(parts) + piece, []
                 channel.put(("delta", piece if taken is None else (piece, taken)))
             else:  # nothing to send before the end: no per-token wake-ups
                 parts.append(piece)
+
+    def _calls(self, res: GenerationResult, text: str) -> list[dict] | None:
+        """The reply as OpenAI tool_calls when it is one call of a declared tool (an "auto" reply is
+        checked against the call grammar, arguments included), else None."""
+        s = self.request.structure
+        if s.tool_choice == "none" or res.finish_reason != "stop" or not text.lstrip().startswith("{"):
+            return None
+        if s.tool_choice == "auto" and not Constraint(s.tool_grammar, self.loaded.tokenizer).accepts(text.strip()):
+            return None
+        call = parse_tool_call(text, list(s.tools))
+        return None if call is None else [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                                           "function": call}]
