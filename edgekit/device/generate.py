@@ -1,4 +1,5 @@
-"""The generation loop: prefill once, then one token per step, with stop strings and timings.
+"""The generation loop: prefill once, then one token per step (or several per model pass with a
+speculative draft, edgekit.device.speculative), with stop strings and timings.
 
 Works with any model object that has `new_cache()` and `forward(ids, cache, last_only=False) ->
 logits [S, V]` (with `last_only`, [1, V] of the last token: all a prompt's prefill needs).
@@ -15,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+
 from edgekit.device.sampling import Sampler
 from edgekit.device.tokenizer import IncrementalText
 
@@ -29,6 +32,13 @@ class GenerationResult:
     finish_reason: str = "length"
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    drafted_tokens: int = 0  # speculative decoding: tokens the draft proposed
+    accepted_tokens: int = 0  # ... and the model accepted
+    verify_passes: int = 0  # ... in this many forward passes of the model over the drafts
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
     @property
     def completion_tokens(self) -> int:
@@ -52,6 +62,19 @@ def _held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
+def plain_tokens(model, prompt_ids: list[int], sampler: Sampler) -> Iterator[tuple[int, np.ndarray]]:
+    """(token, the model's logits it was chosen from) one at a time: prefill once, then one forward
+    per token. The caller stops pulling when it is done (no forward runs after the last token)."""
+    cache = model.new_cache()
+    logits = model.forward(prompt_ids, cache, last_only=True)[-1]
+    history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
+    while True:
+        token = sampler(history.apply(logits))
+        yield token, logits
+        history.add(token)
+        logits = model.forward([token], cache)[-1]
+
+
 def generate(
     model,
     tokenizer,
@@ -62,31 +85,36 @@ def generate(
     clock: Callable[[], float] = time.perf_counter,
     should_stop: Callable[[], bool] | None = None,
     recorder=None,
+    speculation=None,
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
     (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
     (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
-    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties)."""
+    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
+    `speculation` (edgekit.device.speculative.Speculation) lets its draft model propose tokens that
+    `model` verifies several at a time; the tokens are the same as without it (greedy) or drawn from
+    the same distribution (sampled), and the result counts drafted and accepted tokens."""
     stops = [s for s in (stop or []) if s]
     result = GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
-    cache = model.new_cache()
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
+    if speculation is not None:
+        source = speculation.tokens(model, prompt_ids, sampler, budget, result)
+    else:
+        source = plain_tokens(model, prompt_ids, sampler)
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
-    logits = model.forward(prompt_ids, cache, last_only=True)[-1]
+    item = next(source)  # prefill and the first choice
     result.prefill_seconds = clock() - t0
     t_decode = clock()
-    history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
     while result.completion_tokens < budget:
-        token = sampler(history.apply(logits))
+        token, logits = item
         if token in tokenizer.eos_token_ids:
             result.finish_reason = "stop"
             break
         result.token_ids.append(token)
         if recorder is not None:
             recorder.record(logits, token)
-        history.add(token)
         pending, hit = _cut_at_stop(pending + detok.add(token), stops)
         if hit:
             result.finish_reason = "stop"
@@ -101,7 +129,7 @@ def generate(
             break
         if result.completion_tokens >= budget:
             break
-        logits = model.forward([token], cache)[-1]
+        item = next(source)
     result.decode_seconds = clock() - t_decode
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)

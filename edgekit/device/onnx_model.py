@@ -47,6 +47,13 @@ class OnnxCausalLM:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         return KVCache(past=[empty] * len(self.past_names), length=0)
 
+    def rewind(self, cache: KVCache, length: int) -> None:
+        """Forget every cached token after the first `length` (speculative decoding's rejected drafts)."""
+        if not 0 <= length <= cache.length:
+            raise ValueError(f"cannot rewind a cache of {cache.length} tokens to {length}")
+        cache.past = [np.ascontiguousarray(p[:, :, :length]) for p in cache.past]
+        cache.length = length
+
     def forward(self, token_ids: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab] ([1, vocab]
         of the last token with `last_only`, the only row computed when the graph selects); updates cache."""
