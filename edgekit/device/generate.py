@@ -91,22 +91,18 @@ def generate(
     (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
     (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
     LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
-    `speculation` (edgekit.device.speculative.Speculation) lets its draft model propose tokens that
-    `model` verifies several at a time; the tokens are the same as without it (greedy) or drawn from
-    the same distribution (sampled), and the result counts drafted and accepted tokens."""
-    stops = [s for s in (stop or []) if s]
-    result = GenerationResult(prompt_tokens=len(prompt_ids))
+    With `speculation` (edgekit.device.speculative.Speculation) its draft proposes tokens that `model`
+    verifies several at a time: the same tokens (greedy) or the same distribution (sampled)."""
+    stops, result = [s for s in (stop or []) if s], GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
-    if speculation is not None:
-        source = speculation.tokens(model, prompt_ids, sampler, budget, result)
-    else:
-        source = plain_tokens(model, prompt_ids, sampler)
+    source = (plain_tokens(model, prompt_ids, sampler) if speculation is None
+              else speculation.tokens(model, prompt_ids, sampler, budget, result))
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
     item = next(source)  # prefill and the first choice
-    result.prefill_seconds = clock() - t0
     t_decode = clock()
+    result.prefill_seconds = t_decode - t0
     while result.completion_tokens < budget:
         token, logits = item
         if token in tokenizer.eos_token_ids:

@@ -74,7 +74,7 @@ class GenerationSession:
         req, m = self.request, self.loaded
         recorder = None if req.logprobs is None else LogprobRecorder(req.logprobs)
         gen = generate(m.model, m.tokenizer, req.prompt_ids, req.max_tokens, req.sampler(), req.stop,
-                       should_stop=self.should_stop, recorder=recorder)
+                       should_stop=self.should_stop, recorder=recorder, speculation=m.speculation)
         while True:
             try:
                 piece = next(gen)
