@@ -4,8 +4,10 @@ model it was distilled from (the teacher) checks them all in one forward pass of
 Standard speculative sampling (Leviathan et al. 2023; Chen et al. 2023):
   greedy   accept the draft's tokens while they equal the model's argmax at that position, then
            add the model's own token there (the correction, or a bonus after k accepted): the
-           output is the model's greedy output, token for token (up to the runtime computing k+1
-           positions in one pass with the same numbers as one at a time).
+           output is the model's greedy output, token for token, as far as the runtime computes a
+           k+1-position pass with the numbers of k+1 one-position steps. ONNX int8 (activations
+           quantized per block at run time) does to ~1e-5, which can round an activation to the
+           next int8 step: logits then move by up to ~0.1, enough to flip a near-tie.
   sampled  accept draft token y (drawn from the draft's distribution q) with probability
            min(1, p(y) / q(y)), p the model's distribution at that position (penalties, temperature,
            top-k and top-p applied, as without a draft); at the first rejection draw from
