@@ -152,13 +152,14 @@ def main() -> None:
     from edgekit.device.speculative import Speculation
 
     ks = [int(k) for k in args.k.split(",")]
-    loaded = load(args.bundle, threads=args.threads, draft=True)
+    loaded = load(args.bundle, threads=args.threads, draft=True)  # sessions that take turns: no spinning
+    alone_model = load(args.bundle, threads=args.threads, draft=False)  # the teacher as served without a draft
     base = loaded.speculation
     prompts = _prompts(loaded)
     runs = {"teacher": []} | {f"k={k}": [] for k in ks}
     diverged = {f"k={k}": [] for k in ks}
     for _ in range(args.rounds):
-        alone = _run(loaded, prompts, args.max_tokens, None)
+        alone = _run(alone_model, prompts, args.max_tokens, None)
         runs["teacher"].append(alone)
         for k in ks:
             r = _run(loaded, prompts, args.max_tokens, Speculation(base.draft, k=k, name=base.name, layers=base.layers))

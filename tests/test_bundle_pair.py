@@ -118,3 +118,20 @@ def test_served_greedy_text_is_the_same_and_usage_props_metrics_count_the_drafts
     chunks = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == \
         plain.post("/v1/completions", json={"prompt": "ab", "max_tokens": 20}).json()["choices"][0]["text"]
+
+
+def test_pair_build_recipes_teacher_and_depth():
+    from edgekit.core.recipes import load_recipe
+    from edgekit.workshop.pair_build import teacher_recipe, with_auto_layers
+
+    rcp = load_recipe("smollm2-135m")
+    t = teacher_recipe(rcp)
+    assert t.student["mode"] == "teacher" and rcp.student["mode"] == "layer-drop" and t.name == rcp.name
+    shallow = with_auto_layers(rcp, 6)
+    assert shallow.student["auto_layers"] == 6 and shallow.student["keep_layers"] == ()
+    assert rcp.student["auto_layers"] == 24  # the recipe itself is unchanged
+
+
+def test_build_draft_bundle_needs_with_draft(tmp_path):
+    r = run_cli("build", "--recipe", "stories260k", "--draft-bundle", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode != 0 and "--draft-bundle needs --with-draft" in r.stderr and "Traceback" not in r.stderr

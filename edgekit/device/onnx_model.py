@@ -89,20 +89,24 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def ort_session(model_path, threads: int = 0):
-    """An onnxruntime CPU session (threads 0 = onnxruntime's default)."""
+def ort_session(model_path, threads: int = 0, spin: bool = True):
+    """An onnxruntime CPU session (threads 0 = onnxruntime's default). `spin` False: its idle threads
+    sleep instead of spinning (two sessions taking turns, a model and its draft, would otherwise
+    spin on the cores the other one needs)."""
     ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     if threads > 0:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> OnnxCausalLM:
     """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests)."""
-    if session is None:
-        session = ort_session(model_path, threads)
+    if session is None:  # a model paired with a draft (manifest "draft"): sessions take turns, no spinning
+        session = ort_session(model_path, threads, spin=not manifest.get("paired", False))
     lm = OnnxCausalLM(session, manifest["model"]["max_sequence_length"])
     lm.accelerator = "cpu (onnxruntime)"
     return lm

@@ -182,8 +182,8 @@ def open_draft(bundle: Bundle, model, threads: int, k: int = DEFAULT_DRAFT_TOKEN
         raise BundleError(f"{bundle.root}: the draft's runtime '{entry['runtime']}' is not available")
     if session is None:
         require(entry["runtime"], str(bundle.root))
-    draft = runners[entry["runtime"]](bundle.file(entry["file"]), {"model": entry, "signature": entry.get("signature")},
-                                      threads=threads, session=session)
+    draft = runners[entry["runtime"]](bundle.file(entry["file"]), {"model": entry, "signature": entry.get("signature"),
+                                      "paired": True}, threads=threads, session=session)
     for what, m in (("model", model), ("draft", draft)):
         if not hasattr(m, "rewind"):
             raise BundleError(f"{bundle.root}: speculative decoding needs a runner that can rewind its cache; the "
@@ -212,6 +212,8 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         if delegate_options:
             model["delegate_options"] = delegate_options
         m = dict(m, model=model)
+    use_draft = bool(draft or (draft is None and m.get("draft")))
+    m = dict(m, paired=True) if use_draft else m  # runners whose sessions take turns with the draft's
     model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
     warning = settle(getattr(model, "delegation", None), m["target"]["name"], allow_cpu_fallback)
     tok_info = m["tokenizer"]
@@ -220,7 +222,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     if m.get("generation_file"):
         generation = json.loads(bundle.file(m["generation_file"]).read_text(encoding="utf-8"))
     speculation = None
-    if draft or (draft is None and m.get("draft")):
+    if use_draft:
         speculation = open_draft(bundle, model, threads, draft_tokens, draft_session)
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads,
                        threads_source=threads_source, fallback_warning=warning, speculation=speculation)
