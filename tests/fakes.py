@@ -235,6 +235,11 @@ class BigramModel:
         rows = (self.table + self.noise)[np.asarray(token_ids)]
         return rows[-1:] if last_only else rows
 
+    def rewind(self, cache, length: int) -> None:
+        """As OnnxCausalLM.rewind (this model's logits depend on the last token only)."""
+        assert 0 <= length <= cache.length
+        cache.length = length
+
 
 class FakeLiteRT:
     """A LiteRT-like interpreter for a 1-layer static-cache decoder (signatures `prefill` of 4 tokens and

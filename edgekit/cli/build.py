@@ -43,8 +43,15 @@ from edgekit.core.units import format_bytes
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), default=None, metavar="KEY",
               help="Sign the bundle (and its .tar) with this Ed25519 private key (`edgekit keygen`): writes "
                    "manifest.sig, checked by `serve --trust`.")
+@click.option("--with-draft", is_flag=True,
+              help="Bundle the teacher as the model and the recipe's distilled student as its draft for speculative "
+                   "decoding (`serve` then lets the student propose tokens the teacher checks).")
+@click.option("--draft-bundle", type=click.Path(exists=True, path_type=Path), default=None, metavar="BUNDLE",
+              help="With --with-draft: take this already built student bundle as the draft instead of building one.")
+@click.option("--auto-layers", type=click.IntRange(2, None), default=None, metavar="N",
+              help="The student keeps N teacher layers chosen by influence (overrides the recipe).")
 def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler,
-          chat_prompts, sign_key):
+          chat_prompts, sign_key, with_draft, draft_bundle, auto_layers):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
     Each stage writes to its own folder under --work-dir and is recorded (inputs and outputs
@@ -57,6 +64,12 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     tgt = load_target(target)
     rcp = load_recipe(recipe)
     prec = tgt.precision(precision)
+    if draft_bundle is not None and not with_draft:
+        raise click.UsageError("--draft-bundle needs --with-draft")
+    if auto_layers is not None:
+        from edgekit.workshop.pair_build import with_auto_layers
+
+        rcp = with_auto_layers(rcp, auto_layers)
     signer = None
     if sign_key is not None:  # read the key before a long build, not after
         from functools import partial
@@ -74,10 +87,15 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
 
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
-    bundle = run_build(BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out,
-                                    work_dir=work_dir, gate=not no_gate, tar=tar, log=log,
-                                    max_minutes=max_minutes, max_steps=max_steps, compiler=compiler,
-                                    sign=signer, chat_prompts=chat_prompts))
+    ctx = BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out, work_dir=work_dir,
+                       gate=not no_gate, tar=tar, log=log, max_minutes=max_minutes, max_steps=max_steps,
+                       compiler=compiler, sign=signer, chat_prompts=chat_prompts)
+    if with_draft:
+        from edgekit.workshop.pair_build import run_pair_build
+
+        bundle = run_pair_build(ctx, draft_bundle)
+    else:
+        bundle = run_build(ctx)
     size = sum(f["bytes"] for f in bundle.manifest["files"])
     click.echo(f"bundle written: {bundle.root} ({format_bytes(size)})" + (f"; {signed_line(bundle, None)}" if signer else ""))
 

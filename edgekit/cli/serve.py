@@ -59,11 +59,17 @@ from edgekit.cli.sign import signed_line, trust_check, trust_option
 @click.option("--verify", "verify_first", is_flag=True,
               help="Before listening, check the model on this machine's kernels against the bundle's reference data "
                    "(as `edgekit verify`); exit 1 if a check fails, 3 if the bundle has no reference data.")
+@click.option("--draft/--no-draft", "draft", default=None,
+              help="Speculative decoding with the bundle's draft model (`edgekit build --with-draft`): the draft "
+                   "proposes tokens, the model checks them in one pass; same output [default: on when the bundle "
+                   "has a draft].")
+@click.option("--draft-tokens", default=4, show_default=True, type=click.IntRange(1, 16), metavar="K",
+              help="Tokens the draft proposes per verify pass of the model.")
 @trust_option
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, allow_cpu_fallback, api_key,
           max_queue, request_timeout, prefix_cache_mib, prefix_cache_answers, request_log, power, power_channels,
           board, power_hz, power_log,
-          power_log_max_mb, subtract_idle, grid_intensity, country, verify_first, trust):
+          power_log_max_mb, subtract_idle, grid_intensity, country, verify_first, draft, draft_tokens, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
 
     \b
@@ -71,7 +77,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     GET  /v1/models            the served model
     GET  /props                bundle, target, runtime, accelerator actually in use (delegation: nodes and
                                segments the GPU / Edge TPU delegate took vs the CPU), threads, queue,
-                               generation defaults (each with its source)
+                               generation defaults (each with its source), speculative (draft, k,
+                               acceptance rate so far)
     GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
     POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream,
                                frequency_penalty, presence_penalty (OpenAI), repeat_penalty,
@@ -99,10 +106,11 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     if check is not None:
         _say(signed_line(b, check))
     runner_for(b)  # unknown task/runtime: one clear error now, not a 503 later
+    draft = _draft_choice(b, draft)
     logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
     log_path = request_log or logs / f"{stem}-requests.jsonl"
     loader = _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib,
-                     prefix_cache_answers)
+                     prefix_cache_answers, draft, draft_tokens)
     if subtract_idle and power == "none":
         raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
     request_log_file = _request_log(log_path)
@@ -135,8 +143,22 @@ def _delegate_options(items) -> dict:
     return options
 
 
+def _draft_choice(b, draft: bool | None) -> bool:
+    """Whether to decode speculatively: --draft / --no-draft, by default when the bundle has a draft; a
+    draft the bundle lacks or its runtime cannot use is a one-line error before anything listens."""
+    from edgekit.core.errors import BundleError
+    from edgekit.device.runtime import check_draft
+
+    if draft is False:
+        return False
+    try:
+        return check_draft(b, required=bool(draft))
+    except BundleError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib=0.0,
-            prefix_cache_answers=False):
+            prefix_cache_answers=False, draft=False, draft_tokens=4):
     """The function that opens the model (the server calls it in the background). A GPU / Edge TPU bundle
     is opened now, before anything listens: a missing or useless delegate is an error at once. A
     text-generation model gets a prefix cache of `prefix_cache_mib` MiB (0: none), keeping the answers'
@@ -147,7 +169,8 @@ def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_ca
 
     def open_checked():
         loaded = open_model(b, threads=threads, delegate_library=delegate_library, delegate_options=options or None,
-                            allow_cpu_fallback=allow_cpu_fallback)  # an unusable delegate: DelegateUnusable
+                            allow_cpu_fallback=allow_cpu_fallback,  # an unusable delegate: DelegateUnusable
+                            draft=draft, draft_tokens=draft_tokens)
         if prefix_cache_mib > 0 and loaded.task == "text-generation":
             loaded.prefix_cache = PrefixCache(int(prefix_cache_mib * MIB), reuse_answers=prefix_cache_answers)
         if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
@@ -166,6 +189,9 @@ def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_ca
         _say(f"{b.manifest['name']} ready ({b.manifest['model']['precision']}, "
              f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
              f"{loaded.threads_source})")
+        if loaded.speculation is not None:
+            s = loaded.speculation
+            _say(f"speculative decoding: draft {s.name} ({s.layers} layers) proposes {s.k} tokens per pass")
         return loaded
 
     return loader

@@ -7,6 +7,7 @@ Layout:
   model.*            the model file(s) for the target's runtime
   tokenizer.json     a Hugging Face `tokenizers` file
   generation.json    generation defaults
+  draft/             optional: a speculative-decoding draft model (edgekit.core.bundle_pair)
   manifest.sig       optional: an Ed25519 signature over the exact bytes of manifest.json (written
                      and checked by edgekit.device.signing; never listed in `files`, since the
                      manifest it signs already holds every file's sha256)
@@ -92,6 +93,12 @@ def referenced_files(manifest: dict) -> list[str]:
     beside = [sig.get("host_file")] + [seg.get("file") for seg in sig.get("segments") or []]
     beside += list(model.get("accelerated_files") or [])
     refs += [beside_model(manifest, n) if isinstance(n, str) and model.get("file") else n for n in beside if n]
+    draft = manifest.get("draft") or {}
+    if draft.get("file"):  # a speculative-decoding draft (edgekit.core.bundle_pair): its model and files beside it
+        dsig = draft.get("signature") or {}
+        near = list(draft.get("extra_files") or []) + [dsig.get("host_file")]
+        near += [seg.get("file") for seg in dsig.get("segments") or []]
+        refs += [draft["file"]] + [beside_model({"model": draft}, n) if isinstance(n, str) else n for n in near if n]
     return [r for r in refs if r is not None]
 
 

@@ -1,4 +1,5 @@
-"""The generation loop: prefill once, then one token per step, with stop strings and timings.
+"""The generation loop: prefill once, then one token per step (or several per model pass with a
+speculative draft, edgekit.device.speculative), with stop strings and timings.
 
 Works with any model object that has `new_cache()` and `forward(ids, cache, last_only=False) ->
 logits [S, V]` (with `last_only`, [1, V] of the last token: all a prompt's prefill needs).
@@ -15,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import numpy as np
+
 from edgekit.device.sampling import Sampler
 from edgekit.device.tokenizer import IncrementalText
 
@@ -30,6 +33,13 @@ class GenerationResult:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     cached_tokens: int = 0  # prompt tokens whose KV cache came from the prefix cache (not run again)
+    drafted_tokens: int = 0  # speculative decoding: tokens the draft proposed
+    accepted_tokens: int = 0  # ... and the model accepted
+    verify_passes: int = 0  # ... in this many forward passes of the model over the drafts
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else None
 
     @property
     def completion_tokens(self) -> int:
@@ -66,39 +76,67 @@ class _Unconstrained:
 _UNCONSTRAINED = _Unconstrained()
 
 
+def plain_tokens(model, prompt_ids: list[int], sampler: Sampler, result: GenerationResult,
+                 constraint=_UNCONSTRAINED, prefix_cache=None) -> Iterator[tuple[int, np.ndarray]]:
+    """(token, the model's logits it was chosen from) one at a time: prefill once (the longest prefix
+    stored in `prefix_cache` is not run again: result.cached_tokens), then one forward per token; the
+    `constraint` masks each step's logits after the penalties and advances past each token. The caller
+    stops pulling when it is done (no forward runs after the last token); closing the generator stores
+    the prompt's cache (and the answer's, with reuse_answers) for later requests."""
+    cache, result.cached_tokens, logits = _prefill(model, prompt_ids, prefix_cache)
+    history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
+    try:
+        while True:
+            token = sampler(constraint.mask(history.apply(logits)))
+            yield token, logits
+            history.add(token)
+            constraint.advance(token)
+            logits = model.forward([token], cache)[-1]
+    finally:
+        if prefix_cache is not None:
+            prefix_cache.store_generation(model, prompt_ids, result.token_ids, cache)
+
+
+def _prefill(model, prompt_ids: list[int], prefix_cache):
+    """(the cache after the prompt, prompt tokens taken from `prefix_cache`, the last token's logits).
+    The prompt's longest stored prefix is not run again; its lookup counts in prefill_seconds."""
+    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
+    return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
+
+
 def generate(
-    model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
-    sampler: Sampler,
-    stop: list[str] | None = None,
+    model, tokenizer, prompt_ids: list[int], max_new_tokens: int, sampler: Sampler, stop: list[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     should_stop: Callable[[], bool] | None = None,
-    recorder=None, constraint=None, prefix_cache=None,
+    recorder=None, constraint=None, prefix_cache=None, speculation=None,
 ) -> Iterator[str]:
     """Yield text deltas as tokens arrive; the generator's return value is a GenerationResult
-    (`result = yield from generate(...)` or `drain(...)`). `should_stop` lets a caller cancel (a client went
-    away): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.LogprobRecorder) gets each
-    generated token and its logits (before penalties); a `constraint` (constrain.Constraint) masks each
-    step's logits after the penalties and advances past each token. `prefix_cache`: see _prefill."""
-    stops, constraint = [s for s in (stop or []) if s], constraint or _UNCONSTRAINED
-    result = GenerationResult(prompt_tokens=len(prompt_ids))
+    (`result = yield from generate(...)` or `drain(generate(...))`). `should_stop` lets a caller cancel
+    (a client disconnected): finish_reason "cancelled". A `recorder` (edgekit.device.logprobs.
+    LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
+    With `speculation` (edgekit.device.speculative.Speculation) its draft proposes tokens that `model`
+    verifies several at a time (greedy: the same tokens; sampled: the same distribution). `constraint`,
+    `prefix_cache`: see plain_tokens (a constrained request decodes without the draft)."""
+    stops, result = [s for s in (stop or []) if s], GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
+    if speculation is None or constraint is not None:
+        source = plain_tokens(model, prompt_ids, sampler, result, constraint or _UNCONSTRAINED, prefix_cache)
+    else:
+        source = speculation.tokens(model, prompt_ids, sampler, budget, result)
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
-    cache, result.cached_tokens, logits = _prefill(model, prompt_ids, prefix_cache)
-    result.prefill_seconds = clock() - t0
+    item = next(source)  # prefill and the first choice
     t_decode = clock()
-    history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
+    result.prefill_seconds = t_decode - t0
     while result.completion_tokens < budget:
-        token = sampler(constraint.mask(history.apply(logits)))
+        token, logits = item
         if token in tokenizer.eos_token_ids:
             result.finish_reason = "stop"
             break
         result.token_ids.append(token)
         if recorder is not None:
             recorder.record(logits, token)
-        history.add(token)
-        constraint.advance(token)
         pending, hit = _cut_at_stop(pending + detok.add(token), stops)
         if hit:
             result.finish_reason = "stop"
@@ -113,9 +151,9 @@ def generate(
             break
         if result.completion_tokens >= budget:
             break
-        logits = model.forward([token], cache)[-1]
+        item = next(source)
     result.decode_seconds = clock() - t_decode
-    _store(prefix_cache, model, prompt_ids, result.token_ids, cache)
+    source.close()  # a plain source stores the prompt's cache for later requests
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)
         result.finish_reason = "stop" if hit else result.finish_reason
@@ -124,19 +162,6 @@ def generate(
         yield pending
     result.text = "".join(sent)
     return result
-
-
-def _prefill(model, prompt_ids: list[int], prefix_cache):
-    """(the cache after the prompt, prompt tokens taken from `prefix_cache`, the last token's logits).
-    The prompt's longest stored prefix is not run again; its lookup counts in prefill_seconds."""
-    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
-    return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
-
-
-def _store(prefix_cache, model, prompt_ids: list[int], completion_ids: list[int], cache) -> None:
-    """Keep the prompt's cache (and the answer's, with reuse_answers) for later requests."""
-    if prefix_cache is not None:
-        prefix_cache.store_generation(model, prompt_ids, completion_ids, cache)
 
 
 def _cut_at_stop(pending: str, stops: list[str]) -> tuple[str, bool]:

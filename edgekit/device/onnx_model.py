@@ -56,6 +56,13 @@ class OnnxCausalLM:
     def cache_nbytes(self, cache: KVCache) -> int:
         return sum(a.nbytes for a in cache.past)
 
+    def rewind(self, cache: KVCache, length: int) -> None:
+        """Forget every cached token after the first `length` (speculative decoding's rejected drafts)."""
+        if not 0 <= length <= cache.length:
+            raise ValueError(f"cannot rewind a cache of {cache.length} tokens to {length}")
+        cache.past = [np.ascontiguousarray(p[:, :, :length]) for p in cache.past]
+        cache.length = length
+
     def forward(self, token_ids: list[int], cache: KVCache, last_only: bool = False) -> np.ndarray:
         """Run `token_ids` after the cached tokens; returns logits [len(token_ids), vocab] ([1, vocab]
         of the last token with `last_only`, the only row computed when the graph selects); updates cache."""
@@ -91,20 +98,24 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def ort_session(model_path, threads: int = 0):
-    """An onnxruntime CPU session (threads 0 = onnxruntime's default)."""
+def ort_session(model_path, threads: int = 0, spin: bool = True):
+    """An onnxruntime CPU session (threads 0 = onnxruntime's default). `spin` False: its idle threads
+    sleep instead of spinning (two sessions taking turns, a model and its draft, would otherwise
+    spin on the cores the other one needs)."""
     ort = import_onnxruntime()
 
     opts = ort.SessionOptions()
     if threads > 0:
         opts.intra_op_num_threads = threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> OnnxCausalLM:
     """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests)."""
-    if session is None:
-        session = ort_session(model_path, threads)
+    if session is None:  # a model paired with a draft (manifest "draft"): sessions take turns, no spinning
+        session = ort_session(model_path, threads, spin=not manifest.get("paired", False))
     lm = OnnxCausalLM(session, manifest["model"]["max_sequence_length"])
     lm.accelerator = "cpu (onnxruntime)"
     return lm

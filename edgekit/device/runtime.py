@@ -18,6 +18,7 @@ from edgekit.device.encoder_model import open_onnx_encoder, open_tflite_encoder
 from edgekit.device.onnx_model import open_onnx
 from edgekit.device.runtimes import require
 from edgekit.device.segmented_model import open_segmented, open_segmented_encoder
+from edgekit.device.speculative import DEFAULT_DRAFT_TOKENS, Speculation
 from edgekit.device.tflite_model import open_tflite
 from edgekit.device.tokenizer import TextTokenizer
 
@@ -58,6 +59,7 @@ class LoadedModel:
     device_verify: dict | None = None  # `serve --verify`: the reference check's result on this machine
     fallback_warning: str | None = None  # --allow-cpu-fallback let an unusable delegate run on the CPU
     prefix_cache: object | None = None  # edgekit.device.prefix_cache.PrefixCache (serve --prefix-cache-mib)
+    speculation: Speculation | None = None  # the bundle's draft proposing tokens (serve --draft)
 
     @property
     def delegation(self):
@@ -88,6 +90,7 @@ class LoadedModel:
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),
             "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
             "prefix_cache": self.describe_prefix_cache(),
+            "speculative": self.speculation.describe() if self.speculation is not None else None,
             **({"generation_defaults": generation_defaults(self.generation),
                 "chat_template": self.generation.get("chat_template") or None}  # as llama-server's /props
                if m["task"] == "text-generation" else {}),
@@ -160,13 +163,56 @@ def runner_for(bundle: Bundle, check_installed: bool = True):
     return runners[runtime]
 
 
+SPECULATIVE_RUNTIMES = ("onnxruntime",)  # runners that can rewind a KV cache (TFLite: not yet)
+
+
+def check_draft(bundle: Bundle, required: bool = False) -> bool:
+    """Whether the bundle's draft can be used: False when it has none (BundleError if `required`);
+    BundleError when the model's or the draft's runtime cannot decode speculatively."""
+    entry = bundle.manifest.get("draft")
+    if not entry:
+        if required:
+            raise BundleError(f"{bundle.root}: the bundle has no draft model (build it with `edgekit build --with-draft`)")
+        return False
+    for what, runtime in (("model", bundle.manifest["model"]["runtime"]), ("draft", entry.get("runtime"))):
+        if runtime not in SPECULATIVE_RUNTIMES:
+            raise BundleError(f"{bundle.root}: the {what}'s runtime '{runtime}' cannot decode speculatively yet "
+                              f"(only {', '.join(SPECULATIVE_RUNTIMES)}); serve it with --no-draft")
+    return True
+
+
+def open_draft(bundle: Bundle, model, threads: int, k: int = DEFAULT_DRAFT_TOKENS, session=None) -> Speculation:
+    """The bundle's draft (manifest "draft", edgekit.core.bundle_pair) opened beside `model`, proposing
+    `k` tokens a pass; BundleError when the bundle has none or a runner cannot rewind its cache."""
+    entry = bundle.manifest.get("draft")
+    if not entry:
+        raise BundleError(f"{bundle.root}: the bundle has no draft model (build it with `edgekit build --with-draft`)")
+    runners = RUNNERS["text-generation"]
+    if entry["runtime"] not in runners:
+        raise BundleError(f"{bundle.root}: the draft's runtime '{entry['runtime']}' is not available")
+    if session is None:
+        require(entry["runtime"], str(bundle.root))
+    draft = runners[entry["runtime"]](bundle.file(entry["file"]), {"model": entry, "signature": entry.get("signature"),
+                                      "paired": True}, threads=threads, session=session)
+    for what, m in (("model", model), ("draft", draft)):
+        if not hasattr(m, "rewind"):
+            raise BundleError(f"{bundle.root}: speculative decoding needs a runner that can rewind its cache; the "
+                              f"{what}'s runtime ({type(m).__name__}) cannot yet (ONNX bundles can): serve --no-draft")
+    layers = (entry.get("architecture") or {}).get("layers")
+    return Speculation(draft, k=k, name=entry.get("name", "draft"), layers=layers)
+
+
 def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library: str | None = None,
-               delegate_options: dict | None = None, allow_cpu_fallback: bool = False) -> LoadedModel:
+               delegate_options: dict | None = None, allow_cpu_fallback: bool = False,
+               draft: bool | None = None, draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+               draft_session=None) -> LoadedModel:
     """Build the runner for an already verified bundle. `session` injects a fake runtime session;
     `delegate_library` overrides the target's delegate library path (GPU / Edge TPU) and
     `delegate_options` are passed to it (Edge TPU: {"device": "usb:0"}). A requested hardware
     delegate that is missing or takes no nodes raises DelegateUnusable unless `allow_cpu_fallback`
-    (then `fallback_warning` says so and the model's delegation shows cpu_fallback)."""
+    (then `fallback_warning` says so and the model's delegation shows cpu_fallback). `draft`: use the
+    bundle's draft for speculative decoding (None: when it has one), proposing `draft_tokens` a pass;
+    `draft_session` injects its runtime session."""
     m = bundle.manifest
     threads, threads_source = resolve_threads(threads, m)
     if delegate_library or delegate_options:
@@ -176,6 +222,8 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         if delegate_options:
             model["delegate_options"] = delegate_options
         m = dict(m, model=model)
+    use_draft = bool(draft or (draft is None and m.get("draft")))
+    m = dict(m, paired=True) if use_draft else m  # runners whose sessions take turns with the draft's
     model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
     warning = settle(getattr(model, "delegation", None), m["target"]["name"], allow_cpu_fallback)
     tok_info = m["tokenizer"]
@@ -183,12 +231,17 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
     generation = {}
     if m.get("generation_file"):
         generation = json.loads(bundle.file(m["generation_file"]).read_text(encoding="utf-8"))
+    speculation = None
+    if use_draft:
+        speculation = open_draft(bundle, model, threads, draft_tokens, draft_session)
     return LoadedModel(bundle=bundle, model=model, tokenizer=tokenizer, generation=generation, threads=threads,
-                       threads_source=threads_source, fallback_warning=warning)
+                       threads_source=threads_source, fallback_warning=warning, speculation=speculation)
 
 
 def load(path, threads: int = 0, delegate_library: str | None = None, delegate_options: dict | None = None,
-         allow_cpu_fallback: bool = False) -> LoadedModel:
+         allow_cpu_fallback: bool = False, draft: bool | None = None,
+         draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> LoadedModel:
     """Verify the bundle at `path` (directory or .tar) and open it."""
     return open_model(load_bundle(path), threads=threads, delegate_library=delegate_library,
-                      delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback)
+                      delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback, draft=draft,
+                      draft_tokens=draft_tokens)

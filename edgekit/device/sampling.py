@@ -110,9 +110,8 @@ class Sampler:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def __call__(self, logits: np.ndarray) -> int:
-        if self.greedy:
-            return int(np.argmax(logits))
+    def _filtered(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids kept by top-k / top-p, most likely first; their probabilities at the temperature)."""
         scaled = logits.astype(np.float64) / self.temperature
         order = np.argsort(-scaled, kind="stable")
         if self.top_k > 0:
@@ -123,4 +122,30 @@ class Sampler:
         if self.top_p < 1.0:
             cutoff = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1
             order, probs = order[:cutoff], probs[:cutoff] / probs[:cutoff].sum()
+        return order, probs
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.greedy:
+            return int(np.argmax(logits))
+        order, probs = self._filtered(logits)
         return int(order[self.rng.choice(len(order), p=probs)])
+
+    def distribution(self, logits: np.ndarray) -> np.ndarray:
+        """The probabilities over the whole vocabulary that `__call__` draws from (float64; greedy: a
+        one-hot of the argmax): what speculative sampling compares between draft and model."""
+        if self.greedy:
+            out = np.zeros(logits.shape[-1], dtype=np.float64)
+            out[int(np.argmax(logits))] = 1.0
+            return out
+        order, probs = self._filtered(logits)
+        out = np.zeros(logits.shape[-1], dtype=np.float64)
+        out[order] = probs
+        return out
+
+    def draw(self, probs: np.ndarray) -> int:
+        """A token id drawn from `probs` (a distribution over the vocabulary) with this sampler's rng."""
+        return int(self.rng.choice(len(probs), p=probs / probs.sum()))
+
+    def uniform(self) -> float:
+        """A number in [0, 1) from this sampler's rng (the accept test of speculative sampling)."""
+        return float(self.rng.random())

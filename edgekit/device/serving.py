@@ -110,6 +110,8 @@ class Metrics:
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
         self.ran_throttled: Counter | None = None  # with a thermal monitor (watch_thermal)
+        self.draft_tokens = Counter("edgekit_draft_tokens", "Speculative decoding: tokens the draft proposed "
+                                    "(drafted) and the model accepted (accepted)", ["kind"], registry=r)
 
     def watch_power(self, meter) -> None:
         """Export the meter's last reading as edgekit_power_watts."""
@@ -159,6 +161,10 @@ class Metrics:
                 self.prefill.observe(usage["prefill_ms"] / 1000)
             if usage.get("decode_tokens_per_second"):
                 self.decode_rate.observe(usage["decode_tokens_per_second"])
+            spec = usage.get("speculative")
+            if spec:
+                self.draft_tokens.labels("drafted").inc(spec["drafted_tokens"])
+                self.draft_tokens.labels("accepted").inc(spec["accepted_tokens"])
             if self.ran_throttled is not None and (usage.get("thermal") or {}).get("throttled"):
                 self.ran_throttled.inc()
             energy = usage.get("energy")
@@ -177,7 +183,7 @@ def log_record(route: str, status: int, started: float, usage: dict | None, erro
            "route": route, "status": status, "seconds": round(time.time() - started, 4)}
     if usage:
         rec.update({k: usage[k] for k in ("prompt_tokens", "completion_tokens", "prefill_ms",
-                                          "decode_tokens_per_second", "energy", "thermal") if k in usage})
+                                          "decode_tokens_per_second", "speculative", "energy", "thermal") if k in usage})
     if error:
         rec["error"] = error[:200]
     return rec

@@ -2,7 +2,8 @@
 streamed completion, `usage` of a generation, and error bodies.
 
 Pure functions of their arguments (the clock aside): testable without a model or an HTTP stack.
-Timings in `usage`: prefill_ms (milliseconds) and decode_tokens_per_second.
+Timings in `usage`: prefill_ms (milliseconds) and decode_tokens_per_second; with a speculative
+draft, `usage.speculative` counts drafted and accepted tokens and the model's verify passes.
 May import: stdlib, starlette, edgekit.device.
 """
 
@@ -36,6 +37,10 @@ def generation_usage(res: GenerationResult) -> dict:
         "prompt_tokens_details": {"cached_tokens": res.cached_tokens},  # OpenAI's: reused, not run again
         "prefill_ms": round(res.prefill_seconds * 1000, 3),
         "decode_tokens_per_second": round(res.decode_tokens_per_second, 2),
+        **({"speculative": {"drafted_tokens": res.drafted_tokens, "accepted_tokens": res.accepted_tokens,
+                            "verify_passes": res.verify_passes,
+                            "acceptance_rate": None if res.acceptance_rate is None else round(res.acceptance_rate, 4)}}
+           if res.verify_passes else {}),
     }
 
 

@@ -81,7 +81,7 @@ class GenerationSession:
         gen = generate(m.model, m.tokenizer, req.prompt_ids, req.max_tokens, req.sampler(), req.stop,
                        should_stop=self.should_stop, recorder=recorder,
                        constraint=None if grammar is None else Constraint(grammar, m.tokenizer),
-                       prefix_cache=getattr(m, "prefix_cache", None))
+                       prefix_cache=getattr(m, "prefix_cache", None), speculation=m.speculation)
         # streamed text that may still turn out to be a tool call (nothing but a leading "{" yet) is held
         may_call = req.stream and req.structure.tool_choice != "none"
         while True:
