@@ -217,3 +217,22 @@ def test_completions_report_cached_tokens_too(reuse_answers, reused):
                                            "max_tokens": 2}).json()
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == reused  # BOS + 6 letters (+ 1 answer token fed)
+
+
+def test_a_full_int8_litert_graph_gets_no_reuse():
+    """Its int8 cache leaves with the output's scale and comes back with the input's: a restored prefix
+    is not the rows one prefill computes in-graph (greedy text changed on coral-single), so no reuse."""
+    from edgekit.device.prefix_cache import supports
+
+    rng = np.random.default_rng(0)
+    tables = {"embed": rng.normal(size=(FakeLiteRT.VOCAB, FakeLiteRT.HIDDEN)).astype(np.float32),
+              "cos": np.ones((FakeLiteRT.CACHE, 2), np.float32), "sin": np.zeros((FakeLiteRT.CACHE, 2), np.float32)}
+    fake = FakeLiteRT("real")
+    for name in ("args_5", "args_6"):
+        fake.sigs["decode"]["ins"][name]["dtype"] = np.int8
+    quantized = TfliteCausalLM(fake, {"cache_length": FakeLiteRT.CACHE, "mask_value": -30.0}, tables, zero_copy=False)
+    assert quantized.prefix_reuse_exact is False and not supports(quantized)
+    assert _tflite(False).prefix_reuse_exact is True and supports(_tflite(False)) and supports(_onnx())
+    pc = PrefixCache(1 << 20)
+    assert pc.store(quantized, [0, 1, 2], quantized.new_cache()) is False
+    assert not pc.entries and pc.lookup(quantized, [0, 1, 2, 3])[1] == 0

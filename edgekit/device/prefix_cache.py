@@ -28,8 +28,11 @@ MIB = 1024 * 1024
 
 
 def supports(model) -> bool:
-    """Whether `model` can snapshot and restore its cache (ONNX and LiteRT runners can)."""
-    return callable(getattr(model, "cache_copy", None)) and callable(getattr(model, "cache_nbytes", None))
+    """Whether `model` can snapshot and restore its cache exactly (ONNX and LiteRT runners with float
+    caches can; a runner whose `prefix_reuse_exact` is False, such as a full-int8 LiteRT graph whose
+    cache is requantized on the way back in, cannot)."""
+    return (callable(getattr(model, "cache_copy", None)) and callable(getattr(model, "cache_nbytes", None))
+            and getattr(model, "prefix_reuse_exact", True))
 
 
 def common_prefix(a, b) -> int:

@@ -138,6 +138,9 @@ class TfliteCausalLM:
         self.cache_shape = tuple(int(s) for s in self.decode.ins[5]["shape"])
         self.n_kv = len(self.decode.ins) - 5
         self.selects = len(self.prefill.ins) > 5 + self.n_kv  # prefill picks one row (`sel` input)
+        # A full-int8 graph's cache goes out with the output's scale and back in with the input's: a
+        # restored prefix would not equal the rows one prefill computes in-graph (greedy text changed).
+        self.prefix_reuse_exact = bool(np.issubdtype(self.decode.ins[5]["dtype"], np.floating))
         self._resident = None
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
