@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from _server import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_TURNS = [
@@ -38,29 +39,9 @@ USER_TURNS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(bundle: Path, threads: int, cache_mib: float, answers: bool) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", str(port),
-                             "--threads", str(threads), "--prefix-cache-mib", str(cache_mib),
-                             "--log-level", "warning", "--power", "none"] + ["--prefix-cache-answers"] * answers,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            sys.exit(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, base
-        except OSError:
-            pass
-        time.sleep(0.05)
+def _start(bundle: Path, threads: int, cache_mib: float, answers: bool) -> ServeProcess:
+    return ServeProcess(bundle, "--threads", threads, "--prefix-cache-mib", cache_mib, "--log-level", "warning",
+                        "--power", "none", *["--prefix-cache-answers"] * answers)
 
 
 def _turn(base: str, messages: list[dict], max_tokens: int) -> dict:
@@ -116,8 +97,8 @@ def main() -> None:
     try:
         for name, mib, answers in (("no_cache", 0, False), ("cache", args.cache_mib, False),
                                    ("cache_answers", args.cache_mib, True)):
-            proc, servers[name] = _start(args.bundle, args.threads, mib, answers)
-            procs.append(proc)
+            procs.append(_start(args.bundle, args.threads, mib, answers))
+            servers[name] = procs[-1].base
         for base in servers.values():  # warm-up, in a conversation of its own
             _turn(base, [{"role": "user", "content": "Hello."}], 4)
         runs = {name: [[] for _ in USER_TURNS] for name in servers}
@@ -130,8 +111,7 @@ def main() -> None:
                 props[name] = json.loads(r.read())["prefix_cache"]
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+            proc.stop()
     turns = []
     off_all = runs["no_cache"]
     for t in range(len(USER_TURNS)):

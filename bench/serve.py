@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _server import ServeProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PROMPT = "Once upon a time, there was a little robot who"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stream_rate(base: str, max_tokens: int) -> tuple[float, int]:
@@ -88,24 +83,9 @@ def main() -> None:
     from edgekit.device.runtime import load
     from edgekit.device.sampling import Sampler
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(args.bundle), "--port", str(port),
-                             "--threads", str(args.threads), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = ServeProcess(args.bundle, "--threads", args.threads, "--log-level", "warning")
+    base, startup = server.base, server.ready_seconds
     try:
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"server exited: {proc.stderr.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.01)
-        startup = time.perf_counter() - t0
         direct_model = load(args.bundle, threads=args.threads)
         ids = direct_model.tokenizer.encode(PROMPT)
         runs = {k: [] for k in ("streamed", "plain", "end_to_end", "direct", "direct_end_to_end")}
@@ -129,10 +109,9 @@ def main() -> None:
         for r in range(args.rounds):
             for step in order[r % 4:] + order[:r % 4]:
                 step()
-        peak = _peak_rss(proc.pid)
+        peak = _peak_rss(server.pid)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     from edgekit.device.benchmark import model_bytes as bundle_model_bytes
 

@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _server import ServeProcess, ServerFailed
 
 
 def _post(url: str, body: dict) -> dict:
@@ -66,27 +60,13 @@ def main() -> int:
     ap.add_argument("--json-out", type=Path, default=Path("bench/results/serve_smoke.json"))
     args = ap.parse_args()
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "edgekit", "serve", str(args.bundle), "--port", str(port),
-           "--threads", str(args.threads), "--log-level", "warning"]
-    t_start = time.perf_counter()
-    server = subprocess.Popen(cmd)
     try:
-        while True:
-            if server.poll() is not None:
-                print(f"server exited with status {server.returncode}", file=sys.stderr)
-                return 1
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-            if time.perf_counter() - t_start > 120:
-                print("server did not become healthy within 120 s", file=sys.stderr)
-                return 1
-        ready_seconds = time.perf_counter() - t_start
+        server = ServeProcess(args.bundle, "--threads", args.threads, "--log-level", "warning", show_output=True)
+    except ServerFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    base, ready_seconds = server.base, server.ready_seconds
+    try:
         runs = []
         for i in range(args.requests):
             t0 = time.perf_counter()
@@ -118,8 +98,7 @@ def main() -> int:
         print(f"wrote {args.json_out}")
         return 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _server import ServeProcess, health_status
+
 ROOT = Path(__file__).resolve().parent.parent
 
 WORDS = "once upon a time there was a little robot who liked to play in the park with friends".split()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _status_kb(pid: int, key: str) -> int:
@@ -90,32 +85,15 @@ def main() -> None:
     ap.add_argument("--hostile-every", type=int, default=10, help="every Nth request is hostile (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/soak.json")
     args = ap.parse_args()
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(args.bundle), "--port", str(port),
-                             "--threads", str(args.threads), "--max-queue", str(args.max_queue), "--power", "none",
-                             "--log-level", "warning", "--request-log", str(args.out.with_suffix(".requests.jsonl"))],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = ServeProcess(args.bundle, "--threads", args.threads, "--max-queue", args.max_queue, "--power", "none",
+                          "--log-level", "warning", "--request-log", args.out.with_suffix(".requests.jsonl"))
     try:
-        while http_status(port) != 200:
-            if proc.poll() is not None:
-                sys.exit(f"server exited: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.05)
-        result = _soak(proc, port, args)
+        result = _soak(server.proc, server.port, args)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-
-
-def http_status(port: int) -> int:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    except OSError:
-        return 0
 
 
 def _soak(proc, port: int, args) -> dict:
@@ -143,7 +121,7 @@ def _soak(proc, port: int, args) -> dict:
         "status_hostile": dict(Counter(str(s) for kind, s, _ in out if kind == "hostile")),
         "p50_seconds": round(statistics.median(latency), 3) if latency else None,
         "p99_seconds": round(_percentile(latency, 0.99), 3) if latency else None,
-        "server_alive": proc.poll() is None and http_status(port) == 200,
+        "server_alive": proc.poll() is None and health_status(f"http://127.0.0.1:{port}") == 200,
         "rss_bytes": rss, "rss_growth_start_to_end": round(rss["end"] / rss["start"] - 1, 4),
         "rss_growth_10pct_to_end": round(rss["end"] / rss.get("warm_10pct", rss["start"]) - 1, 4),
     }

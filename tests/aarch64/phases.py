@@ -20,7 +20,8 @@ from pathlib import Path
 
 import checks
 
-TEST_DEPS = ["pytest>=8", "httpx>=0.27", "hypothesis>=6.100", "openai>=1.40"]
+# jsonschema: the structured-output tests validate replies with it (without it they skip on the device path)
+TEST_DEPS = ["pytest>=8", "httpx>=0.27", "hypothesis>=6.100", "openai>=1.40", "jsonschema>=4.18"]
 # Tests that fail only because of the emulator, per release, with the reason (recorded in the JSON).
 # Empty: the one there was (a missing vcgencmd read as exit 127 under qemu-user's posix_spawn) is now
 # handled in edgekit/device/power/vcgencmd.py, which looks the command up before starting it.
