@@ -91,6 +91,11 @@ def shared_embedding(model_path, record: dict) -> tuple[np.ndarray, np.ndarray]:
     long as the rows are referenced. Raises BundleError when the tensor is missing or not per-row int8."""
     from edgekit.device.tflite_inspect import schema_module
 
+    try:
+        schema_module()
+    except ImportError as e:  # tflite_runtime ships no schema module
+        raise BundleError("this bundle keeps its embedding rows in the model file (tied weights stored once); "
+                          f"reading them needs ai-edge-litert's flatbuffer schema ({e})") from None
     shape = tuple(int(d) for d in record["shape"])
     with open(model_path, "rb") as f:
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
