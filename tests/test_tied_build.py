@@ -1,6 +1,7 @@
-"""Full tier: real stories260k TFLite bundles (tied embedding and LM head) keep the table once at int8:
-no `embed` in the host npz, rows read from the model equal the per-row int8 rows the npz used to hold,
-and greedy decoding gives the same tokens and logits either way."""
+"""Full tier: real stories260k bundles (tied embedding and LM head) keep the table once at int8.
+TFLite: no `embed` in the host npz, rows read from the model equal the per-row int8 rows the npz used
+to hold, and greedy decoding gives the same tokens and logits either way. ONNX: the embedding comes
+from the LM head's MatMulNBits weights through GatherBlockQuantized, no Gather table left."""
 
 from __future__ import annotations
 
@@ -73,3 +74,17 @@ def test_float_bundles_keep_their_npz_table(tflite_builds, variant):
     assert "embed_from_model" not in m["signature"]
     with np.load(tflite_builds[variant] / "host_tables.npz") as z:
         assert z["embed"].dtype == (np.float16 if variant == "mobile-gpu" else np.float32)
+
+
+def test_onnx_int8_bundle_reads_embedding_rows_from_the_lm_head(stories_bundle):
+    import onnx
+
+    m = json.loads((stories_bundle / "manifest.json").read_text())
+    record = m["provenance"]["stages"][2]["parameters"]["embedding_shared"]
+    assert record["shared"] and record["bytes_saved"] >= 512 * 64  # at least the uint8 table
+    graph = onnx.load(str(stories_bundle / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Gather" not in ops and ops.count("GatherBlockQuantized") == 1
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == gbq.input[0])
+    assert head.input[1] == record["tensor"]
