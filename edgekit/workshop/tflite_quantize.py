@@ -144,7 +144,7 @@ def share_tied_embedding(model_path: Path, host_path: Path, fp32_host_path: Path
     codes = buffer_rows(data, model, head.buffer, table.shape)
     scales = model.Subgraphs(head.subgraph).Tensors(head.index).Quantization().ScaleAsNumpy().astype(np.float32)
     rows = codes.astype(np.float32) * scales[:, None]
-    steps = float(np.max(np.abs(rows - table) / scales[:, None]))
+    steps = float(np.max(np.abs(rows - table) / np.maximum(np.abs(scales), 1e-12)[:, None]))  # an all-zero row: scale ~0
     if steps > 0.51:
         return {"shared": False, "reason": f"the LM head is not the embedding table (they differ by up to {steps:.3g} "
                                            "quantization steps): the model does not tie them"}
