@@ -38,7 +38,10 @@ DEVICE = [
     "click>=8.1",
     "numpy>=1.26",
     "psutil>=5.9",
-    f"onnxruntime>=1.20; {_on(_ORT_MACHINES)}",
+    # >= 1.23: int8 ONNX bundles of tied models read embedding rows with GatherBlockQuantized bits=8
+    # (edgekit/workshop/onnx_tied.py); measured 2026-12-01: 1.20.1 and 1.22.0 reject the `bits` attribute,
+    # 1.23.2 and 1.24.1 run it.
+    f"onnxruntime>=1.23; {_on(_ORT_MACHINES)}",
     # Upper bound = the newest release tested (2.3.0, 2026-11-30): the zero-copy KV cache
     # (edgekit/device/tflite_resident.py) calls private interpreter internals (_interpreter_wrapper,
     # _subgraph_index, tensor/Invoke) that a release may change. Such a change is caught at load by a

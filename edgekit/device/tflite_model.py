@@ -9,7 +9,8 @@ logits of that position only ([1,1,vocab]): generation needs no more, and the LM
 a small LM's weights. Logits for every position of a multi-token input (scoring, verification)
 then come from `decode` steps. Bundles whose `prefill` returns every row still load and use it.
 Embedding rows and rotary tables come from the bundle's host tables (npz: `embed` float32/float16
-or int8 with per-row `embed_scale`, `cos`, `sin`).
+or int8 with per-row `embed_scale`, `cos`, `sin`); an int8 bundle of a tied model keeps no `embed`
+there and reads the rows from the LM head's int8 weights in the model file (edgekit.device.tflite_tied).
 Quantized (int8) inputs/outputs are (de)quantized here with each tensor's own scale/zero point,
 so the cache is kept in float32 between calls. A prompt runs in chunks of P through `prefill`;
 a last partial chunk is padded (its padding writes cache slots that later tokens overwrite before
@@ -321,7 +322,13 @@ def load_host_tables(model_path, signature: dict) -> dict:
     """The host-side lookup tables (token embeddings, rotary or position rows, scales) that the
     signature's `host_file` holds beside the model file, as arrays by name."""
     with np.load(str(sibling_file(Path(model_path).parent, signature["host_file"]))) as z:
-        return {k: z[k] for k in z.files}
+        tables = {k: z[k] for k in z.files}
+    shared = signature.get("embed_from_model")
+    if shared and "embed" not in tables:  # tied weights stored once: rows from the LM head's int8 tensor
+        from edgekit.device.tflite_tied import shared_embedding
+
+        tables["embed"], tables["embed_scale"] = shared_embedding(model_path, shared)
+    return tables
 
 
 def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:

@@ -54,7 +54,7 @@ def _tflite_support() -> FormatSupport:
     from edgekit.device.tflite_inspect import summary
     from edgekit.device.tflite_model import open_tflite
 
-    return FormatSupport("model.tflite", "litert", tflite_export.export_tflite, tflite_quantize.quantize_tflite,
+    return FormatSupport("model.tflite", "litert", tflite_export.export_tflite, tflite_quantize.quantize_decoder,
                          open_tflite, summary, extra_files=(tflite_export.HOST_FILE,),
                          describe=tflite_export.describe, calibrate=tflite_quantize.calibration_feeds)
 

@@ -2,7 +2,8 @@
 
 Precisions: fp32 (copy); int8-dynamic (int8 weights in blocks of 32, activations quantized to
 int8 per block at run time); int4-weight-only (4-bit weight blocks). Both quantized variants also
-store the embedding table as int8. May import: stdlib, onnx, onnxruntime.
+store the embedding table as int8; int8-dynamic reads it from the LM head's weights when the model
+ties them (edgekit/workshop/onnx_tied.py). May import: stdlib, onnx, onnxruntime, edgekit.core/workshop.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def _int8_dynamic(src: Path, dst: Path) -> dict:
     # Why not quantize_dynamic on every MatMul: its per-tensor activation scale breaks on the
     # activation outliers of real LLMs (SmolLM2 student: perplexity 12.83 -> 17.03, 1.33x);
     # block-wise int8 measured 12.85 (1.002x) on the same windows.
-    return _blockwise(src, dst, 8)
+    params = _blockwise(src, dst, 8)
+    from edgekit.workshop.onnx_tied import share_tied_head
+
+    params["embedding_shared"] = record = share_tied_head(dst)
+    if record["shared"]:
+        params["embedding"] = "GatherBlockQuantized 8-bit, block 32: rows of the LM head's MatMulNBits weights"
+    return params
 
 
 def _int4_weight_only(src: Path, dst: Path) -> dict:

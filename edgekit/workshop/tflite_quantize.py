@@ -6,7 +6,9 @@
   int8-dynamic      int8 channel-wise weights, activations quantized on the fly (XNNPACK int8 kernels)
   int8-full         int8 weights and activations from calibration (static range): int8 in/out,
                     no float tensor left, as the Edge TPU requires
-May import: stdlib, numpy, ai_edge_quantizer.
+A causal LM whose LM head is its embedding table keeps that table once in int8 variants: the host
+rows are read from the LM head's per-row int8 weights (quantize_decoder; edgekit.device.tflite_tied).
+May import: stdlib, numpy, ai_edge_quantizer, edgekit.core, edgekit.device.
 """
 
 from __future__ import annotations
@@ -96,6 +98,64 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
     if calibration:
         params["calibration_samples"] = {k: len(v) for k, v in calibration.items()}
     return params
+
+
+def quantize_decoder(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
+    """quantize_tflite for a causal LM, then (int8 variants) the tied table stored once when the model's
+    LM head is its embedding table (share_tied_embedding); the outcome is the `embedding_shared` record."""
+    params = quantize_tflite(src, dst, precision, calibration)
+    if precision in ("fp32", "fp16"):
+        return params
+    from edgekit.workshop.tflite_export import HOST_FILE
+
+    record = share_tied_embedding(dst, dst.parent / HOST_FILE, src.parent / HOST_FILE)
+    params["embedding_shared"] = record
+    if record["shared"]:
+        update = {k: record[k] for k in ("tensor", "shape", "bytes_saved")}
+        params["signature_update"] = {**params.get("signature_update", {}), "embed_from_model": update}
+    return params
+
+
+def share_tied_embedding(model_path: Path, host_path: Path, fp32_host_path: Path) -> dict:
+    """Drop `embed`/`embed_scale` from the int8 host tables at `host_path` when the quantized model holds
+    the same table as its LM head: one int8 [vocab, hidden] weight buffer, symmetric with one scale per
+    row, whose rows are within half a quantization step of the fp32 embedding (so it is a rounding of
+    that very table: the model ties them). Returns {"shared": True, tensor, shape, bytes_saved, the
+    difference to the host rows it replaces} or {"shared": False, "reason": ...}; the npz is untouched then."""
+    import numpy as np
+
+    from edgekit.device.tflite_inspect import load_model
+    from edgekit.device.tflite_tied import buffer_rows, row_tensors
+
+    with np.load(fp32_host_path) as z:
+        table = z["embed"].astype(np.float32)
+    model, data = load_model(model_path)
+    found = row_tensors(model, table.shape)
+    reason = None
+    if not found:
+        reason = f"no int8 {list(table.shape)} weight tensor (the LM head) in the model"
+    elif len({t.buffer for t in found}) > 1:
+        reason = f"{len({t.buffer for t in found})} int8 {list(table.shape)} weight buffers: which is the LM head is unclear"
+    elif found[0].problem:
+        reason = found[0].problem
+    if reason:
+        return {"shared": False, "reason": reason}
+    head = found[0]
+    codes = buffer_rows(data, model, head.buffer, table.shape)
+    scales = model.Subgraphs(head.subgraph).Tensors(head.index).Quantization().ScaleAsNumpy().astype(np.float32)
+    rows = codes.astype(np.float32) * scales[:, None]
+    steps = float(np.max(np.abs(rows - table) / np.maximum(np.abs(scales), 1e-12)[:, None]))  # an all-zero row: scale ~0
+    if steps > 0.51:
+        return {"shared": False, "reason": f"the LM head is not the embedding table (they differ by up to {steps:.3g} "
+                                           "quantization steps): the model does not tie them"}
+    with np.load(host_path) as z:
+        tables = {k: z[k] for k in z.files}
+    old = tables.pop("embed").astype(np.float32) * tables.pop("embed_scale")[:, None]
+    before = host_path.stat().st_size
+    np.savez(host_path, **tables)
+    return {"shared": True, "tensor": head.name, "shape": list(table.shape),
+            "bytes_saved": before - host_path.stat().st_size, "max_quantization_steps_from_fp32": round(steps, 4),
+            "max_abs_diff_vs_host_rows": float(np.max(np.abs(rows - old)))}
 
 
 def _global_min_max(q, calibration: dict) -> dict:
