@@ -96,16 +96,16 @@ def test_two_non_unit_outer_dims_are_rejected_with_the_rank_reason(tiny_models):
 
 
 def _fake_compiler(tmp_path: Path) -> Path:
-    """Stands in for edgetpu_compiler: copies the model to <stem>_edgetpu.tflite and prints the log."""
+    """Stands in for edgetpu_compiler: copies each model to <stem>_edgetpu.tflite and prints the log for each."""
     script = tmp_path / "edgetpu_compiler"
     script.write_text(f"""#!{sys.executable}
 import shutil, sys
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("-o") + 1])
-model = Path(args[-1])
-shutil.copyfile(model, out / (model.stem + "_edgetpu.tflite"))
-print(Path({str(LOG)!r}).read_text())
+for model in map(Path, args[args.index("-o") + 2:]):  # co-compile: every model, one log section each
+    shutil.copyfile(model, out / (model.stem + "_edgetpu.tflite"))
+    print(Path({str(LOG)!r}).read_text())
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
