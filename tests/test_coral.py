@@ -171,3 +171,25 @@ def test_fp32_segments_with_host_attention_equal_pytorch(stories_build, tmp_path
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_check_with_board_prints_predicted_tpu_and_cpu_figures_and_the_verdict(tiny_models):
+    from edgekit.core.accelerators import load_accelerator
+    from edgekit.core.boards import load_board
+    from edgekit.device.coral_latency import predict
+
+    res = run_cli("coral", "check", str(tiny_models["listed"]), "--board", "rpi5", "--link", "usb3", no_torch=True)
+    assert res.returncode == 0, res.stderr
+    block = res.stdout[res.stdout.index("== verdict"):].splitlines()
+    acc = load_accelerator()
+    # the listed MLP: 16x32 + 32x8 int8 weights (768 bytes, 768 MACs) + 32 + 8 int32 biases (160 bytes),
+    # one segment, cached on chip
+    want = predict([{"file": "m", "parameter_bytes": 928, "macs": 768}], load_board("rpi5"), acc.link("usb3"), acc)
+    assert want["tpu"]["breakdown"]["streamed_bytes"] == 0
+    assert f"{want['tpu']['tokens_per_second']:.3g} tokens/s predicted" in block[1]
+    assert f"{want['cpu']['tokens_per_second']:.3g} tokens/s predicted" in block[3]
+    assert all("predicted" in line for line in block[:2] + block[3:])
+    assert block[4].strip() == want["verdict"] and want["verdict"].endswith("use arm-cpu")
+    as_json = json.loads(run_cli("coral", "check", str(tiny_models["listed"]), "--board", "rpi5", "--json",
+                                 no_torch=True).stdout)
+    assert as_json["predicted"] and as_json["verdict"] == want["verdict"] and as_json["link"] == "usb3"

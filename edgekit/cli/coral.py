@@ -51,6 +51,7 @@ def check(model, as_json, subgraph, board, link):
     """
     from edgekit.device.coral_check import predict, report
 
+    target = _board_and_link(board, link) if board else None  # bad names fail before any model is read
     results = []
     for path in _model_paths(model):
         try:
@@ -63,7 +64,7 @@ def check(model, as_json, subgraph, board, link):
             if not preds:
                 raise ConfigError(f"{path} has no subgraph '{subgraph}'; it has: {', '.join(names)}")
         results.append((path, preds))
-    verdict = _verdict(results, board, link) if board else None
+    verdict = _verdict(results, *target) if target else None
     if as_json and verdict is not None:
         click.echo(json.dumps(verdict, indent=2))
         return
@@ -78,14 +79,18 @@ def check(model, as_json, subgraph, board, link):
         click.echo(verdict_lines(verdict))
 
 
-def _verdict(results: list, board: str, link: str) -> dict:
-    """Predicted time and energy per token on the board's CPU and with an Edge TPU over `link`."""
+def _board_and_link(board: str, link: str) -> tuple:
     from edgekit.core.accelerators import load_accelerator
     from edgekit.core.boards import load_board
-    from edgekit.device.coral_latency import predict
 
     acc = load_accelerator("edgetpu")
-    the_link, the_board = acc.link(link), load_board(board)
+    return load_board(board), acc.link(link), acc
+
+
+def _verdict(results: list, the_board, the_link, acc) -> dict:
+    """Predicted time and energy per token on the board's CPU and with an Edge TPU over `the_link`."""
+    from edgekit.device.coral_latency import predict
+
     segments = [{"file": p.name, "parameter_bytes": sum(x.totals()["parameter_bytes_on_tpu"] for x in preds),
                  "macs": sum(x.totals()["macs_on_tpu"] for x in preds)} for p, preds in results]
     return predict(_in_compiler_order(segments, results), the_board, the_link, acc)

@@ -153,7 +153,7 @@ def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, l
                                       "machine with Coral's edgetpu-compiler package, or rebuild there."}
         log("    edgetpu_compiler not found: compile step pending (see `edgekit inspect`)")
         return record
-    record["compiler"] = _co_compile(models, out_dir, path, runner or subprocess.run, timeout)
+    record["compiler"] = co_compile(models, out_dir, path, runner or subprocess.run, timeout)
     comp = record["compiler"]
     logs = comp["logs"]
     actual = [row for lg in logs for row in lg["operations"]]
@@ -175,8 +175,9 @@ def _summary(pred) -> dict:
             "by_status": [{"op": op, "status": st, "count": n} for (op, st), n in sorted(counts.items())]}
 
 
-def _co_compile(models: list[Path], out_dir: Path, path: str, runner, timeout: float) -> dict:
-    """Run the one co-compile call; parse its log per model; which compiled files exist."""
+def co_compile(models: list[Path], out_dir: Path, path: str, runner, timeout: float) -> dict:
+    """Run the one co-compile call (`runner`: subprocess.run or a fake with its signature); write its log
+    to out_dir/edgetpu_compiler.log, parse it per model and list which compiled files exist."""
     cmd = compile_command(models, out_dir, path)
     run = runner(cmd, capture_output=True, text=True, timeout=timeout)
     text = (run.stdout or "") + "\n" + (run.stderr or "")
