@@ -8,9 +8,9 @@ with 1e10 bytes/s streaming copy, 4 cores, 2 W idle and 6 W full load.
   cache:    4 + 4 MiB fill the 8 MiB; the 2 MiB segment streams: 2,097,152 bytes per token
   TPU:      3 x 0.3 ms + 2,097,152 / 3e8 s (6.99051 ms) + 10,485,760 / 2e12 s (0.00524 ms)
             + 3 x 5e-5 / 0.5 s (0.3 ms) = 8.19575 ms -> 122.0 tokens/s
-  CPU:      10,485,760 / (1e10 x 0.88) s = 1.19156 ms -> 839.2 tokens/s
-  energy:   TPU side (2 + (6 - 2) / 4 + 2) W = 5 W x 8.19575 ms = 0.0409788 J; CPU 6 W x 1.19156 ms = 0.00714938 J
-  verdict:  122.0 / 839.2 = 0.1454 -> "Edge TPU predicted 0.15x the testboard CPU for this model: use arm-cpu"
+  CPU:      10,485,760 / (1e10 x 0.88) s = 1.19156 ms + fixed 0.2 ms / 0.5 = 1.59156 ms -> 628.3 tokens/s
+  energy:   TPU side (2 + (6 - 2) / 4 + 2) W = 5 W x 8.19575 ms = 0.0409788 J; CPU 6 W x 1.59156 ms = 0.00954938 J
+  verdict:  122.0 / 628.3 = 0.1942 -> "Edge TPU predicted 0.19x the testboard CPU for this model: use arm-cpu"
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ def test_worked_example_tpu_cpu_energy_and_verdict():
     assert bd["host_seconds"] == pytest.approx(0.3e-3)
     assert rec["tpu"]["seconds_per_token"] == pytest.approx(8.19575e-3, rel=1e-5)
     assert rec["tpu"]["tokens_per_second"] == pytest.approx(122.01, rel=1e-4)
-    assert rec["cpu"]["seconds_per_token"] == pytest.approx(1.191564e-3, rel=1e-6)
+    assert rec["cpu"]["breakdown"]["memory_seconds"] == pytest.approx(1.191564e-3, rel=1e-6)
+    assert rec["cpu"]["seconds_per_token"] == pytest.approx(1.591564e-3, rel=1e-6)
     assert rec["tpu"]["watts"] == 5.0 and rec["cpu"]["watts"] == 6.0
     assert rec["tpu"]["joules_per_token"] == pytest.approx(0.0409788, rel=1e-5)
-    assert rec["cpu"]["joules_per_token"] == pytest.approx(0.00714938, rel=1e-5)
-    assert rec["tpu_vs_cpu"] == pytest.approx(0.14539, rel=1e-4)
-    assert rec["verdict"] == "Edge TPU predicted 0.15x the testboard CPU for this model: use arm-cpu"
+    assert rec["cpu"]["joules_per_token"] == pytest.approx(0.00954938, rel=1e-5)
+    assert rec["tpu_vs_cpu"] == pytest.approx(1.591564 / 8.19575, rel=1e-5)
+    assert rec["verdict"] == "Edge TPU predicted 0.19x the testboard CPU for this model: use arm-cpu"
     assert rec["predicted"] and not rec["tpu"]["measured"] and not rec["cpu"]["measured"]
     assert "predicted" in rec["tpu"]["source"] and "predicted" in rec["cpu"]["source"]
 
@@ -67,9 +68,9 @@ def test_a_model_that_fits_on_chip_against_a_slow_cpu_says_use_coral():
                  host_speed_vs_reference=0.5)
     small = [{"file": "a", "parameter_bytes": 4 * MIB, "macs": 4 * MIB}]
     rec = L.predict(small, slow, LINK, TPU)
-    # TPU: 0.3 ms + 0 streamed + 2.097 us + 0.1 ms = 0.402097 ms; CPU: 4 MiB / (1e8 x 0.88) = 47.66 ms
+    # TPU: 0.3 ms + 0 streamed + 2.097 us + 0.1 ms = 0.402097 ms; CPU: 4 MiB / (1e8 x 0.88) = 47.6625 ms + 0.4 ms
     assert rec["tpu"]["seconds_per_token"] == pytest.approx(0.402097e-3, rel=1e-5)
-    assert rec["tpu_vs_cpu"] == pytest.approx(47.663e-3 / 0.402097e-3, rel=1e-4)
+    assert rec["tpu_vs_cpu"] == pytest.approx(48.0625e-3 / 0.402097e-3, rel=1e-4)
     assert rec["verdict"] == "Edge TPU predicted 1.2e+02x the slowboard CPU for this model: use coral"
 
 

@@ -8,6 +8,7 @@ Units: seconds, bytes, bytes/s, watts, joules, multiply-accumulates (MACs). Mode
   cached   = greedy fill of the on-chip parameter cache in the compiler's (command-line) order: a
              segment stays on chip when all its parameters fit what is left, else it streams every call
   CPU path = int8 weight bytes read per token / (board streaming-copy bandwidth x CPU_EFFICIENCY)
+             + the runtime's fixed cost per token (measured here), divided by host_speed_vs_reference
   energy   = seconds x watts: TPU path board idle + one busy core + the TPU's watts; CPU path the
              board's full-load watts (decode uses every core)
 Figures come from accelerators/edgetpu.toml and boards/*.toml, each with its source.
@@ -23,6 +24,10 @@ from edgekit.core.errors import ConfigError
 CPU_EFFICIENCY = 0.88
 CPU_EFFICIENCY_SOURCE = ("measured on the reference x86-64 machine: TFLite int8 decode at 0.88 of the "
                          "streaming-copy roofline (docs/benchmarks.md)")
+# Measured on the reference machine: a stories260k arm-cpu bundle (0.3 MB of weights, so almost no
+# memory time) decodes in 0.185-0.217 ms per token on one thread (two runs of 100 tokens, 2026-11-30):
+# the fixed per-token cost of the runtime call, scaled to a board by host_speed_vs_reference.
+CPU_OVERHEAD_SECONDS_PER_TOKEN = 2.0e-4
 
 
 def cache_fill(parameter_bytes: list[int], capacity_bytes: int) -> list[bool]:
@@ -53,11 +58,15 @@ def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: f
 
 
 def cpu_seconds_per_token(weight_bytes: int, board) -> dict:
-    """Memory-bound decode of the same int8 weights on the board's CPU (arm-cpu bundle)."""
+    """Memory-bound decode of the same int8 weights on the board's CPU (arm-cpu bundle), plus the
+    runtime's fixed per-token cost."""
     bw = board.memory_bandwidth_bytes_per_second
-    if bw <= 0:
-        raise ConfigError(f"board '{board.name}' has no performance.memory_bandwidth_bytes_per_second")
-    return {"seconds": weight_bytes / (bw * CPU_EFFICIENCY), "weight_bytes": weight_bytes,
+    if bw <= 0 or board.host_speed_vs_reference <= 0:
+        raise ConfigError(f"board '{board.name}' has no performance.memory_bandwidth_bytes_per_second / "
+                          "host_speed_vs_reference; add them to its TOML file")
+    memory = weight_bytes / (bw * CPU_EFFICIENCY)
+    fixed = CPU_OVERHEAD_SECONDS_PER_TOKEN / board.host_speed_vs_reference
+    return {"seconds": memory + fixed, "memory_seconds": memory, "fixed_seconds": fixed, "weight_bytes": weight_bytes,
             "bandwidth_bytes_per_second": bw, "efficiency": CPU_EFFICIENCY}
 
 
