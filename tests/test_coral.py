@@ -120,6 +120,11 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_files"] == []
     shown = run_cli("inspect", str(bundle), no_torch=True).stdout
     assert "compile step PENDING" in shown and f"edgekit coral compile {bundle}" in shown
+    # the build records the predicted verdict (rpi5 over USB 3.0 first, every board x link after it)
+    verdict = tpu["verdict"]
+    assert verdict["predicted"] and (verdict["default"]["board"], verdict["default"]["link"]) == ("rpi5", "usb3")
+    assert f"verdict      {verdict['default']['verdict']} (predicted)" in shown
+    assert tpu["compiler"]["command"] == "cd BUNDLE && edgetpu_compiler -s -o . " + " ".join(segments)
     # read from the files: no segment holds an edgetpu-custom-op until compiled
     assert f"delegate     0 of {len(segments)} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op" in shown
 
