@@ -96,16 +96,16 @@ def test_two_non_unit_outer_dims_are_rejected_with_the_rank_reason(tiny_models):
 
 
 def _fake_compiler(tmp_path: Path) -> Path:
-    """Stands in for edgetpu_compiler: copies the model to <stem>_edgetpu.tflite and prints the log."""
+    """Stands in for edgetpu_compiler: copies each model to <stem>_edgetpu.tflite and prints the log for each."""
     script = tmp_path / "edgetpu_compiler"
     script.write_text(f"""#!{sys.executable}
 import shutil, sys
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("-o") + 1])
-model = Path(args[-1])
-shutil.copyfile(model, out / (model.stem + "_edgetpu.tflite"))
-print(Path({str(LOG)!r}).read_text())
+for model in map(Path, args[args.index("-o") + 2:]):  # co-compile: every model, one log section each
+    shutil.copyfile(model, out / (model.stem + "_edgetpu.tflite"))
+    print(Path({str(LOG)!r}).read_text())
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
@@ -120,6 +120,11 @@ def test_coral_bundle_records_prediction_and_pending_compile(tflite_builds, tmp_
     assert tpu["compiler"]["pending"] is True and m["model"]["accelerated_files"] == []
     shown = run_cli("inspect", str(bundle), no_torch=True).stdout
     assert "compile step PENDING" in shown and f"edgekit coral compile {bundle}" in shown
+    # the build records the predicted verdict (rpi5 over USB 3.0 first, every board x link after it)
+    verdict = tpu["verdict"]
+    assert verdict["predicted"] and (verdict["default"]["board"], verdict["default"]["link"]) == ("rpi5", "usb3")
+    assert f"verdict      {verdict['default']['verdict']} (predicted)" in shown
+    assert tpu["compiler"]["command"] == "cd BUNDLE && edgetpu_compiler -s -o . " + " ".join(segments)
     # read from the files: no segment holds an edgetpu-custom-op until compiled
     assert f"delegate     0 of {len(segments)} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op" in shown
 
@@ -171,3 +176,25 @@ def test_fp32_segments_with_host_attention_equal_pytorch(stories_build, tmp_path
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_check_with_board_prints_predicted_tpu_and_cpu_figures_and_the_verdict(tiny_models):
+    from edgekit.core.accelerators import load_accelerator
+    from edgekit.core.boards import load_board
+    from edgekit.device.coral_latency import predict
+
+    res = run_cli("coral", "check", str(tiny_models["listed"]), "--board", "rpi5", "--link", "usb3", no_torch=True)
+    assert res.returncode == 0, res.stderr
+    block = res.stdout[res.stdout.index("== verdict"):].splitlines()
+    acc = load_accelerator()
+    # the listed MLP: 16x32 + 32x8 int8 weights (768 bytes, 768 MACs) + 32 + 8 int32 biases (160 bytes),
+    # one segment, cached on chip
+    want = predict([{"file": "m", "parameter_bytes": 928, "macs": 768}], load_board("rpi5"), acc.link("usb3"), acc)
+    assert want["tpu"]["breakdown"]["streamed_bytes"] == 0
+    assert f"{want['tpu']['tokens_per_second']:.3g} tokens/s predicted" in block[1]
+    assert f"{want['cpu']['tokens_per_second']:.3g} tokens/s predicted" in block[3]
+    assert all("predicted" in line for line in block[:2] + block[3:])
+    assert block[4].strip() == want["verdict"]
+    as_json = json.loads(run_cli("coral", "check", str(tiny_models["listed"]), "--board", "rpi5", "--json",
+                                 no_torch=True).stdout)
+    assert as_json["predicted"] and as_json["verdict"] == want["verdict"] and as_json["link"] == "usb3"

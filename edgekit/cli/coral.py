@@ -34,7 +34,11 @@ def _model_paths(path: Path) -> list[Path]:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every op, statuses, totals).")
 @click.option("--subgraph", default=None, help="Only this subgraph (signature), e.g. decode.")
-def check(model, as_json, subgraph):
+@click.option("--board", default=None, metavar="NAME",
+              help="Also predict tokens/s and J/token on this board's CPU vs an Edge TPU on it (e.g. rpi5).")
+@click.option("--link", default="usb3", show_default=True, metavar="NAME",
+              help="How the Edge TPU is attached, with --board: usb2, usb3 or pcie (accelerators/edgetpu.toml).")
+def check(model, as_json, subgraph, board, link):
     """Predict which ops of MODEL (a .tflite file, or every model file of a bundle folder) the Edge
     TPU compiler maps.
 
@@ -47,6 +51,7 @@ def check(model, as_json, subgraph):
     """
     from edgekit.device.coral_check import predict, report
 
+    target = _board_and_link(board, link) if board else None  # bad names fail before any model is read
     results = []
     for path in _model_paths(model):
         try:
@@ -59,6 +64,10 @@ def check(model, as_json, subgraph):
             if not preds:
                 raise ConfigError(f"{path} has no subgraph '{subgraph}'; it has: {', '.join(names)}")
         results.append((path, preds))
+    verdict = _verdict(results, *target) if target else None
+    if as_json and verdict is not None:
+        click.echo(json.dumps(verdict, indent=2))
+        return
     if as_json:
         click.echo(json.dumps([{"model": str(p), "subgraphs": [x.to_dict() for x in preds]} for p, preds in results]
                               if len(results) > 1 else
@@ -66,6 +75,53 @@ def check(model, as_json, subgraph):
                               indent=2))
     else:
         click.echo("\n".join(f"== {p.name}\n{report(preds)}" for p, preds in results))
+    if verdict is not None:
+        click.echo(verdict_lines(verdict))
+
+
+def _board_and_link(board: str, link: str) -> tuple:
+    from edgekit.core.accelerators import load_accelerator
+    from edgekit.core.boards import load_board
+
+    acc = load_accelerator("edgetpu")
+    return load_board(board), acc.link(link), acc
+
+
+def _verdict(results: list, the_board, the_link, acc) -> dict:
+    """Predicted time and energy per token on the board's CPU and with an Edge TPU over `the_link`."""
+    from edgekit.device.coral_latency import predict
+
+    segments = [{"file": p.name, "parameter_bytes": sum(x.totals()["parameter_bytes_on_tpu"] for x in preds),
+                 "macs": sum(x.totals()["macs_on_tpu"] for x in preds)} for p, preds in results]
+    return predict(_in_compiler_order(segments, results), the_board, the_link, acc)
+
+
+def _in_compiler_order(segments: list[dict], results: list) -> list[dict]:
+    """Segments in the bundle's execution order (the co-compile order) when the folder is a bundle."""
+    folder = results[0][0].parent
+    manifest = folder / "manifest.json"
+    if len(results) < 2 or not manifest.is_file():
+        return segments
+    order = [seg["file"] for seg in json.loads(manifest.read_text()).get("signature", {}).get("segments", [])]
+    return sorted(segments, key=lambda s: (order.index(s["file"]) if s["file"] in order else len(order), s["file"]))
+
+
+def verdict_lines(v: dict) -> str:
+    """The human-readable verdict block; every figure says predicted."""
+    t, c, bd = v["tpu"], v["cpu"], v["tpu"]["breakdown"]
+    return "\n".join([
+        f"== verdict (predicted: no Edge TPU measured; figures and sources in accelerators/edgetpu.toml, "
+        f"boards/{v['board']}.toml)",
+        f"  Edge TPU over {v['link']} on {v['board']}: {t['tokens_per_second']:.3g} tokens/s predicted, "
+        f"{t['joules_per_token']:.3g} J/token predicted ({t['watts']:.3g} W)",
+        f"    per token: {bd['segments']} invokes {1e3 * bd['invoke_seconds']:.3g} ms + streamed "
+        f"{bd['streamed_bytes'] / 2**20:.3g} MiB {1e3 * bd['transfer_seconds']:.3g} ms + TPU compute "
+        f"{1e3 * bd['compute_seconds']:.3g} ms + host {1e3 * bd['host_seconds']:.3g} ms; "
+        f"{bd['cached_segments']} of {bd['segments']} segments cached on chip ({bd['cached_bytes'] / 2**20:.3g} MiB)",
+        f"  {v['board']} CPU (arm-cpu bundle, same weights): {c['tokens_per_second']:.3g} tokens/s predicted, "
+        f"{c['joules_per_token']:.3g} J/token predicted ({c['watts']:.3g} W)",
+        f"  {v['verdict']}",
+    ])
 
 
 @coral.command("compile")
@@ -98,8 +154,11 @@ def compile_(bundle, compiler, out):
         raise BuildError("edgetpu_compiler not found on PATH; install Coral's edgetpu-compiler package "
                          "(x86-64 Linux) or pass --compiler PATH")
     out = out or b.root
-    models = [b.path(f["path"]) for f in m["files"]
-              if f["path"].endswith(".tflite") and not f["path"].endswith("_edgetpu.tflite")]
+    from edgekit.workshop.coral_compile import compiler_order
+
+    models = compiler_order([b.path(f["path"]) for f in m["files"]
+                             if f["path"].endswith(".tflite") and not f["path"].endswith("_edgetpu.tflite")],
+                            m.get("signature"))
     host = None
     if m["model"]["runtime"] == "litert-segments":
         from edgekit.device.segmented_model import host_macs
@@ -110,8 +169,7 @@ def compile_(bundle, compiler, out):
                                    host_macs_per_token=host)
         comp = record["compiler"]
         if not comp.get("compiled"):
-            logs = "\n".join((Path(tmp) / (Path(f).stem + "_edgetpu_compiler.log")).read_text()[-1500:]
-                             for f in comp.get("failed", []))
+            logs = (Path(tmp) / "edgetpu_compiler.log").read_text()[-1500:]
             raise BuildError(f"edgetpu_compiler failed on {', '.join(comp.get('failed', []))}; log:\n{logs}")
         staging = staging_dir(out)
         for f in m["files"]:

@@ -117,9 +117,23 @@ def _print_edgetpu(root: Path, m: dict, tpu: dict) -> None:
     click.echo(f"  parameters   {pbytes / 2**20:.2f} MiB on the TPU "
                + ("(fits the ~8 MiB on-chip cache)" if pbytes <= 8 * 2**20 else
                   "(more than the ~8 MiB on-chip cache: the rest streams from host memory each call)"))
+    _print_verdict(tpu)
     _print_compiler(root, tpu.get("compiler", {}))
     click.echo("  per-op table: edgekit coral check " + str(root))
     _print_edgetpu_files(root, m)
+
+
+def _print_verdict(tpu: dict) -> None:
+    """The predicted verdict (recorded by the build; computed here for bundles that predate it)."""
+    from edgekit.device.coral_latency import verdict_record
+
+    v = tpu.get("verdict") or verdict_record(tpu)
+    d = v["default"]
+    click.echo(f"  verdict      {d['verdict']} (predicted)")
+    click.echo(f"               {d['board']} + Edge TPU over {d['link']}: {d['tpu_tokens_per_second']:.3g} tokens/s, "
+               f"{d['tpu_joules_per_token']:.3g} J/token; {d['board']} CPU: {d['cpu_tokens_per_second']:.3g} tokens/s, "
+               f"{d['cpu_joules_per_token']:.3g} J/token (all predicted)")
+    click.echo("               other boards and links: edgekit coral check BUNDLE --board NAME --link usb2|usb3|pcie")
 
 
 def _print_compiler(root: Path, comp: dict) -> None:

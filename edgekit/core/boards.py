@@ -6,6 +6,8 @@ figures come from. They are approximate published figures, not measurements of t
 the `estimate` power source scales between them by CPU utilisation and always says so.
 `match.model_contains` and `match.compatible` let `detect_board` recognise the board from
 /proc/device-tree/model, or else from the SoC named in /proc/device-tree/compatible.
+`[performance]` (optional) gives the streaming-copy memory bandwidth in bytes/s, the CPU core count
+and one core's speed relative to the reference machine, each with its source, for predicted speed.
 Adding a board is adding a TOML file (or a directory named in EDGEKIT_BOARDS_PATH).
 """
 
@@ -35,6 +37,19 @@ SCHEMA = Table(
         "idle_watts": Field(float, minimum=0.0, doc="typical whole-board power at idle, W"),
         "full_load_watts": Field(float, minimum=0.0, doc="typical whole-board power, all CPU cores busy, W"),
         "source": Field(str, doc="where the figures come from (URL or publication); say 'approximate'"),
+        "performance": Table(
+            {
+                "memory_bandwidth_bytes_per_second": Field(
+                    float, default=0.0, minimum=0.0,
+                    doc="streaming-copy memory bandwidth (read + write), bytes/s; 0 = unknown"),
+                "cpu_cores": Field(int, default=0, minimum=0, doc="CPU cores; 0 = unknown"),
+                "host_speed_vs_reference": Field(
+                    float, default=0.0, minimum=0.0,
+                    doc="one core's speed relative to the reference machine where host work was measured; 0 = unknown"),
+                "source": Field(str, default="", doc="where these come from; say which are derived or assumed"),
+            },
+            doc="figures for predicted speed (coral verdict, CPU decode)",
+        ),
         "match": Table(
             {
                 "model_contains": Field(
@@ -66,6 +81,10 @@ class Board:
     model_contains: tuple[str, ...] = ()
     compatible: tuple[str, ...] = ()
     path: Path | None = None
+    memory_bandwidth_bytes_per_second: float = 0.0
+    cpu_cores: int = 0
+    host_speed_vs_reference: float = 0.0
+    performance_source: str = ""
 
 
 def load_board(name_or_path: str) -> Board:
@@ -80,6 +99,10 @@ def load_board(name_or_path: str) -> Board:
         model_contains=tuple(data["match"]["model_contains"]),
         compatible=tuple(data["match"]["compatible"]),
         path=path,
+        memory_bandwidth_bytes_per_second=data["performance"]["memory_bandwidth_bytes_per_second"],
+        cpu_cores=data["performance"]["cpu_cores"],
+        host_speed_vs_reference=data["performance"]["host_speed_vs_reference"],
+        performance_source=data["performance"]["source"],
     )
 
 

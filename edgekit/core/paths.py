@@ -1,6 +1,6 @@
 """Where edgekit finds its data files and caches. Stdlib only.
 
-- Target, recipe and board-power-profile TOML files: directories named in EDGEKIT_TARGETS_PATH /
+- Target, recipe, board-profile and accelerator (accelerators/*.toml) TOML files: directories named in EDGEKIT_TARGETS_PATH /
   EDGEKIT_MODELS_PATH / EDGEKIT_BOARDS_PATH (os.pathsep-separated, searched first, so a user adds a
   board by adding a file), then the source checkout's top-level `targets/`, `models/` and
   `boards/`, then the copies installed inside the package (`edgekit/_targets/`, `edgekit/_models/`,
@@ -24,6 +24,7 @@ _ENV_FOR_KIND = {
     "targets": "EDGEKIT_TARGETS_PATH",
     "models": "EDGEKIT_MODELS_PATH",
     "boards": "EDGEKIT_BOARDS_PATH",
+    "accelerators": "EDGEKIT_ACCELERATORS_PATH",
 }
 
 

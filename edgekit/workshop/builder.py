@@ -258,7 +258,10 @@ def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     """Accelerator compile step named by the target's [compile] tool (coral: Edge TPU)."""
     from edgekit.workshop.coral_compile import run_compile_stage
 
-    models = [p for p in outs["quantize"].files.values() if p.suffix == ".tflite"]
+    from edgekit.workshop.coral_compile import compiler_order
+
+    models = compiler_order([p for p in outs["quantize"].files.values() if p.suffix == ".tflite"],
+                            outs["quantize"].values.get("signature"))
     record = run_compile_stage(models, d, ctx.compiler, log=ctx.log,
                                host_macs_per_token=getattr(ctx.support.open_device_model, "host_macs", None)
                                and ctx.support.open_device_model.host_macs(outs["quantize"].values["signature"]))

@@ -2,7 +2,8 @@
 available, and put prediction and compiler result side by side.
 
 The compiler (x86-64 Debian package from Coral's apt repository; not on PyPI) is found on PATH or
-given with `edgekit build --compiler PATH`. Its `-s` output is parsed (header lines and the
+given with `edgekit build --compiler PATH`. All segment models of a bundle are co-compiled in ONE call (they then share the ~8 MiB on-chip
+parameter cache, filled in command-line order). Its `-s` output is parsed (header lines and the
 "Operator  Count  Status" table) and compared with the prediction per (op, status); differences are
 recorded in the manifest and printed, never dropped. Without the compiler the stage records the
 prediction and the exact command to run where the compiler exists.
@@ -85,8 +86,28 @@ def compare(predicted: Counter, actual_rows: list[dict]) -> list[dict]:
     return diffs
 
 
-def compile_command(model: Path, out_dir: Path, compiler: str = "edgetpu_compiler") -> list[str]:
-    return [compiler, "-s", "-o", str(out_dir), str(model)]
+def compile_command(models: list[Path], out_dir: Path, compiler: str = "edgetpu_compiler") -> list[str]:
+    """ONE co-compiling invocation for every model: the compiler then shares the on-chip parameter cache
+    between them, allocated in this order (coral.ai/docs/edgetpu/compiler, "Co-compiling multiple models");
+    `-s` prints each model's operation table, `-o` names the output folder."""
+    return [compiler, "-s", "-o", str(out_dir), *(str(m) for m in models)]
+
+
+def compiler_order(models: list[Path], signature: dict | None) -> list[Path]:
+    """Models in execution order (the signature's segment list; others after, by name): the order of
+    the co-compile command line, which is also the order the on-chip cache is filled in."""
+    order = [seg["file"] for seg in (signature or {}).get("segments", [])]
+    return sorted(models, key=lambda m: (order.index(m.name) if m.name in order else len(order), m.name))
+
+
+def split_compiler_log(text: str) -> list[str]:
+    """A co-compile log cut into one part per model (each part from its "Input model:" line on);
+    the shared header lines (version, compile time) are prefixed to every part."""
+    marks = [m.start() for m in re.finditer(r"^Input model: ", text, flags=re.M)]
+    if len(marks) <= 1:
+        return [text]
+    head = text[: marks[0]]
+    return [head + text[a:b] for a, b in zip(marks, marks[1:] + [len(text)])]
 
 
 def find_compiler(explicit: str | None) -> str | None:
@@ -99,9 +120,10 @@ def find_compiler(explicit: str | None) -> str | None:
 
 
 def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, log=print, timeout: float = 900,
-                      host_macs_per_token: int | None = None) -> dict:
+                      host_macs_per_token: int | None = None, runner=None) -> dict:
     """Predict every model file, then compile each if a compiler is available. Returns the record
     for the manifest; compiled models land in out_dir/<stem>_edgetpu.tflite (record["compiler"]["files"]).
+    All models are co-compiled in one compiler call (compile_command); `runner` replaces subprocess.run (tests).
     `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention)."""
     from edgekit.device.coral_check import predict
 
@@ -117,40 +139,31 @@ def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, l
     log(f"    Edge TPU prediction: {mapped}/{ops} ops in {len(models)} file(s), "
         f"{100 * record['mac_share_on_tpu']:.1f}% of multiply-accumulates on the TPU"
         + (" (host attention counted)" if host_macs_per_token else ""))
+    from edgekit.device.coral_latency import verdict_record
+
+    record["verdict"] = verdict_record(record)
+    log("    " + record["verdict"]["default"]["verdict"])
     path = find_compiler(compiler)
     if path is None:
-        names = " ".join(shlex.quote(m.name) for m in models)
-        record["compiler"] = {"compiled": False, "pending": True,
-                              "command": f"cd BUNDLE && for f in {names}; do edgetpu_compiler -s -o . $f; done",
+        command = " ".join(shlex.quote(a) for a in compile_command([Path(m.name) for m in models], Path(".")))
+        record["compiler"] = {"compiled": False, "pending": True, "co_compiled": True,
+                              "command": f"cd BUNDLE && {command}",
                               "note": "edgetpu_compiler was not found on PATH; the bundle holds the CPU-runnable "
                                       "full-int8 model. Run `edgekit coral compile BUNDLE` on an x86-64 Linux "
                                       "machine with Coral's edgetpu-compiler package, or rebuild there."}
         log("    edgetpu_compiler not found: compile step pending (see `edgekit inspect`)")
         return record
-    logs, files, failed = [], [], []
-    for m in models:
-        run = subprocess.run(compile_command(m, out_dir, path), capture_output=True, text=True, timeout=timeout)
-        text = run.stdout + "\n" + run.stderr
-        (out_dir / (m.stem + "_edgetpu_compiler.log")).write_text(text)
-        parsed = parse_compiler_log(text)
-        parsed["exit_code"], parsed["model"] = run.returncode, m.name
-        compiled = out_dir / (m.stem + "_edgetpu.tflite")
-        if run.returncode != 0 or not compiled.is_file():
-            failed.append(m.name)
-            parsed["compiled"] = False
-        else:
-            files.append(compiled.name)
-        logs.append(parsed)
+    record["compiler"] = co_compile(models, out_dir, path, runner or subprocess.run, timeout)
+    comp = record["compiler"]
+    logs = comp["logs"]
     actual = [row for lg in logs for row in lg["operations"]]
     predicted = Counter((o.op, o.status) for _, p in preds for o in p.ops)
-    comp = {"compiled": not failed, "files": files, "failed": failed, "logs": logs,
-            "version": logs[0].get("version") if logs else None,
-            "ops_on_tpu": sum(lg.get("ops_on_tpu", 0) for lg in logs),
-            "ops_on_cpu": sum(lg.get("ops_on_cpu", 0) for lg in logs),
-            "disagreements": compare(predicted, actual)}
-    record["compiler"] = comp
-    if failed:
-        log(f"    edgetpu_compiler failed on {', '.join(failed)}; those run on the CPU, logs recorded")
+    comp.update({"version": logs[0].get("version") if logs else None,
+                 "ops_on_tpu": sum(lg.get("ops_on_tpu", 0) for lg in logs),
+                 "ops_on_cpu": sum(lg.get("ops_on_cpu", 0) for lg in logs),
+                 "disagreements": compare(predicted, actual)})
+    if comp["failed"]:
+        log(f"    edgetpu_compiler failed on {', '.join(comp['failed'])}; those run on the CPU, logs recorded")
     for d in comp["disagreements"]:
         log(f"    prediction vs compiler: {d['op']} '{d['status']}': predicted {d['predicted']}, compiler {d['compiler']}")
     return record
@@ -160,3 +173,26 @@ def _summary(pred) -> dict:
     counts = Counter((o.op, o.status) for o in pred.ops)
     return {"subgraph": pred.name, "totals": pred.totals(),
             "by_status": [{"op": op, "status": st, "count": n} for (op, st), n in sorted(counts.items())]}
+
+
+def co_compile(models: list[Path], out_dir: Path, path: str, runner, timeout: float) -> dict:
+    """Run the one co-compile call (`runner`: subprocess.run or a fake with its signature); write its log
+    to out_dir/edgetpu_compiler.log, parse it per model and list which compiled files exist."""
+    cmd = compile_command(models, out_dir, path)
+    run = runner(cmd, capture_output=True, text=True, timeout=timeout)
+    text = (run.stdout or "") + "\n" + (run.stderr or "")
+    (out_dir / "edgetpu_compiler.log").write_text(text)
+    parts = split_compiler_log(text)
+    logs, files, failed = [], [], []
+    for k, m in enumerate(models):
+        parsed = parse_compiler_log(parts[k] if len(parts) == len(models) else text)
+        parsed["exit_code"], parsed["model"] = run.returncode, m.name
+        compiled = out_dir / (m.stem + "_edgetpu.tflite")
+        if run.returncode != 0 or not compiled.is_file():
+            failed.append(m.name)
+            parsed["compiled"] = False
+        else:
+            files.append(compiled.name)
+        logs.append(parsed)
+    return {"compiled": not failed, "co_compiled": True, "command": " ".join(shlex.quote(a) for a in cmd),
+            "files": files, "failed": failed, "logs": logs}

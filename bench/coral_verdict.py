@@ -1,0 +1,80 @@
+"""The predicted Edge TPU verdict table (model x link x board) for docs/coral.md.
+
+Models: coral bundles given on the command line (their manifest's per-file Edge TPU prediction), plus
+the SmolLM2 student and the MiniLM student of docs/coral.json, whose per-segment int8 parameters are
+rebuilt from their architecture (one MAC per weight per token; int32 biases of 4 bytes) and checked
+against the MiB totals coral.json recorded. Prints a markdown table and writes JSON (--out).
+Every figure is predicted (edgekit/device/coral_latency.py). Usage:
+  python bench/coral_verdict.py [BUNDLE ...] [--out docs/coral_verdict.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgekit.core.accelerators import load_accelerator
+from edgekit.core.boards import list_boards
+from edgekit.device.coral_latency import compact, segments_from_record, verdict_table
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def decoder_segments(layers, hidden, inter, heads, kv_heads, head_dim, vocab) -> list[dict]:
+    """Bias-free Llama segments in execution order: qkv, o, up (gate + up), down per layer, then the head."""
+    qkv = hidden * (heads + 2 * kv_heads) * head_dim
+    per = [("qkv", qkv), ("o", heads * head_dim * hidden), ("up", hidden * 2 * inter), ("down", inter * hidden)]
+    segs = [{"file": f"l{i:02d}_{r}", "parameter_bytes": n, "macs": n} for i in range(layers) for r, n in per]
+    return segs + [{"file": "head", "parameter_bytes": hidden * vocab, "macs": hidden * vocab}]
+
+
+def encoder_segments(layers, hidden, inter) -> list[dict]:
+    """BERT segments with int32 biases: qkv, o, up, down per layer."""
+    per = [("qkv", hidden * 3 * hidden, 3 * hidden), ("o", hidden * hidden, hidden),
+           ("up", hidden * inter, inter), ("down", inter * hidden, hidden)]
+    return [{"file": f"l{i:02d}_{r}", "parameter_bytes": w + 4 * b, "macs": w}
+            for i in range(layers) for r, w, b in per]
+
+
+def known_models() -> dict:
+    rows = {r["model"]: r for r in json.loads((DOCS / "coral.json").read_text())["rows"] if r["layout"] == "tpu-segments"}
+    models = {"SmolLM2 student (15 layers)": (decoder_segments(15, 576, 1536, 9, 3, 64, 49152),
+                                              rows["smollm2 student"]["parameter_mib_on_tpu"]),
+              "MiniLM student (3 layers), per token": (encoder_segments(3, 384, 1536),
+                                                       rows["minilm student"]["parameter_mib_on_tpu"])}
+    for name, (segs, mib) in models.items():
+        got = sum(s["parameter_bytes"] for s in segs) / 2**20
+        assert abs(got - mib) < 0.05, f"{name}: rebuilt {got:.2f} MiB vs coral.json {mib} MiB"
+    return {k: v[0] for k, v in models.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundles", nargs="*")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    models = {}
+    for b in args.bundles:
+        m = json.loads((Path(b) / "manifest.json").read_text())
+        models[f"{m['name']} (bundle)"] = segments_from_record(m["metrics"]["edgetpu"])
+    models.update(known_models())
+    acc = load_accelerator()
+    boards = [b for b in list_boards() if b.name in ("rpi5", "rpi4")]
+    out = {}
+    print("| model | params MiB | board | link | cached segments | TPU tok/s | TPU J/token | CPU tok/s | CPU J/token | TPU / CPU | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, segs in models.items():
+        rows = [compact(r) for r in verdict_table(segs, boards, ["usb2", "usb3", "pcie"], acc)]
+        out[name] = rows
+        mib = sum(s["parameter_bytes"] for s in segs) / 2**20
+        for r in rows:
+            print(f"| {name} | {mib:.2f} | {r['board']} | {r['link']} | {r['cached_segments']} of {len(segs)} | "
+                  f"{r['tpu_tokens_per_second']:.3g} | {r['tpu_joules_per_token']:.3g} | {r['cpu_tokens_per_second']:.3g} | "
+                  f"{r['cpu_joules_per_token']:.3g} | {r['tpu_vs_cpu']:.2g}x | {r['verdict'].split(': ')[-1]} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"predicted": True, "models": out}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Predicted time and energy per token of an Edge TPU segmented bundle, against the board's own CPU,
+and a plain verdict. Every figure is a prediction (no Edge TPU here) and says so.
+
+Units: seconds, bytes, bytes/s, watts, joules, multiply-accumulates (MACs). Model, per token:
+  TPU path = sum over segments of (link invoke overhead + streamed parameter bytes / link bandwidth
+             + MACs / TPU MAC rate) + host work (per segment call, measured on the reference machine,
+             divided by the board's host_speed_vs_reference)
+  cached   = greedy fill of the on-chip parameter cache in the compiler's (command-line) order: a
+             segment stays on chip when all its parameters fit what is left, else it streams every call
+  CPU path = int8 weight bytes read per token / (board streaming-copy bandwidth x CPU_EFFICIENCY)
+             + the runtime's fixed cost per token (measured here), divided by host_speed_vs_reference
+  energy   = seconds x watts: TPU path board idle + one busy core + the TPU's watts; CPU path the
+             board's full-load watts (decode uses every core)
+Figures come from accelerators/edgetpu.toml and boards/*.toml, each with its source.
+May import: stdlib, edgekit.core.
+"""
+
+from __future__ import annotations
+
+from edgekit.core.errors import ConfigError
+
+# Measured on the reference machine: the arm-cpu (TFLite int8) decode of the SmolLM2 student reached
+# 0.88 of the streaming-copy roofline (docs/benchmarks.md, bench/compare.py run of 2026-11-30).
+CPU_EFFICIENCY = 0.88
+CPU_EFFICIENCY_SOURCE = ("measured on the reference x86-64 machine: TFLite int8 decode at 0.88 of the "
+                         "streaming-copy roofline (docs/benchmarks.md)")
+# Measured on the reference machine: a stories260k arm-cpu bundle (0.3 MB of weights, so almost no
+# memory time) decodes in 0.185-0.217 ms per token on one thread (two runs of 100 tokens, 2026-11-30):
+# the fixed per-token cost of the runtime call, scaled to a board by host_speed_vs_reference.
+CPU_OVERHEAD_SECONDS_PER_TOKEN = 2.0e-4
+
+
+def cache_fill(parameter_bytes: list[int], capacity_bytes: int) -> list[bool]:
+    """Which segments (in compiler order) keep their parameters on chip: greedy, whole segments."""
+    left, cached = capacity_bytes, []
+    for n in parameter_bytes:
+        fits = n <= left
+        cached.append(fits)
+        left -= n if fits else 0
+    return cached
+
+
+def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: float) -> dict:
+    """segments: [{"file", "parameter_bytes", "macs"}] in compiler order, one call each per token."""
+    if host_speed <= 0:
+        raise ConfigError("the board has no performance.host_speed_vs_reference; add it to its TOML file")
+    cached = cache_fill([s["parameter_bytes"] for s in segments], accelerator.on_chip_parameter_bytes)
+    streamed = sum(s["parameter_bytes"] for s, c in zip(segments, cached) if not c)
+    invoke = len(segments) * link.invoke_overhead_seconds
+    transfer = streamed / link.bytes_per_second
+    compute = sum(s["macs"] for s in segments) / accelerator.macs_per_second
+    host = len(segments) * accelerator.host_seconds_per_segment_call / host_speed
+    return {"seconds": invoke + transfer + compute + host, "invoke_seconds": invoke,
+            "transfer_seconds": transfer, "compute_seconds": compute, "host_seconds": host,
+            "segments": len(segments), "cached_segments": sum(cached),
+            "cached_bytes": sum(s["parameter_bytes"] for s, c in zip(segments, cached) if c),
+            "streamed_bytes": streamed}
+
+
+def cpu_seconds_per_token(weight_bytes: int, board) -> dict:
+    """Memory-bound decode of the same int8 weights on the board's CPU (arm-cpu bundle), plus the
+    runtime's fixed per-token cost."""
+    bw = board.memory_bandwidth_bytes_per_second
+    if bw <= 0 or board.host_speed_vs_reference <= 0:
+        raise ConfigError(f"board '{board.name}' has no performance.memory_bandwidth_bytes_per_second / "
+                          "host_speed_vs_reference; add them to its TOML file")
+    memory = weight_bytes / (bw * CPU_EFFICIENCY)
+    fixed = CPU_OVERHEAD_SECONDS_PER_TOKEN / board.host_speed_vs_reference
+    return {"seconds": memory + fixed, "memory_seconds": memory, "fixed_seconds": fixed, "weight_bytes": weight_bytes,
+            "bandwidth_bytes_per_second": bw, "efficiency": CPU_EFFICIENCY}
+
+
+def _side(seconds: float, watts: float, source: str) -> dict:
+    return {"tokens_per_second": 1.0 / seconds, "seconds_per_token": seconds, "watts": watts,
+            "joules_per_token": seconds * watts, "measured": False, "source": source}
+
+
+def predict(segments: list[dict], board, link, accelerator) -> dict:
+    """The full record: TPU side, CPU side, ratio and the verdict sentence (all predicted)."""
+    tpu = tpu_seconds_per_token(segments, link, accelerator, board.host_speed_vs_reference)
+    cpu = cpu_seconds_per_token(sum(s["parameter_bytes"] for s in segments), board)
+    one_core = board.idle_watts + (board.full_load_watts - board.idle_watts) / max(board.cpu_cores, 1)
+    tpu_side = _side(tpu["seconds"], one_core + accelerator.watts,
+                     f"predicted: {board.name} idle + one busy core + Edge TPU {accelerator.watts:g} W")
+    cpu_side = _side(cpu["seconds"], board.full_load_watts, f"predicted: {board.name} full load")
+    ratio = tpu_side["tokens_per_second"] / cpu_side["tokens_per_second"]
+    return {"board": board.name, "link": link.name, "predicted": True, "tpu": dict(tpu_side, breakdown=tpu),
+            "cpu": dict(cpu_side, breakdown=cpu), "tpu_vs_cpu": ratio, "verdict": verdict_text(ratio, board.name)}
+
+
+def verdict_text(ratio: float, board_name: str) -> str:
+    use = "use coral" if ratio >= 1.0 else "use arm-cpu"
+    return f"Edge TPU predicted {ratio:.2g}x the {board_name} CPU for this model: {use}"
+
+
+def segments_from_record(edgetpu_record: dict) -> list[dict]:
+    """Per-file parameter bytes and TPU MACs from a manifest's metrics.edgetpu record, in its order."""
+    per_file: dict[str, dict] = {}
+    for p in edgetpu_record.get("prediction", []):
+        s = per_file.setdefault(p.get("file", p["subgraph"]), {"file": p.get("file", p["subgraph"]),
+                                                               "parameter_bytes": 0, "macs": 0})
+        s["parameter_bytes"] += p["totals"]["parameter_bytes_on_tpu"]
+        s["macs"] += p["totals"]["macs_on_tpu"]
+    return list(per_file.values())
+
+
+def verdict_table(segments: list[dict], boards: list, links: list[str], accelerator) -> list[dict]:
+    """predict() for every board x link pair (boards without performance figures are skipped)."""
+    rows = []
+    for b in boards:
+        if b.memory_bandwidth_bytes_per_second <= 0 or b.host_speed_vs_reference <= 0:
+            continue
+        rows += [predict(segments, b, accelerator.link(n), accelerator) for n in links]
+    return rows
+
+
+def summary_line(rec: dict) -> str:
+    t, c = rec["tpu"], rec["cpu"]
+    return (f"predicted on {rec['board']} + Edge TPU over {rec['link']}: {t['tokens_per_second']:.3g} tokens/s, "
+            f"{t['joules_per_token']:.3g} J/token; {rec['board']} CPU (arm-cpu): {c['tokens_per_second']:.3g} "
+            f"tokens/s, {c['joules_per_token']:.3g} J/token")
+
+
+DEFAULT_BOARD, DEFAULT_LINK = "rpi5", "usb3"
+
+
+def compact(rec: dict) -> dict:
+    """One row of the manifest's verdict table (predicted figures only, with their sources)."""
+    t, c = rec["tpu"], rec["cpu"]
+    return {"board": rec["board"], "link": rec["link"], "predicted": True,
+            "tpu_tokens_per_second": round(t["tokens_per_second"], 4), "tpu_joules_per_token": t["joules_per_token"],
+            "cpu_tokens_per_second": round(c["tokens_per_second"], 4), "cpu_joules_per_token": c["joules_per_token"],
+            "tpu_vs_cpu": round(rec["tpu_vs_cpu"], 5), "verdict": rec["verdict"],
+            "cached_segments": t["breakdown"]["cached_segments"], "streamed_bytes": t["breakdown"]["streamed_bytes"]}
+
+
+def verdict_record(edgetpu_record: dict) -> dict:
+    """The verdict a coral build records: rpi5 over USB 3.0 first, then every board x link pair."""
+    from edgekit.core.accelerators import load_accelerator
+    from edgekit.core.boards import list_boards
+
+    acc = load_accelerator("edgetpu")
+    segments = segments_from_record(edgetpu_record)
+    rows = [compact(r) for r in verdict_table(segments, list_boards(), sorted(acc.links), acc)]
+    first = next(r for r in rows if r["board"] == DEFAULT_BOARD and r["link"] == DEFAULT_LINK)
+    return {"predicted": True, "default": first, "table": rows, "cpu_efficiency": CPU_EFFICIENCY,
+            "cpu_efficiency_source": CPU_EFFICIENCY_SOURCE, "cache_rule": acc.cache_rule,
+            "sources": "accelerators/edgetpu.toml and boards/*.toml (each figure with its source)"}
