@@ -32,7 +32,7 @@ class BatchContextSession:
     checks that position_ids count the row's real tokens. Records the feeds of every run."""
 
     def __init__(self, batch="batch"):
-        self.batch, self.runs = batch, []
+        self.batch, self.runs, self.outputs = batch, [], []
 
     def get_inputs(self):
         names = ["input_ids", "attention_mask", "position_ids", "logits_rows", "past_key_0", "past_value_0"]
@@ -53,7 +53,8 @@ class BatchContextSession:
                 assert feeds["position_ids"][b, k] == len(upto) - 1, "position is the row's own length"
                 h = int(np.dot(np.arange(1, len(upto) + 1), upto))
                 logits[b, k, 2 + h % 10] = 5.0 + h % 7
-        return [logits[:, feeds["logits_rows"]], key, key * 2]
+        self.outputs.append([logits[:, feeds["logits_rows"]], key, key * 2])
+        return self.outputs[-1]
 
 
 def _lm(session=None, max_len=64):
@@ -81,9 +82,15 @@ def test_batched_step_equals_each_row_alone_and_splits_the_caches():
         for a, b in zip(solo, batch):
             assert a.length == b.length and all(np.array_equal(x, y) for x, y in zip(a.past, b.past))
         tokens = [int(t) for t in one.argmax(1)]
-    feeds = lm.session.runs[-1]
-    assert feeds["past_key_0"].shape == (3, 1, 7, 1) and feeds["logits_rows"].tolist() == [0]
-    assert feeds["attention_mask"].sum(1).tolist() == [5, 8, 4]  # 4, 7, 3 cached tokens + the new one
+    runs, outs = lm.session.runs, lm.session.outputs
+    assert runs[-1]["past_key_0"].shape == (3, 1, 7, 1) and runs[-1]["logits_rows"].tolist() == [0]
+    assert runs[-1]["attention_mask"].sum(1).tolist() == [5, 8, 4]  # 4, 7, 3 cached tokens + the new one
+    assert runs[-1]["past_key_0"] is outs[-5][1]  # same rows again (3 solo runs since): last presents as they are
+    batch.reverse()  # another order: padded afresh, same logits
+    tokens.reverse()
+    many = lm.forward_batch(tokens, batch)
+    assert not any(runs[-1]["past_key_0"] is o[1] for o in outs[:-1]) and runs[-1]["past_key_0"].shape == (3, 1, 8, 1)
+    assert np.array_equal(many[::-1], np.concatenate([lm.forward([t], c) for t, c in zip(tokens[::-1], solo)]))
 
 
 def test_old_graph_with_batch_fixed_at_one_says_why():

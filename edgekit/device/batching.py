@@ -131,6 +131,7 @@ class BatchingModel:
             except Exception as exc:
                 c.error = exc
         if len(fits) > 1:
+            fits.sort(key=lambda c: id(c.cache))  # a stable order: the runner reuses the last step's arrays
             self.steps += 1
             self.batched_rows += len(fits)
             logits = self.model.forward_batch([c.token_ids[0] for c in fits], [c.cache for c in fits])

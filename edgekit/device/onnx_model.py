@@ -95,7 +95,9 @@ class OnnxCausalLM:
 
     def forward_batch(self, token_ids: list[int], caches: list[KVCache]) -> np.ndarray:
         """One decode step of several requests: token_ids[i] after caches[i] (any lengths); returns
-        logits [len(caches), vocab] and updates every cache (each keeps only its own tokens)."""
+        logits [len(caches), vocab] and updates every cache (each keeps only its own tokens: views of
+        the batched presents). The same caches in the same order as the last step (nothing else ran
+        on them) reuse that step's presents and mask as they are: no copy, no re-padding."""
         if self.batch_refusal is not None:
             raise ValueError(self.batch_refusal)
         if len(token_ids) != len(caches) or not caches:
@@ -103,29 +105,50 @@ class OnnxCausalLM:
         lengths = [c.length for c in caches]
         if max(lengths) + 1 > self.max_sequence_length:
             raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the model's {self.max_sequence_length}")
-        feeds = batch_feeds(token_ids, lengths)
+        kept = self._kept_batch(caches)
+        feeds = batch_feeds(token_ids, lengths, None if kept is None else kept[0])
         if self.selects:
             feeds["logits_rows"] = np.zeros(1, dtype=np.int64)
-        width = max(lengths)
-        for j, name in enumerate(self.past_names):
-            past = np.zeros((len(caches), self.kv_heads, width, self.head_dim), dtype=np.float32)
-            for i, c in enumerate(caches):  # left-padded: row i's tokens end where every row's do
-                past[i, :, width - c.length:] = c.past[j][0, :, :c.length]
-            feeds[name] = past
+        feeds.update(zip(self.past_names, self._padded(caches) if kept is None else kept[1]))
         outputs = self.session.run(self.output_names, feeds)
-        for i, c in enumerate(caches):  # views of the batched presents, the pads left out
-            c.past = [o[i:i + 1, :, width - c.length:] for o in outputs[1:]]
+        total = feeds["attention_mask"].shape[1]
+        for i, c in enumerate(caches):  # each row's tokens end at the right edge; the pads left out
             c.length += 1
+            c.past = [o[i:i + 1, :, total - c.length:] for o in outputs[1:]]
+        self._last_batch = ([(c, c.past[0], c.length) for c in caches], feeds["attention_mask"], outputs[1:])
         return outputs[0][:, -1]
 
+    def _padded(self, caches: list[KVCache]) -> list[np.ndarray]:
+        """Each layer's past of `caches` stacked, left-padded with zeros to the longest."""
+        width, out = max(c.length for c in caches), []
+        for j in range(len(self.past_names)):
+            past = np.zeros((len(caches), self.kv_heads, width, self.head_dim), dtype=np.float32)
+            for i, c in enumerate(caches):
+                past[i, :, width - c.length:] = c.past[j][0, :, :c.length]
+            out.append(past)
+        return out
 
-def batch_feeds(token_ids: list[int], lengths: list[int]) -> dict:
-    """input_ids, attention_mask (0 on each row's left pads) and position_ids (each row's own length)
-    of one batched decode step over caches of `lengths` tokens."""
-    width = max(lengths)
-    mask = np.zeros((len(lengths), width + 1), dtype=np.int64)
-    for i, n in enumerate(lengths):
-        mask[i, width - n:] = 1
+    def _kept_batch(self, caches: list[KVCache]):
+        """(mask, presents) of the last batched step when `caches` are its rows, unchanged since."""
+        last = getattr(self, "_last_batch", None)
+        if last is None or len(last[0]) != len(caches):
+            return None
+        for c, (ref, view, n) in zip(caches, last[0]):
+            if c is not ref or c.length != n or not c.past or c.past[0] is not view:
+                return None
+        return last[1], last[2]
+
+
+def batch_feeds(token_ids: list[int], lengths: list[int], past_mask: np.ndarray | None = None) -> dict:
+    """input_ids, attention_mask and position_ids (each row's own length) of one batched decode step
+    over caches of `lengths` tokens: the mask is `past_mask` (the last step's, pads kept) or 0 on each
+    row's left pads, and 1 for the new token."""
+    if past_mask is None:
+        width = max(lengths)
+        past_mask = np.zeros((len(lengths), width), dtype=np.int64)
+        for i, n in enumerate(lengths):
+            past_mask[i, width - n:] = 1
+    mask = np.concatenate([past_mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
     return {"input_ids": np.asarray(token_ids, dtype=np.int64)[:, None], "attention_mask": mask,
             "position_ids": np.asarray(lengths, dtype=np.int64)[:, None]}
 
