@@ -139,7 +139,7 @@ def _decode_in_threads(model, prompts, steps, results, errors):
         except Exception as exc:
             errors[i] = exc
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(prompts))]
     for t in threads:
         t.start()
     for t in threads:
@@ -218,7 +218,7 @@ def test_concurrent_http_requests_get_their_text_alone():
     def ask(i):
         got[i] = c.post("/v1/completions", json={"prompt": prompts[i]}).json()["choices"][0]["text"]
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:

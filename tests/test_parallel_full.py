@@ -34,7 +34,7 @@ def test_four_concurrent_requests_get_their_greedy_text_alone(stories_build):
     def ask(i):
         got[i] = together.post("/v1/completions", json=dict(body, prompt=PROMPTS[i])).json()["choices"][0]["text"]
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(len(PROMPTS))]
     for t in threads:
         t.start()
     for t in threads:
