@@ -244,3 +244,36 @@ def test_overlapping_counter_windows_split_the_energy():
     clock.advance(1.0)
     c = meter.end("c")
     assert (c.joules, c.shared_with, c.window_joules) == (pytest.approx(10.0), 1, None)
+
+
+class _SlowSession(BatchContextSession):
+    """Every pass takes 20 ms (wall clock), so concurrent requests overlap for sure."""
+
+    def run(self, output_names, feeds):
+        import time
+
+        time.sleep(0.02)
+        return super().run(output_names, feeds)
+
+
+def test_overlapping_requests_report_their_share_of_the_energy():
+    import time
+
+    meter = EnergyMeter(TraceSource(time.monotonic, watts_at=lambda t: 4.0, name="trace"), clock=time.monotonic)
+    c = TestClient(create_app(_loaded(_SlowSession(), 2), meter=meter))
+    got = {}
+
+    def ask(i):
+        got[i] = c.post("/v1/completions", json={"prompt": "ab"}).json()["usage"]["energy"]
+
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    for e in got.values():  # each carries its share, labelled, and the whole window beside it
+        assert e["shared_with"] == 2 and e["measured"] is True and e["source"] == "trace"
+        assert 0 < e["joules"] < e["window_joules"] == pytest.approx(4.0 * e["seconds"], rel=1e-3)
+    alone = c.post("/v1/completions", json={"prompt": "ab"}).json()["usage"]["energy"]
+    assert alone["shared_with"] == 1 and alone["window_joules"] is None
+    assert alone["joules"] == pytest.approx(4.0 * alone["seconds"], rel=1e-3)
