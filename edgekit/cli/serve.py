@@ -82,8 +82,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     GET  /props                bundle, target, runtime, accelerator actually in use (delegation: nodes and
                                segments the GPU / Edge TPU delegate took vs the CPU), threads, queue,
                                generation defaults (each with its source), speculative (draft, k,
-                               acceptance rate so far)
-    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
+                               acceptance rate so far), slots (in use / total) and parallel (--parallel)
+    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, slots, joules, watts
     POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream,
                                frequency_penalty, presence_penalty (OpenAI), repeat_penalty,
                                repeat_last_n (llama.cpp; prompt in the window)
@@ -96,7 +96,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     requests in flight (up to 10 s), flush the request log and exit 0.
 
     Every response's usage carries energy: joules, watts, joules per token, the power source and
-    whether it was measured (false for an estimate), and CO2 at the stated grid intensity.
+    whether it was measured (false for an estimate), and CO2 at the stated grid intensity. Requests
+    that ran at the same time (--parallel) split the power evenly: shared_with, window_joules.
     """
     from edgekit.core.bundle import bundle_log_name, load_bundle
     from edgekit.core.paths import edgekit_home
