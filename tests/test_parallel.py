@@ -277,3 +277,15 @@ def test_overlapping_requests_report_their_share_of_the_energy():
     alone = c.post("/v1/completions", json={"prompt": "ab"}).json()["usage"]["energy"]
     assert alone["shared_with"] == 1 and alone["window_joules"] is None
     assert alone["joules"] == pytest.approx(4.0 * alone["seconds"], rel=1e-3)
+
+
+def test_runners_that_cannot_batch_keep_one_slot_and_say_why():
+    from edgekit.device.batching import refusal
+
+    from fakes import ScriptedModel
+
+    assert "no batch axis" in refusal(ScriptedModel([2]))  # e.g. the TFLite runners: no forward_batch
+    assert "takes the whole model" in refusal(_lm(), speculation=object())
+    assert refusal(_lm()) is None
+    loaded = _loaded(BatchContextSession(), 1)
+    assert loaded.slots == 1 and not isinstance(loaded.model, BatchingModel)  # --parallel 1: as before
