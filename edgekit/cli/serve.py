@@ -96,8 +96,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     requests in flight (up to 10 s), flush the request log and exit 0.
 
     Every response's usage carries energy: joules, watts, joules per token, the power source and
-    whether it was measured (false for an estimate), and CO2 at the stated grid intensity. Requests
-    that ran at the same time (--parallel) split the power evenly: shared_with, window_joules.
+    whether it was measured (false for an estimate), and CO2 at the stated grid intensity.
     """
     from edgekit.core.bundle import bundle_log_name, load_bundle
     from edgekit.core.paths import edgekit_home
