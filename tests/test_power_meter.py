@@ -68,8 +68,12 @@ def test_overlapping_windows_and_idle_baseline():
     meter.begin("b")
     clock.advance(3.0)
     a, b = meter.end("a"), meter.end("b")
-    assert a.joules == pytest.approx((5.0 - 2.0) * 4.0) and a.idle_watts_subtracted == 2.0
-    assert b.joules == pytest.approx((5.0 - 2.0) * 3.0)
+    # overlapping windows split the power (above idle) evenly while both are open: 1 s alone + 3 s shared
+    assert a.joules == pytest.approx((5.0 - 2.0) * (1.0 + 3.0 / 2)) and a.idle_watts_subtracted == 2.0
+    assert b.joules == pytest.approx((5.0 - 2.0) * 3.0 / 2)
+    assert a.joules + b.joules == pytest.approx((5.0 - 2.0) * 4.0)  # never more than was used
+    assert (a.shared_with, b.shared_with) == (2, 2)
+    assert (a.window_joules, b.window_joules) == (pytest.approx(12.0), pytest.approx(9.0))
     meter.idle_watts = 9.0  # a baseline above the reading never gives negative energy
     meter.begin("c")
     clock.advance(1.0)

@@ -36,6 +36,10 @@ from edgekit.cli.sign import signed_line, trust_check, trust_option
               help="Require 'Authorization: Bearer KEY' on every route but /health [env EDGEKIT_API_KEY].")
 @click.option("--max-queue", default=8, show_default=True, type=click.IntRange(0, 10_000),
               help="Requests allowed to wait for the model; more get 503 with Retry-After.")
+@click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64), metavar="N",
+              help="Requests generating at once, decoding together in one batched model pass per token (ONNX "
+                   "bundles with a batch axis; otherwise 1, and /props parallel.reason says why). Overlapping "
+                   "requests split the measured power evenly.")
 @click.option("--request-timeout", default=300.0, show_default=True, type=click.FloatRange(0.1, None),
               help="Seconds a request may take (queue wait included); longer generations stop: 504.")
 @click.option("--prefix-cache-mib", default=128.0, show_default=True, type=click.FloatRange(0, None),
@@ -67,7 +71,7 @@ from edgekit.cli.sign import signed_line, trust_check, trust_option
               help="Tokens the draft proposes per verify pass of the model.")
 @trust_option
 def serve(bundle, host, port, threads, log_level, delegate_library, delegate_options, allow_cpu_fallback, api_key,
-          max_queue, request_timeout, prefix_cache_mib, prefix_cache_answers, request_log, power, power_channels,
+          max_queue, parallel, request_timeout, prefix_cache_mib, prefix_cache_answers, request_log, power, power_channels,
           board, power_hz, power_log,
           power_log_max_mb, subtract_idle, grid_intensity, country, verify_first, draft, draft_tokens, trust):
     """Serve a bundle over HTTP with an OpenAI-compatible API.
@@ -78,8 +82,8 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     GET  /props                bundle, target, runtime, accelerator actually in use (delegation: nodes and
                                segments the GPU / Edge TPU delegate took vs the CPU), threads, queue,
                                generation defaults (each with its source), speculative (draft, k,
-                               acceptance rate so far)
-    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, joules, watts
+                               acceptance rate so far), slots (in use / total) and parallel (--parallel)
+    GET  /metrics              Prometheus text: requests, tokens, latencies, queue depth, slots, joules, watts
     POST /v1/completions       prompt, max_tokens, temperature, top_p, top_k, stop, seed, stream,
                                frequency_penalty, presence_penalty (OpenAI), repeat_penalty,
                                repeat_last_n (llama.cpp; prompt in the window)
@@ -110,7 +114,7 @@ def serve(bundle, host, port, threads, log_level, delegate_library, delegate_opt
     logs, stem = edgekit_home() / "logs", bundle_log_name(b.manifest)
     log_path = request_log or logs / f"{stem}-requests.jsonl"
     loader = _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib,
-                     prefix_cache_answers, draft, draft_tokens)
+                     prefix_cache_answers, draft, draft_tokens, parallel)
     if subtract_idle and power == "none":
         raise click.BadParameter("needs a power source; it cannot be used with --power none", param_hint="--subtract-idle")
     request_log_file = _request_log(log_path)
@@ -158,11 +162,12 @@ def _draft_choice(b, draft: bool | None) -> bool:
 
 
 def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_cache_mib=0.0,
-            prefix_cache_answers=False, draft=False, draft_tokens=4):
+            prefix_cache_answers=False, draft=False, draft_tokens=4, parallel=1):
     """The function that opens the model (the server calls it in the background). A GPU / Edge TPU bundle
     is opened now, before anything listens: a missing or useless delegate is an error at once. A
     text-generation model gets a prefix cache of `prefix_cache_mib` MiB (0: none), keeping the answers'
-    caches too with `prefix_cache_answers`."""
+    caches too with `prefix_cache_answers`; up to `parallel` requests decode together where the runner can."""
+    from edgekit.device.batching import enable_parallel
     from edgekit.device.delegation import DelegateUnusable
     from edgekit.device.prefix_cache import MIB, PrefixCache
     from edgekit.device.runtime import open_model, requests_hardware_delegate
@@ -173,6 +178,9 @@ def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_ca
                             draft=draft, draft_tokens=draft_tokens)
         if prefix_cache_mib > 0 and loaded.task == "text-generation":
             loaded.prefix_cache = PrefixCache(int(prefix_cache_mib * MIB), reuse_answers=prefix_cache_answers)
+        enable_parallel(loaded, parallel)
+        if loaded.parallel["reason"]:
+            _say(f"--parallel {parallel}: serving 1 request at a time: {loaded.parallel['reason']}")
         if loaded.fallback_warning:  # one line: what the delegate took, and that the CPU runs it
             _say(loaded.fallback_warning)
         elif loaded.delegation is not None and loaded.delegation.hardware:

@@ -7,6 +7,9 @@ and outputs logits [1, S, vocab] float32 and present_key_i / present_value_i [1,
 Current exports also take logits_rows [R] int64 and return logits [1, R, vocab] for those positions
 only: forward(..., last_only=True) asks for the last one. Older bundles without it still load.
 Prefill runs once over the prompt (P = 0); each decode step feeds one token and the cache.
+Current exports have a dynamic batch axis (dim 0 `batch`): forward_batch() runs one decode step of
+several requests' caches at once (serve --parallel; each row's past left-padded to the longest with
+attention_mask 0, position_ids its own length). Older exports fixed at batch 1: `batch_refusal` says so.
 
 The session is injected (anything with onnxruntime's `run(output_names, feeds)` and
 `get_inputs()`), so tests can pass a fake. May import: stdlib, numpy, onnxruntime (lazily).
@@ -42,6 +45,11 @@ class OnnxCausalLM:
         self.kv_heads, self.head_dim = int(first[1]), int(first[3])
         self.output_names = [o.name for o in session.get_outputs()]
         self.selects = "logits_rows" in inputs  # the graph computes only the rows asked for
+        batch = inputs["input_ids"].shape[0] if inputs["input_ids"].shape else 1
+        # None when forward_batch can run several rows, else why not (a graph exported with batch fixed at 1)
+        self.batch_refusal = None if isinstance(batch, str) or batch is None else (
+            f"this bundle's ONNX graph has its batch fixed at {batch} (exported before edgekit had a batch "
+            "axis): rebuild it to decode requests together")
 
     def new_cache(self) -> KVCache:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
@@ -84,6 +92,65 @@ class OnnxCausalLM:
         cache.past = list(outputs[1:])
         cache.length = total
         return outputs[0][0][-1:] if last_only else outputs[0][0]  # (a selecting graph gave 1 row)
+
+    def forward_batch(self, token_ids: list[int], caches: list[KVCache]) -> np.ndarray:
+        """One decode step of several requests: token_ids[i] after caches[i] (any lengths); returns
+        logits [len(caches), vocab] and updates every cache (each keeps only its own tokens: views of
+        the batched presents). The same caches in the same order as the last step (nothing else ran
+        on them) reuse that step's presents and mask as they are: no copy, no re-padding."""
+        if self.batch_refusal is not None:
+            raise ValueError(self.batch_refusal)
+        if len(token_ids) != len(caches) or not caches:
+            raise ValueError("forward_batch needs one token per cache")
+        lengths = [c.length for c in caches]
+        if max(lengths) + 1 > self.max_sequence_length:
+            raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the model's {self.max_sequence_length}")
+        kept = self._kept_batch(caches)
+        feeds = batch_feeds(token_ids, lengths, None if kept is None else kept[0])
+        if self.selects:
+            feeds["logits_rows"] = np.zeros(1, dtype=np.int64)
+        feeds.update(zip(self.past_names, self._padded(caches) if kept is None else kept[1]))
+        outputs = self.session.run(self.output_names, feeds)
+        total = feeds["attention_mask"].shape[1]
+        for i, c in enumerate(caches):  # each row's tokens end at the right edge; the pads left out
+            c.length += 1
+            c.past = [o[i:i + 1, :, total - c.length:] for o in outputs[1:]]
+        self._last_batch = ([(c, c.past[0], c.length) for c in caches], feeds["attention_mask"], outputs[1:])
+        return outputs[0][:, -1]
+
+    def _padded(self, caches: list[KVCache]) -> list[np.ndarray]:
+        """Each layer's past of `caches` stacked, left-padded with zeros to the longest."""
+        width, out = max(c.length for c in caches), []
+        for j in range(len(self.past_names)):
+            past = np.zeros((len(caches), self.kv_heads, width, self.head_dim), dtype=np.float32)
+            for i, c in enumerate(caches):
+                past[i, :, width - c.length:] = c.past[j][0, :, :c.length]
+            out.append(past)
+        return out
+
+    def _kept_batch(self, caches: list[KVCache]):
+        """(mask, presents) of the last batched step when `caches` are its rows, unchanged since."""
+        last = getattr(self, "_last_batch", None)
+        if last is None or len(last[0]) != len(caches):
+            return None
+        for c, (ref, view, n) in zip(caches, last[0]):
+            if c is not ref or c.length != n or not c.past or c.past[0] is not view:
+                return None
+        return last[1], last[2]
+
+
+def batch_feeds(token_ids: list[int], lengths: list[int], past_mask: np.ndarray | None = None) -> dict:
+    """input_ids, attention_mask and position_ids (each row's own length) of one batched decode step
+    over caches of `lengths` tokens: the mask is `past_mask` (the last step's, pads kept) or 0 on each
+    row's left pads, and 1 for the new token."""
+    if past_mask is None:
+        width = max(lengths)
+        past_mask = np.zeros((len(lengths), width), dtype=np.int64)
+        for i, n in enumerate(lengths):
+            past_mask[i, width - n:] = 1
+    mask = np.concatenate([past_mask, np.ones((len(lengths), 1), dtype=np.int64)], axis=1)
+    return {"input_ids": np.asarray(token_ids, dtype=np.int64)[:, None], "attention_mask": mask,
+            "position_ids": np.asarray(lengths, dtype=np.int64)[:, None]}
 
 
 def import_onnxruntime():

@@ -14,17 +14,29 @@ answer's keys and values come from one-token decode steps, whose arithmetic can 
 batched prefill of the same tokens (measured on an int8-dynamic ONNX graph: logits up to 0.4 apart), so
 with `reuse_answers` greedy output can differ from an uncached run where two tokens nearly tie. Prompt
 prefixes are exact: runners give the same values whatever the prefill's split (tested).
-Sizes in bytes. Lookups and stores are not thread-safe by themselves: the server makes them under the
-model lock.
+Sizes in bytes. Lookups and stores take the cache's own lock: with serve --parallel several requests
+look up and store at once.
 May import: stdlib, edgekit.core, edgekit.device.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+
+
+def _locked(method):
+    """Run `method` under the PrefixCache's lock (requests of serve --parallel call it at once)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def supports(model) -> bool:
@@ -62,7 +74,9 @@ class PrefixCache:
         self.entries: OrderedDict[tuple[int, ...], _Entry] = OrderedDict()  # oldest use first
         self.used_bytes = self.tokens_held = 0  # kept as counts: /props reads them from another thread
         self.lookups = self.hits = self.tokens_reused = self.evictions = 0
+        self._lock = threading.RLock()
 
+    @_locked
     def lookup(self, model, prompt_ids: list[int]):
         """(a cache for `model` holding the longest stored prefix of `prompt_ids`, that prefix's length
         in tokens); (model.new_cache(), 0) when nothing matches or the runner cannot restore caches.
@@ -81,6 +95,7 @@ class PrefixCache:
         self.tokens_reused += best_n
         return model.cache_copy(best.snapshot, best_n), best_n
 
+    @_locked
     def store(self, model, token_ids: list[int], cache) -> bool:
         """Keep a snapshot of `cache`, which holds `token_ids` (all of them, in order), unless an entry
         already holds them. Entries whose tokens are a prefix of these are dropped (this one covers
@@ -118,6 +133,7 @@ class PrefixCache:
         self.used_bytes -= entry.nbytes
         self.tokens_held -= len(entry.tokens)
 
+    @_locked
     def clear(self) -> None:
         self.entries.clear()
         self.used_bytes = self.tokens_held = 0

@@ -60,6 +60,8 @@ class LoadedModel:
     fallback_warning: str | None = None  # --allow-cpu-fallback let an unusable delegate run on the CPU
     prefix_cache: object | None = None  # edgekit.device.prefix_cache.PrefixCache (serve --prefix-cache-mib)
     speculation: Speculation | None = None  # the bundle's draft proposing tokens (serve --draft)
+    slots: int = 1  # requests generating at once (serve --parallel, edgekit.device.batching.enable_parallel)
+    parallel: dict | None = None  # /props "parallel": requested, slots, why fewer
 
     @property
     def delegation(self):
@@ -91,10 +93,17 @@ class LoadedModel:
             "gate": m.get("gate", {}).get("passed"), "device_verify": self.device_verify,
             "prefix_cache": self.describe_prefix_cache(),
             "speculative": self.speculation.describe() if self.speculation is not None else None,
+            "parallel": self.describe_parallel(),
             **({"generation_defaults": generation_defaults(self.generation),
                 "chat_template": self.generation.get("chat_template") or None}  # as llama-server's /props
                if m["task"] == "text-generation" else {}),
         }
+
+    def describe_parallel(self) -> dict:
+        """/props "parallel": slots requested and granted, why fewer, the batcher's passes so far."""
+        out = dict(self.parallel or {"requested": 1, "slots": self.slots, "reason": None})
+        describe = getattr(self.model, "describe", None)
+        return dict(out, **describe()) if callable(describe) else out
 
     def describe_prefix_cache(self) -> dict | None:
         """/props "prefix_cache": budget, use and reuse; whether this runner can reuse at all."""

@@ -20,13 +20,18 @@ class QueueFull(Exception):
 
 
 class Admission:
-    """At most 1 running + `max_queue` waiting requests; more get QueueFull (the server answers 503
-    with Retry-After instead of piling work up). Slots are released by `release()`."""
+    """At most `running()` running (1 unless serve --parallel) + `max_queue` waiting requests; more get
+    QueueFull (the server answers 503 with Retry-After instead of piling work up). Slots are released
+    by `release()`."""
 
-    def __init__(self, max_queue: int):
-        self.capacity = 1 + max(0, max_queue)
+    def __init__(self, max_queue: int, running=lambda: 1):
+        self.max_queue, self.running = max(0, max_queue), running
         self.pending = 0
         self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self.running() + self.max_queue
 
     def acquire(self) -> None:
         with self._lock:
@@ -40,7 +45,7 @@ class Admission:
 
     @property
     def waiting(self) -> int:
-        return max(0, self.pending - 1)
+        return max(0, self.pending - self.running())
 
 
 class Channel:
@@ -110,8 +115,15 @@ class Metrics:
                                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
         self.watts = Gauge("edgekit_power_watts", "Last power reading (watts)", ["source", "measured"], registry=r)
         self.ran_throttled: Counter | None = None  # with a thermal monitor (watch_thermal)
+        self.slots_in_use = Gauge("edgekit_slots_in_use", "Requests generating now (serve --parallel)", registry=r)
+        self.slots_total = Gauge("edgekit_slots_total", "Requests that may generate at once", registry=r)
         self.draft_tokens = Counter("edgekit_draft_tokens", "Speculative decoding: tokens the draft proposed "
                                     "(drafted) and the model accepted (accepted)", ["kind"], registry=r)
+
+    def watch_slots(self, slots) -> None:
+        """Export an admission.Slots' use as edgekit_slots_in_use / edgekit_slots_total."""
+        self.slots_in_use.set_function(lambda: slots.in_use)
+        self.slots_total.set_function(lambda: slots.total)
 
     def watch_power(self, meter) -> None:
         """Export the meter's last reading as edgekit_power_watts."""

@@ -1,12 +1,14 @@
 """Export a Hugging Face causal LM to ONNX with an explicit KV cache (torch.onnx dynamo exporter).
 
 Graph interface (what edgekit/device/onnx_model.py feeds):
-  inputs  input_ids [1,S] int64, attention_mask [1,T] int64 (T = P+S), position_ids [1,S] int64,
+  inputs  input_ids [B,S] int64, attention_mask [B,T] int64 (T = P+S), position_ids [B,S] int64,
           logits_rows [R] int64 (positions in 0..S-1 whose logits are wanted),
-          past_key_i, past_value_i [1, kv_heads, P, head_dim] float32, i = 0..layers-1
-  outputs logits [1,R,vocab] float32, present_key_i, present_value_i [1, kv_heads, T, head_dim]
+          past_key_i, past_value_i [B, kv_heads, P, head_dim] float32, i = 0..layers-1
+  outputs logits [B,R,vocab] float32, present_key_i, present_value_i [B, kv_heads, T, head_dim]
 `logits_rows` is transformers' `logits_to_keep` as a graph input: a prompt asks for its last row
-only (the LM head is a third of a small LM's weights), scoring asks for every row.
+only (the LM head is a third of a small LM's weights), scoring asks for every row. The batch axis B
+is dynamic (`batch`): the device runner decodes several requests in one step (serve --parallel),
+left-padding shorter caches with attention_mask 0; one request runs with B = 1.
 May import: stdlib, torch, transformers, onnx.
 """
 
@@ -76,24 +78,25 @@ def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length:
         head.weight = torch.nn.Parameter(head.weight.detach().clone())
         model.config.tie_word_embeddings = False
     wrapper = _FlatKV(model)
-    seq, past_len = 3, 2
+    seq, past_len, rows = 3, 2, 2  # a batch of 2 and two rows: a size-1 sample would be specialised to 1
     sample = (
-        torch.ones(1, seq, dtype=torch.long),
-        torch.ones(1, past_len + seq, dtype=torch.long),
-        torch.arange(past_len, past_len + seq)[None],
-        torch.tensor([1, 2]),  # two rows: a size-1 sample would be specialised to 1
-        *[torch.zeros(1, kv_heads, past_len, head_dim) for _ in range(2 * layers)],
+        torch.ones(rows, seq, dtype=torch.long),
+        torch.ones(rows, past_len + seq, dtype=torch.long),
+        torch.arange(past_len, past_len + seq)[None].repeat(rows, 1),
+        torch.tensor([1, 2]),
+        *[torch.zeros(rows, kv_heads, past_len, head_dim) for _ in range(2 * layers)],
     )
+    b = torch.export.Dim("batch", min=1, max=64)
     s = torch.export.Dim("seq", min=1, max=max_sequence_length)
     p = torch.export.Dim("past", min=0, max=max_sequence_length - 1)
     t = torch.export.Dim("total", min=1, max=max_sequence_length)
     r = torch.export.Dim("rows", min=1, max=max_sequence_length)
     dynamic = {
-        "input_ids": {1: s},
-        "attention_mask": {1: t},
-        "position_ids": {1: s},
+        "input_ids": {0: b, 1: s},
+        "attention_mask": {0: b, 1: t},
+        "position_ids": {0: b, 1: s},
         "logits_rows": {0: r},
-        "past": tuple({2: p} for _ in range(2 * layers)),
+        "past": tuple({0: b, 2: p} for _ in range(2 * layers)),
     }
     inputs, outputs = io_names(layers)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)

@@ -6,6 +6,10 @@ energy counter (RAPL) is the counter delta between readings taken at begin and a
 what the counter measures. On a power-only source (hwmon, PMIC, battery, estimate) the window is
 the trapezoidal integral of the readings taken at begin, at end and by the sampler in between.
 An optional idle baseline (watts) is subtracted and stated in the result.
+Overlapping windows (serve --parallel: requests decoding together) share the power: each stretch
+between two readings is split evenly among the windows open during it, so the windows' joules add
+up to the energy used, never more; such a window states `shared_with` (the most windows open at
+once) and `window_joules` (the whole window's energy, before sharing). A window alone is as before.
 Every result names its source and says whether it was measured or estimated.
 
 A slow source (PowerSource.slow: a read forks `vcgencmd`, ~24 ms) is never read at a window's
@@ -56,6 +60,8 @@ class EnergyWindow:
     idle_watts_subtracted: float | None = None
     edges: str = "read"  # "read": the source was read at begin and end; "sampler": see the module doc
     held_seconds: float | None = None  # "sampler" edges: seconds integrated at a held (not bracketed) value
+    shared_with: int = 1  # the most windows open at once during this one (joules: its even share)
+    window_joules: float | None = None  # shared windows: the whole window's energy before sharing
 
     @property
     def watts(self) -> float:
@@ -73,6 +79,9 @@ class _Open:
     last: Reading
     joules: float = 0.0
     readings: int = 1
+    share: float = 0.0  # joules split evenly with the windows open at the same time
+    share_seconds: float = 0.0  # seconds / windows open (for the idle baseline's share)
+    most: int = 1  # the most windows open at once
 
 
 @dataclass
@@ -86,6 +95,9 @@ class _Edged:
     joules: float = 0.0
     readings: int = 0
     held_seconds: float = 0.0
+    share: float = 0.0
+    share_seconds: float = 0.0
+    most: int = 1
 
 
 class NoReading(OSError):
@@ -153,11 +165,12 @@ class EnergyMeter:
                     self._rate_ref = Reading(now, 0.0, None, raw.joules)
             reading = Reading(now, self.wall(), watts, raw.joules, raw.battery_percent)
             self.readings.append(reading)
+            n = len(self._windows)
             for w in self._windows.values():
                 if isinstance(w, _Edged):
-                    self._add_edged(w, reading)
-                elif raw.watts is not None:
-                    self._add(w, reading)
+                    self._add_edged(w, reading, n)
+                else:
+                    self._add(w, reading, n)
             if watts is not None and (self._last_watts is None or now > self._last_watts.seconds):
                 self._last_watts = reading
         if self.on_reading is not None:
@@ -165,17 +178,26 @@ class EnergyMeter:
         return reading
 
     @staticmethod
-    def _add(w: _Open, r: Reading) -> None:
-        """Trapezoid from the window's last reading to `r` (readings from concurrent threads can
+    def _add(w: _Open, r: Reading, n: int = 1) -> None:
+        """From the window's last reading to `r`, with `n` windows open: the trapezoid (power sources)
+        or counter delta (energy counters), and its 1/n share (readings from concurrent threads can
         arrive microseconds out of order: an older one is skipped)."""
-        if r.seconds <= w.last.seconds or r.watts is None or w.last.watts is None:
+        if r.seconds <= w.last.seconds:
             return
-        w.joules += (r.seconds - w.last.seconds) * (w.last.watts + r.watts) / 2
+        dt = r.seconds - w.last.seconds
+        if r.joules is not None and w.last.joules is not None:
+            part = r.joules - w.last.joules
+        elif r.watts is not None and w.last.watts is not None:
+            part = dt * (w.last.watts + r.watts) / 2
+            w.joules += part
+            w.readings += 1
+        else:
+            return
+        w.share, w.share_seconds, w.most = w.share + part / n, w.share_seconds + dt / n, max(w.most, n)
         w.last = r
-        w.readings += 1
 
     @staticmethod
-    def _add_edged(w: _Edged, r: Reading) -> None:
+    def _add_edged(w: _Edged, r: Reading, n: int = 1) -> None:
         """A sampler reading for a slow source's window: before begin it becomes `prev` (a read
         that started before begin may arrive after it); the first one inside closes the head."""
         if r.watts is None:
@@ -190,11 +212,13 @@ class EnergyMeter:
             else:  # nothing before begin: hold the first reading back to begin
                 head = r.watts
                 w.held_seconds += r.seconds - w.t0
-            w.joules += (r.seconds - w.t0) * (head + r.watts) / 2
+            part, dt = (r.seconds - w.t0) * (head + r.watts) / 2, r.seconds - w.t0
         elif r.seconds > w.last.seconds:
-            w.joules += (r.seconds - w.last.seconds) * (w.last.watts + r.watts) / 2
+            part, dt = (r.seconds - w.last.seconds) * (w.last.watts + r.watts) / 2, r.seconds - w.last.seconds
         else:
             return
+        w.joules += part
+        w.share, w.share_seconds, w.most = w.share + part / n, w.share_seconds + dt / n, max(w.most, n)
         w.last = r
         w.readings += 1
 
@@ -214,35 +238,44 @@ class EnergyMeter:
     def _end_edged(self, name: str) -> EnergyWindow:
         with self._lock:
             t1 = self.clock()
+            n = len(self._windows)
             w = self._windows.pop(name)
         last = w.last or w.prev
         if last is None or t1 - last.seconds > self.max_edge_seconds:
             raise NoReading(f"no {self.source.name} reading within {self.max_edge_seconds:g} s of the window's "
                             "end (is the sampler running?)")
         tail = max(0.0, t1 - max(last.seconds, w.t0))
-        joules = w.joules + tail * last.watts
-        seconds = t1 - w.t0
-        if self.idle_watts is not None:
-            joules = max(0.0, joules - self.idle_watts * seconds)
-        return EnergyWindow(joules, seconds, self.source.name, self.source.measured, "trapezoid",
-                            max(w.readings, 1), self.idle_watts, "sampler", w.held_seconds + tail)
+        joules, seconds = w.joules + tail * last.watts, t1 - w.t0
+        w.share, w.share_seconds, w.most = w.share + tail * last.watts / n, w.share_seconds + tail / n, max(w.most, n)
+        shared = self._shared(w, joules, seconds)
+        return EnergyWindow(shared[0], seconds, self.source.name, self.source.measured, "trapezoid",
+                            max(w.readings, 1), self.idle_watts, "sampler", w.held_seconds + tail, *shared[1:])
+
+    def _shared(self, w, joules: float, seconds: float) -> tuple[float, int, float | None]:
+        """(the window's joules: all of them when it was alone, else its share; shared_with; the
+        whole window's joules when shared), less the idle baseline (its share) if any."""
+        idle = self.idle_watts
+        if w.most <= 1:
+            return (joules if idle is None else max(0.0, joules - idle * seconds)), 1, None
+        whole = joules if idle is None else max(0.0, joules - idle * seconds)
+        part = w.share if idle is None else max(0.0, w.share - idle * w.share_seconds)
+        return part, w.most, whole
 
     def end(self, name: str) -> EnergyWindow:
         if self.sampler_edges:
             return self._end_edged(name)
-        stop = self.sample()
+        stop = self.sample()  # added to every open window, this one included
         with self._lock:
             w = self._windows.pop(name)
-            self._add(w, stop)
         start = w.start
         seconds = stop.seconds - start.seconds
         if start.joules is not None and stop.joules is not None:
             joules, method, n = stop.joules - start.joules, "counter", 2
         else:
             joules, method, n = w.joules, "trapezoid", w.readings
-        if self.idle_watts is not None:
-            joules = max(0.0, joules - self.idle_watts * seconds)
-        return EnergyWindow(joules, seconds, self.source.name, self.source.measured, method, n, self.idle_watts)
+        shared = self._shared(w, joules, seconds)
+        return EnergyWindow(shared[0], seconds, self.source.name, self.source.measured, method, n, self.idle_watts,
+                            "read", None, *shared[1:])
 
     def cancel(self, name: str) -> None:
         with self._lock:
@@ -327,6 +360,9 @@ def energy_usage(window: EnergyWindow, tokens: int, grams) -> dict:
         "held_seconds": None if window.held_seconds is None else round(window.held_seconds, 6),
         "co2_grams": round(grams.grams(window.joules), 9),
         "grid_g_per_kwh": grams.grams_per_kwh,
+        # requests that overlapped split the power evenly at each moment (joules: this one's share)
+        "shared_with": window.shared_with,
+        "window_joules": None if window.window_joules is None else round(window.window_joules, 6),
     }
 
 

@@ -8,8 +8,9 @@ job each, wired by `create_app` (app.py):
   responses.py  OpenAI JSON bodies, SSE chunks, usage, error shapes
   routes.py     the Starlette handlers calling the above
 
-One model session: requests take turns (a lock); at most `max_queue` wait, more get 503 with
-Retry-After. Generation runs in a worker thread so the event loop keeps answering /health; a
+One model session: requests take turns (one slot), or with serve --parallel N up to N generate at
+once, their decode steps batched (edgekit.device.batching); at most `max_queue` wait beyond the
+slots, more get 503 with Retry-After. Generation runs in a worker thread so the event loop keeps answering /health; a
 client that disconnects mid-stream stops its generation at the next token. Optional bearer-token
 auth (all routes but /health). Every request is logged as one JSONL line and counted in /metrics.
 Bounded-queue, auth, channel and Prometheus pieces live in edgekit.device.serving.

@@ -1,7 +1,7 @@
 """Admission for `edgekit serve`: who may send a request now. Bearer-token auth (401), a model
 still loading or failed to load (503 with Retry-After), a route the model's task does not serve
-(400), and the bounded queue (at most 1 running + `max_queue` waiting; more get 503 with
-Retry-After). Decisions are Refusal values, not HTTP responses: testable without a server.
+(400), and the bounded queue (at most `slots` running, 1 unless serve --parallel, + `max_queue`
+waiting; more get 503 with Retry-After). Decisions are Refusal values, not HTTP responses: testable without a server.
 
 May import: stdlib, edgekit.device.
 """
@@ -26,20 +26,50 @@ class Refusal:
     headers: dict = field(default_factory=dict)
 
 
+class Slots:
+    """A counting lock: at most `total` holders at once (`with slots:` waits for one); `in_use` now."""
+
+    def __init__(self, total: int = 1):
+        self.total, self.in_use = total, 0
+        self._cond = threading.Condition()
+
+    def resize(self, total: int) -> None:
+        with self._cond:
+            self.total = max(1, total)
+            self._cond.notify_all()
+
+    def __enter__(self):
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use < self.total)
+            self.in_use += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cond:
+            self.in_use -= 1
+            self._cond.notify()
+
+    def describe(self) -> dict:
+        return {"total": self.total, "in_use": self.in_use}
+
+
 class ModelHost:
     """The one model the server holds (`loaded`, or None while loading / after a failed load with
-    `error` set) and the lock that makes requests take turns on it."""
+    `error` set) and its `lock`, the Slots requests take to run on it: 1 (they take turns) unless the
+    loaded model has more (`loaded.slots`, serve --parallel: edgekit.device.batching)."""
 
     def __init__(self, loaded=None):
         self.loaded = loaded
         self.error: str | None = None
-        self.lock = threading.Lock()
+        self.lock = Slots(getattr(loaded, "slots", 1))
 
     def load_in_background(self, loader) -> None:
         """Run `loader()` in a thread; its result becomes `loaded`, a failure becomes `error`."""
         def load():
             try:
-                self.loaded = loader()
+                loaded = loader()
+                self.lock.resize(getattr(loaded, "slots", 1))
+                self.loaded = loaded
             except Exception as exc:  # reported by /health; the process keeps answering
                 self.error = f"model failed to load: {exc}"
 
@@ -51,7 +81,7 @@ class Door:
 
     def __init__(self, host: ModelHost, api_key: str | None, max_queue: int):
         self.host, self.api_key = host, api_key
-        self.queue = Admission(max_queue)
+        self.queue = Admission(max_queue, lambda: host.lock.total)
 
     def check(self, authorization: str | None) -> Refusal | None:
         """Auth, then readiness: None when the request may go on."""

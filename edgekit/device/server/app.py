@@ -34,6 +34,7 @@ def create_app(loaded=None, loader=None, api_key: str | None = None, max_queue: 
     host = ModelHost(loaded)
     door = Door(host, api_key, max_queue)
     metrics = Metrics(door.queue)
+    metrics.watch_slots(host.lock)
     log = request_log or JsonlLog(None)
     meters = Meters(meter, intensity, thermal, metrics)
     routes = Routes(host, door, meters, Ledger(metrics, log), metrics, limits, request_timeout, max_queue)

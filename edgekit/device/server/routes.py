@@ -79,6 +79,7 @@ class Routes:
             return err
         m = self.host.loaded
         return JSONResponse(dict(m.props(), max_queue=self.max_queue, queued=self.door.waiting,
+                                 slots=self.host.lock.describe(),
                                  power=self.meters.describe_power(), thermal=self.meters.describe_thermal(),
                                  limits=self.limits.describe(m.max_sequence_length)))
 

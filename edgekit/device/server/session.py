@@ -15,6 +15,7 @@ import time
 import uuid
 from typing import Callable
 
+from edgekit.device.batching import sequence
 from edgekit.device.constrain import Constraint, parse_tool_call
 from edgekit.device.generate import GenerationResult, generate
 from edgekit.device.logprobs import LogprobRecorder, TokenLogprob
@@ -24,7 +25,8 @@ from edgekit.device.server.responses import generation_usage
 
 
 class GenerationSession:
-    """Runs `request` on `loaded` (taking `lock`, so requests take turns) under `meters`; stops at
+    """Runs `request` on `loaded` (taking a slot of `lock`, an admission.Slots: one slot, requests take
+    turns; several with serve --parallel, decoding together in one batcher sequence) under `meters`; stops at
     the next token once `cancel()` was called or `timeout_seconds` have passed. `on_end(status,
     usage, error)` runs last in the worker thread, whatever happened: status 200, 499 (cancelled
     by the client), 504 (deadline) or 500 (the model failed)."""
@@ -62,7 +64,7 @@ class GenerationSession:
         status, usage, error = 500, None, None
         parts: list[str] = []
         try:
-            with self.lock:
+            with self.lock, sequence(self.loaded.model):
                 res, window, heat = self.meters.run(self.cid, lambda: self._generate(channel, parts))
             self.tool_calls = self._calls(res, "".join(parts))
             usage = self.meters.usage(generation_usage(res), window, res.completion_tokens, heat)
