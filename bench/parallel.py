@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from _server import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -38,29 +38,9 @@ PROMPTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(bundle: Path, threads: int, parallel: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(bundle), "--port", str(port),
-                             "--threads", str(threads), "--parallel", str(parallel), "--prefix-cache-mib", "0",
-                             "--log-level", "warning", "--power", "none"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    while True:
-        if proc.poll() is not None:
-            sys.exit(f"server exited: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, base
-        except OSError:
-            pass
-        time.sleep(0.05)
+def _server(bundle: Path, threads: int, parallel: int) -> ServeProcess:
+    return ServeProcess(bundle, "--threads", threads, "--parallel", parallel, "--prefix-cache-mib", 0,
+                        "--log-level", "warning", "--power", "none")
 
 
 def _request(base: str, prompt: str, max_tokens: int) -> dict:
@@ -155,8 +135,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.rebundle:
         return rebundle(args.rebundle, args.student, args.out_bundle)
-    (proc, base), (proc1, base1) = _start(args.bundle, args.threads, args.parallel), _start(args.bundle, args.threads, 1)
-    try:
+    with _server(args.bundle, args.threads, args.parallel) as srv, _server(args.bundle, args.threads, 1) as srv1:
+        base, base1 = srv.base, srv1.base
         for b in (base, base1):
             _request(b, "Hello.", 4)  # warm-up
         with urllib.request.urlopen(base + "/props", timeout=10) as r:
@@ -169,10 +149,6 @@ def main() -> None:
                 runs[name].append(_round(b, clients, args.max_tokens))
         with urllib.request.urlopen(base + "/props", timeout=10) as r:
             parallel_props = json.loads(r.read())["parallel"]
-    finally:
-        for p in (proc, proc1):
-            p.terminate()
-            p.wait(timeout=30)
     report(args, props, parallel_props, runs)
 
 
