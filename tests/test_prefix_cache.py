@@ -19,6 +19,7 @@ from edgekit.device.prefix_cache import PrefixCache, common_prefix
 from edgekit.device.runtime import LoadedModel
 from edgekit.device.sampling import Sampler
 from edgekit.device.server import create_app
+from edgekit.device.speculative import Speculation
 from edgekit.device.tflite_model import TfliteCausalLM
 
 from fakes import VOCAB, FakeLiteRT, FakeTokenizer, ScriptedModel, _Info
@@ -152,6 +153,24 @@ def test_chat_turns_reuse_the_previous_turn_and_give_the_same_tokens(make):
         cached.append(a.cached_tokens)
         prompt = prompt + a.token_ids + [turn % 3]  # the answer repeated, then the next user token
     assert cached == [0, 2, 4]  # each later turn runs only the token after the previous answer
+
+
+def test_speculative_decoding_reuses_the_models_prompt_and_gives_the_same_tokens():
+    """With a draft, the model's prompt prefill comes from the prefix cache too (the draft prefills its
+    own cache); tokens are those of the model alone without any cache."""
+    model, pc, spec = _onnx(), PrefixCache(1 << 20), Speculation(_onnx(), k=3)
+    alone, prompt, cached = _onnx(), [1, 2], []
+    for turn in range(3):
+        fed_before = len(model.session.fed)
+        a = drain(generate(model, _Tok(), prompt, 5, Sampler(0.0), prefix_cache=pc, speculation=spec))
+        b = drain(generate(alone, _Tok(), prompt, 5, Sampler(0.0)))
+        assert a.token_ids == b.token_ids and a.verify_passes > 0
+        cached.append(a.cached_tokens)
+        # the model ran the prompt's uncached tail once, then verify passes only (never the cached part)
+        assert model.session.fed[fed_before:fed_before + len(prompt) - a.cached_tokens] == prompt[a.cached_tokens:]
+        prompt = prompt + a.token_ids + [turn % 3]
+    assert cached == [0, 2, 8]  # each later turn reuses the previous turn's whole prompt
+    assert pc.hits == 2
 
 
 class _Tok:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from edgekit.device.prefix_cache import prefill
 from edgekit.device.sampling import Sampler
 from edgekit.device.tokenizer import IncrementalText
 
@@ -83,7 +84,7 @@ def plain_tokens(model, prompt_ids: list[int], sampler: Sampler, result: Generat
     `constraint` masks each step's logits after the penalties and advances past each token. The caller
     stops pulling when it is done (no forward runs after the last token); closing the generator stores
     the prompt's cache (and the answer's, with reuse_answers) for later requests."""
-    cache, result.cached_tokens, logits = _prefill(model, prompt_ids, prefix_cache)
+    cache, result.cached_tokens, logits = prefill(model, prompt_ids, prefix_cache)
     history = sampler.penalties.track(prompt_ids, logits.shape[-1])  # repetition penalties, before any choice
     try:
         while True:
@@ -95,13 +96,6 @@ def plain_tokens(model, prompt_ids: list[int], sampler: Sampler, result: Generat
     finally:
         if prefix_cache is not None:
             prefix_cache.store_generation(model, prompt_ids, result.token_ids, cache)
-
-
-def _prefill(model, prompt_ids: list[int], prefix_cache):
-    """(the cache after the prompt, prompt tokens taken from `prefix_cache`, the last token's logits).
-    The prompt's longest stored prefix is not run again; its lookup counts in prefill_seconds."""
-    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
-    return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]
 
 
 def generate(
@@ -116,14 +110,15 @@ def generate(
     LogprobRecorder) gets each generated token and the model's logits it came from (before penalties).
     With `speculation` (edgekit.device.speculative.Speculation) its draft proposes tokens that `model`
     verifies several at a time (greedy: the same tokens; sampled: the same distribution). `constraint`,
-    `prefix_cache`: see plain_tokens (a constrained request decodes without the draft)."""
+    `prefix_cache`: see plain_tokens; with a draft only the model's prompt is reused (the draft
+    prefills its own cache; a constrained request decodes without the draft)."""
     stops, result = [s for s in (stop or []) if s], GenerationResult(prompt_tokens=len(prompt_ids))
     detok = IncrementalText(tokenizer, prompt_ids)
     budget = min(max_new_tokens, model.max_sequence_length - len(prompt_ids))
     if speculation is None or constraint is not None:
         source = plain_tokens(model, prompt_ids, sampler, result, constraint or _UNCONSTRAINED, prefix_cache)
     else:
-        source = speculation.tokens(model, prompt_ids, sampler, budget, result)
+        source = speculation.tokens(model, prompt_ids, sampler, budget, result, prefix_cache)
     sent, pending, hit = [], "", False  # text yielded; produced but held back (a possible stop string)
     t0 = clock()
     item = next(source)  # prefill and the first choice
@@ -153,7 +148,7 @@ def generate(
             break
         item = next(source)
     result.decode_seconds = clock() - t_decode
-    source.close()  # a plain source stores the prompt's cache for later requests
+    source.close()  # the source stores the prompt's cache for later requests
     if not hit:  # a character still split at the end, then the last check for a stop string
         pending, hit = _cut_at_stop(pending + detok.flush(), stops)
         result.finish_reason = "stop" if hit else result.finish_reason

@@ -144,3 +144,10 @@ class PrefixCache:
         return {"budget_bytes": self.budget_bytes, "reuse_answers": self.reuse_answers, "used_bytes": self.used_bytes, "entries": len(self.entries),
                 "tokens_held": self.tokens_held, "lookups": self.lookups, "hits": self.hits,
                 "tokens_reused": self.tokens_reused, "evictions": self.evictions}
+
+
+def prefill(model, prompt_ids: list[int], prefix_cache: PrefixCache | None):
+    """(the cache after the prompt, prompt tokens taken from `prefix_cache`, the last token's logits).
+    The prompt's longest stored prefix is not run again; its lookup counts in prefill_seconds."""
+    cache, reused = prefix_cache.lookup(model, prompt_ids) if prefix_cache is not None else (model.new_cache(), 0)
+    return cache, reused, model.forward(prompt_ids[reused:], cache, last_only=True)[-1]

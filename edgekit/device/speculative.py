@@ -28,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from edgekit.device.prefix_cache import prefill
 from edgekit.device.sampling import Sampler
 
 DEFAULT_DRAFT_TOKENS = 4
@@ -46,11 +47,13 @@ class Speculation:
     passes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def tokens(self, model, prompt_ids: list[int], sampler: Sampler, budget: int, result) -> Iterator:
+    def tokens(self, model, prompt_ids: list[int], sampler: Sampler, budget: int, result,
+               prefix_cache=None) -> Iterator:
         """(token, the model's logits it was chosen from) pairs, as edgekit.device.generate's plain
         loop yields them; `budget` bounds how much is drafted, `result` (a GenerationResult) and these
-        totals count drafted and accepted tokens."""
-        return _speculative_tokens(self, model, prompt_ids, sampler, budget, result)
+        totals count drafted and accepted tokens. The model's prompt prefill reuses `prefix_cache`
+        (result.cached_tokens) and closing the generator stores the prompt's cache there."""
+        return _speculative_tokens(self, model, prompt_ids, sampler, budget, result, prefix_cache)
 
     def count(self, result, drafted: int, accepted: int) -> None:
         result.drafted_tokens += drafted
@@ -109,9 +112,20 @@ def _choose(sampler: Sampler, logits: np.ndarray, proposal: int | None, q) -> tu
     return sampler.draw(residual if residual.sum() > 0 else p), False
 
 
-def _speculative_tokens(spec: Speculation, model, prompt_ids: list[int], sampler: Sampler, budget: int, result):
-    target, drafted = model.new_cache(), spec.draft.new_cache()
-    logits = model.forward(prompt_ids, target, last_only=True)[-1]
+def _speculative_tokens(spec: Speculation, model, prompt_ids: list[int], sampler: Sampler, budget: int, result,
+                        prefix_cache=None):
+    target, result.cached_tokens, logits = prefill(model, prompt_ids, prefix_cache)
+    try:
+        yield from _verified(spec, model, target, prompt_ids, logits, sampler, budget, result)
+    finally:  # the model's cache always holds the whole prompt here (rewinds never go below it)
+        if prefix_cache is not None:
+            prefix_cache.store_generation(model, prompt_ids, result.token_ids, target)
+
+
+def _verified(spec: Speculation, model, target, prompt_ids: list[int], logits, sampler: Sampler, budget: int,
+              result):
+    """The prefilled model's first token, then draft-and-verify passes (plain steps when there is no room)."""
+    drafted = spec.draft.new_cache()
     history = sampler.penalties.track(prompt_ids, logits.shape[-1])
     token = sampler(history.apply(logits))
     context, produced = list(prompt_ids) + [token], 1
