@@ -8,6 +8,7 @@ server on the way out. Times are seconds. May import: stdlib.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -90,3 +91,24 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stream_chat(base: str, messages: list[dict], max_tokens: int, timeout_seconds: float = 600.0) -> dict:
+    """One streamed greedy chat completion: {ttft_seconds (sending to the first chunk with text, as the
+    client sees it), seconds (the whole request), text, usage (the final chunk's)}."""
+    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
+    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    first, parts, usage = None, [], {}
+    with urllib.request.urlopen(req, timeout=timeout_seconds) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            text = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
+            if text and first is None:
+                first = time.perf_counter() - t0
+            parts.append(text or "")
+            usage = chunk.get("usage") or usage
+    return {"ttft_seconds": first, "seconds": time.perf_counter() - t0, "text": "".join(parts), "usage": usage}

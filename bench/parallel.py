@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _server import ServeProcess
+from _server import ServeProcess, stream_chat
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -45,24 +45,9 @@ def _server(bundle: Path, threads: int, parallel: int) -> ServeProcess:
 
 def _request(base: str, prompt: str, max_tokens: int) -> dict:
     """One streamed greedy chat request: {ttft_seconds, seconds, text, completion_tokens, decode_tps}."""
-    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-                       "temperature": 0, "stream": True}).encode()
-    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    t0 = time.perf_counter()
-    first, parts, usage = None, [], {}
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            text = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
-            if text and first is None:
-                first = time.perf_counter() - t0
-            parts.append(text or "")
-            usage = chunk.get("usage") or usage
-    return {"ttft_seconds": first, "seconds": time.perf_counter() - t0, "text": "".join(parts),
-            "completion_tokens": usage["completion_tokens"], "decode_tps": usage["decode_tokens_per_second"]}
+    r = stream_chat(base, [{"role": "user", "content": prompt}], max_tokens)
+    return {"ttft_seconds": r["ttft_seconds"], "seconds": r["seconds"], "text": r["text"],
+            "completion_tokens": r["usage"]["completion_tokens"], "decode_tps": r["usage"]["decode_tokens_per_second"]}
 
 
 def _round(base: str, clients: int, max_tokens: int) -> dict:

@@ -18,12 +18,11 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from _server import ServeProcess
+from _server import ServeProcess, stream_chat
 
 ROOT = Path(__file__).resolve().parent.parent
 USER_TURNS = [
@@ -46,22 +45,9 @@ def _start(bundle: Path, threads: int, cache_mib: float, answers: bool) -> Serve
 
 def _turn(base: str, messages: list[dict], max_tokens: int) -> dict:
     """One streamed greedy chat turn: {ttft_seconds, text, prompt_tokens, cached_tokens, prefill_ms}."""
-    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
-    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    t0 = time.perf_counter()
-    first, parts, usage = None, [], {}
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            text = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
-            if text and first is None:
-                first = time.perf_counter() - t0
-            parts.append(text or "")
-            usage = chunk.get("usage") or usage
-    return {"ttft_seconds": first, "text": "".join(parts), "prompt_tokens": usage["prompt_tokens"],
+    r = stream_chat(base, messages, max_tokens, timeout_seconds=300)
+    usage = r["usage"]
+    return {"ttft_seconds": r["ttft_seconds"], "text": r["text"], "prompt_tokens": usage["prompt_tokens"],
             "cached_tokens": usage["prompt_tokens_details"]["cached_tokens"], "prefill_ms": usage["prefill_ms"]}
 
 
