@@ -11,7 +11,8 @@ Worked examples (by hand):
            read in full once) -> 8,500 bytes per token
   bundle   a 1,000,000-byte model.tflite, rpi5 (7.4e9 bytes/s, 3.072e11 MAC/s), tflite int8-dynamic (decode 0.88,
            prefill 0.64), 900,000 parameters, vocab 1,000 x hidden 100 -> 800,000 MACs per prompt token:
-           decode 7.4e9 x 0.88 / 1e6 = 6512 tokens/s, prefill 0.64 x 3.072e11 / 8e5 = 245,760 tokens/s
+           decode 1e6 / (7.4e9 x 0.88) = 0.153563 ms + fixed 0.2 ms / 0.45 (rpi5 host speed) = 0.444444 ms
+           -> 0.598007 ms = 1672.22 tokens/s (roofline 7400), prefill 0.64 x 3.072e11 / 8e5 = 245,760 tokens/s
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def test_prefill_and_macs_worked_examples():
 def test_coral_verdict_uses_the_same_decode_function_and_efficiency_record():
     arm = speed.runtime_efficiency("tflite", "int8-dynamic")
     assert coral_latency.CPU_EFFICIENCY == arm["decode_efficiency"] == 0.88
+    assert coral_latency.CPU_OVERHEAD_SECONDS_PER_TOKEN == arm["decode_fixed_seconds_per_token"] == 2.0e-4
     got = coral_latency.cpu_seconds_per_token(10_485_760, BOARD)
     assert got == speed.cpu_seconds_per_token(10_485_760, BOARD, 0.88, coral_latency.CPU_OVERHEAD_SECONDS_PER_TOKEN)
     assert got["seconds"] == pytest.approx(1.591564e-3, rel=1e-6)  # test_coral_latency's worked example
@@ -139,14 +141,15 @@ def test_inspect_board_prints_predicted_figures_with_sources_and_reference_point
     out = res.stdout
     assert "speed on rpi5 (PREDICTED, not measured)" in out
     assert "weights read per token  1.000 MB" in out
-    assert "decode   predicted 6512 tokens/s = roofline 7400 x efficiency 0.88 (measured: bench/compare.py" in out
+    assert "decode   predicted 1672 tokens/s = roofline 7400 x efficiency 0.88 (measured: bench/compare.py" in out
+    assert "+ fixed 0.444 ms per token (measured 2026-11-30" in out
     assert "prefill  predicted 2.458e+05 tokens/s = efficiency 0.64 x int8 peak / 800,000 MACs" in out
     assert "TinyLlama 1.1B, Q8_0: prefill 35, decode 9 tokens/s  https://justine.lol/matmul/" in out
     js = json.loads(run_cli("inspect", str(b), "--board", "rpi5", "--json", no_torch=True, timeout=120).stdout)
     rec = js["predicted_speed"]
     assert js["name"] == "toy" and rec["predicted"] is True and rec["measured"] is False
     assert rec["weight_bytes_per_token"] == 1_000_000 and rec["macs_per_prompt_token"] == 800_000
-    assert rec["decode"]["tokens_per_second"] == pytest.approx(6512.0)
+    assert rec["decode"]["tokens_per_second"] == pytest.approx(1672.22, rel=1e-5)
     assert rec["prefill"]["tokens_per_second"] == pytest.approx(245_760.0)
     assert [r["board"] for r in rec["reference_points"]] == ["rpi5", "rpi5"]
 
@@ -182,11 +185,11 @@ def test_compare_predicted_column_for_edgekit_rows_only(tmp_path):
     rows = [{"name": "edgekit tflite int8", "engine": "edgekit", "path": str(b)},
             {"name": "llama.cpp Q8_0", "engine": "llama", "path": "x.gguf"}]
     cmp.add_predicted(rows, load_board("rpi5"))
-    assert rows[0]["predicted_rpi5_decode_tokens_per_second"] == pytest.approx(6512.0, rel=1e-4)
+    assert rows[0]["predicted_rpi5_decode_tokens_per_second"] == pytest.approx(1672.22, rel=1e-5)
     assert rows[0]["predicted_rpi5_prefill_tokens_per_second"] == pytest.approx(245_760.0, rel=1e-4)
     assert "predicted_rpi5_decode_tokens_per_second" not in rows[1]
     table = cmp.table([dict(r, model_bytes=1e6, perplexity=1.0, perplexity_vs_fp32=1.0, prefill_tokens_per_second=1,
                             prefill_vs_anchor=1, decode_tokens_per_second=1, decode_vs_anchor=1, roofline_tokens_per_second=1,
                             roofline_share=1, peak_rss_bytes=1) for r in rows], board="rpi5")
     assert "| predicted rpi5 decode tok/s |" in table.splitlines()[0]
-    assert table.splitlines()[2].endswith("| 6512 |") and table.splitlines()[3].endswith("| - |")
+    assert table.splitlines()[2].endswith("| 1672 |") and table.splitlines()[3].endswith("| - |")

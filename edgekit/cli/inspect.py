@@ -184,12 +184,14 @@ def print_speed(rec: dict, board) -> None:
     if d["tokens_per_second"] is not None:
         click.echo(f"  decode   predicted {d['tokens_per_second']:.4g} tokens/s = roofline {roof:.4g} x efficiency "
                    f"{d['efficiency']:g} ({d['efficiency_source']})")
+        click.echo(f"           + fixed {d['fixed_seconds_per_token'] * 1e3:.3g} ms per token ({d['fixed_source']})")
     else:
         click.echo(f"  decode   not predicted: {d['reason']}" + (f" (roofline {roof:.4g} tokens/s, an upper bound)"
                                                                   if roof else ""))
     if p["tokens_per_second"] is not None:
         click.echo(f"  prefill  predicted {p['tokens_per_second']:.4g} tokens/s = efficiency {p['efficiency']:g} x "
-                   f"int8 peak / {rec['macs_per_prompt_token']:,} MACs per prompt token ({p['efficiency_source']})")
+                   f"int8 peak / {rec['macs_per_prompt_token']:,} MACs per prompt token ({p['efficiency_source']}); "
+                   "compute only: per-call costs left out, so for a tiny model an upper bound")
     else:
         click.echo(f"  prefill  not predicted: {p['reason']}")
     refs = rec["reference_points"]

@@ -26,10 +26,9 @@ from edgekit.device import speed
 _ARM = speed.runtime_efficiency("tflite", "int8-dynamic")
 CPU_EFFICIENCY = _ARM["decode_efficiency"]
 CPU_EFFICIENCY_SOURCE = _ARM["decode_source"]
-# Measured on the reference machine: a stories260k arm-cpu bundle (0.3 MB of weights, so almost no
-# memory time) decodes in 0.185-0.217 ms per token on one thread (two runs of 100 tokens, 2026-11-30):
-# the fixed per-token cost of the runtime call, scaled to a board by host_speed_vs_reference.
-CPU_OVERHEAD_SECONDS_PER_TOKEN = 2.0e-4
+# The runtime's fixed per-token cost (stories260k arm-cpu, measured on the reference machine; same record),
+# scaled to a board by host_speed_vs_reference.
+CPU_OVERHEAD_SECONDS_PER_TOKEN = _ARM["decode_fixed_seconds_per_token"]
 
 
 def cache_fill(parameter_bytes: list[int], capacity_bytes: int) -> list[bool]:

@@ -2,9 +2,11 @@
 
 Model (units: bytes, bytes/s, multiply-accumulates (MACs), MAC/s, seconds, tokens/s):
   decode  seconds/token = weight bytes read per token / (board streaming-copy bandwidth x decode efficiency)
-                          [+ a fixed per-token cost, used by the Edge TPU verdict only]
+                          + the runtime's fixed seconds per token (measured on the reference machine with a
+                            tiny model) / the board's host_speed_vs_reference, where measured
           decode efficiency: the fraction of that roofline the bundle's runtime reached when measured
-          (speed_data.toml, with date, commit and machine); the fixed costs are inside it.
+          (speed_data.toml, with date, commit and machine). Without the fixed cost a tiny model would be
+          predicted thousands of tokens/s; with it a large one is counted about 2% slow (it is in both).
   prefill tokens/s      = prefill efficiency x board int8 peak MAC/s / MACs per prompt token
           MACs per prompt token = parameters - vocab x hidden (the embedding is a lookup; the LM head runs
           for the last prompt token only); attention over the prompt is left out (under 3% at 128 tokens
@@ -110,9 +112,12 @@ def _decode(per_token: int, board, eff: dict | None, model: dict) -> dict:
         why = (f"no measured decode efficiency for {model['format']} {model['precision']}" if eff is None
                else "no weight bytes found")
         return {"tokens_per_second": None, "roofline_tokens_per_second": roofline, "reason": why}
-    sec = cpu_seconds_per_token(per_token, board, eff["decode_efficiency"])
+    fixed = eff.get("decode_fixed_seconds_per_token", 0.0) if board.host_speed_vs_reference > 0 else 0.0
+    sec = cpu_seconds_per_token(per_token, board, eff["decode_efficiency"], fixed)
     return {"tokens_per_second": 1.0 / sec["seconds"], "roofline_tokens_per_second": roofline,
-            "efficiency": eff["decode_efficiency"], "efficiency_source": eff["decode_source"]}
+            "efficiency": eff["decode_efficiency"], "efficiency_source": eff["decode_source"],
+            "fixed_seconds_per_token": sec["fixed_seconds"], "fixed_source": eff.get("decode_fixed_source") if fixed
+            else "none measured for this runtime (or the board has no host_speed_vs_reference)"}
 
 
 def _prefill(macs: int | None, board, eff: dict | None, model: dict) -> dict:
