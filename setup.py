@@ -97,7 +97,7 @@ setup(
     package_dir={"edgekit._targets": "targets", "edgekit._models": "models", "edgekit._boards": "boards",
                  "edgekit._accelerators": "accelerators"},
     package_data={"edgekit._targets": ["*.toml"], "edgekit._models": ["*.toml"], "edgekit._boards": ["*.toml"],
-                  "edgekit._accelerators": ["*.toml"]},
+                  "edgekit._accelerators": ["*.toml"], "edgekit.device": ["speed_data.toml"]},
     install_requires=DEVICE,
     extras_require={"build": BUILD, "tf": TF, "test": TEST, "bench": BENCH, "all": BUILD + TEST + BENCH},
     entry_points={"console_scripts": ["edgekit = edgekit.cli:main"]},

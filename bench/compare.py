@@ -158,18 +158,10 @@ def bundle_model_bytes(d: Path) -> int:
 def weight_bytes_per_token(kind: str, path: Path) -> int:
     """Bytes of weights a decode step reads: every matrix once, but only one row of an embedding
     table used just for lookup (a tied table is also the LM head, so it is read in full)."""
-    if kind == "edgekit":
-        m = json.loads((path / "manifest.json").read_text())
-        if m["model"]["format"] == "onnx":
-            import onnx
+    if kind == "edgekit":  # one definition with `edgekit inspect --board` (edgekit/device/speed.py)
+        from edgekit.device.speed import weight_bytes_per_token as bundle_weight_bytes
 
-            g = onnx.load(str(path / m["model"]["file"])).graph
-            gather_only = {n.input[0] for n in g.node if n.op_type == "Gather"}
-            used_elsewhere = {i for n in g.node if n.op_type != "Gather" for i in n.input}
-            lookup = gather_only - used_elsewhere
-            return sum(len(t.raw_data) for t in g.initializer if t.name not in lookup)
-        # TFLite and TPU segments: every .tflite is read per token; host tables (embedding rows) are not
-        return sum(f["bytes"] for f in m["files"] if f["path"].endswith(".tflite"))
+        return bundle_weight_bytes(path, json.loads((path / "manifest.json").read_text()))
     if kind == "llama":
         from gguf import GGUFReader
 
@@ -247,16 +239,37 @@ def eval_data(recipe: Path, student: Path, eval_tokens: int, window: int, prompt
     return quality.windows(ids[: eval_tokens + 1], window), ids[-prompt_tokens:]
 
 
-def table(rows: list[dict]) -> str:
+def add_predicted(rows: list[dict], board) -> None:
+    """For each edgekit row, the predicted decode / prefill tokens/s of its bundle on `board`
+    (edgekit/device/speed.py; None where no efficiency was measured for its runtime), under keys
+    predicted_<board>_decode_tokens_per_second and ..._prefill_...; other engines get none."""
+    from edgekit.device.speed import predict
+
+    for r in rows:
+        if r["engine"] != "edgekit":
+            continue
+        path = Path(r["path"])
+        rec = predict(path, json.loads((path / "manifest.json").read_text()), board)
+        for key in ("decode", "prefill"):
+            r[f"predicted_{board.name}_{key}_tokens_per_second"] = rec[key]["tokens_per_second"]
+
+
+def table(rows: list[dict], board: str | None = None) -> str:
+    """The markdown table; with `board`, a last column of predicted decode tok/s there (edgekit rows)."""
+    extra = f" predicted {board} decode tok/s |" if board else ""
     head = ("| engine | size MB | perplexity | x fp32 | prefill tok/s | x Q8_0 | decode tok/s | x Q8_0 "
-            "| roofline tok/s | share | peak RSS MB |\n|" + "---|" * 11)
+            "| roofline tok/s | share | peak RSS MB |" + extra + "\n|" + "---|" * (12 if board else 11))
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['model_bytes'] / 1e6:.1f} | {r['perplexity']:.3f} | "
-                     f"{r['perplexity_vs_fp32']:.4f} | {r['prefill_tokens_per_second']:.0f} | "
-                     f"{r['prefill_vs_anchor']:.2f} | {r['decode_tokens_per_second']:.1f} | {r['decode_vs_anchor']:.2f} | "
-                     f"{r['roofline_tokens_per_second']:.0f} | {r['roofline_share']:.2f} | "
-                     f"{(r['peak_rss_bytes'] or 0) / 1e6:.0f} |")
+        line = (f"| {r['name']} | {r['model_bytes'] / 1e6:.1f} | {r['perplexity']:.3f} | "
+                f"{r['perplexity_vs_fp32']:.4f} | {r['prefill_tokens_per_second']:.0f} | "
+                f"{r['prefill_vs_anchor']:.2f} | {r['decode_tokens_per_second']:.1f} | {r['decode_vs_anchor']:.2f} | "
+                f"{r['roofline_tokens_per_second']:.0f} | {r['roofline_share']:.2f} | "
+                f"{(r['peak_rss_bytes'] or 0) / 1e6:.0f} |")
+        if board:
+            v = r.get(f"predicted_{board}_decode_tokens_per_second")
+            line += f" {v:.0f} |" if v is not None else " - |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -303,7 +316,18 @@ def main() -> None:
                     help="also run this edgekit bundle under NAME, e.g. one built by an earlier edgekit (repeatable)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench/results/compare")
     ap.add_argument("--cache", type=Path, default=None, help="llama.cpp venv/source cache [$EDGEKIT_HOME/bench]")
+    ap.add_argument("--board", default=None, metavar="NAME",
+                    help="add each edgekit variant's PREDICTED decode/prefill tok/s on this board (boards/NAME.toml)")
     args = ap.parse_args()
+    board = None
+    if args.board:
+        from edgekit.core.boards import load_board
+        from edgekit.core.errors import EdgekitError
+
+        try:
+            board = load_board(args.board)
+        except EdgekitError as exc:
+            sys.exit(f"--board: {exc}")
     rounds = args.rounds or (2 if args.quick else 5)
     eval_tokens = args.eval_tokens or (512 if args.quick else 2040)
     if not (args.student / "config.json").is_file():
@@ -376,6 +400,8 @@ def main() -> None:
             "roofline_tokens_per_second": round(bandwidth / per_token, 1),
             "roofline_share": round(decode / (bandwidth / per_token), 3),
         })
+    if board is not None:
+        add_predicted(rows, board)
     by = {r["name"]: r for r in rows}
     anchor = by.get(ANCHOR)
     fp32 = by.get("transformers fp32")
@@ -394,10 +420,13 @@ def main() -> None:
         "memory_bandwidth_bytes_per_second": round(bandwidth), "llama_cpp_python": LLAMA_CPP_PYTHON,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "seconds": round(time.perf_counter() - started, 1), "rows": rows,
+        "predicted_board": ({"name": board.name, "predicted": True, "measured": False,
+                             "model": "edgekit/device/speed.py", "source": board.performance_source}
+                            if board else None),
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = table(rows)
+    md = table(rows, board.name if board else None)
     (work / "compare.md").write_text(md + "\n")
     plot(rows, work / "compare.png")
     print("\n" + md)

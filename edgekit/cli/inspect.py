@@ -18,18 +18,30 @@ from edgekit.core.units import format_bytes, format_seconds
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print manifest.json (after verification) for scripts.")
+@click.option("--board", default=None, metavar="NAME",
+              help="Also predict prefill and decode tokens/s on this board (boards/NAME.toml; e.g. rpi5); with "
+                   "--json under the key predicted_speed.")
 @trust_option
-def inspect(bundle, as_json, trust):
+def inspect(bundle, as_json, board, trust):
     """Verify a bundle (every file's sha256; with --trust its signature too) and print what it holds, who
-    signed it and how it was built."""
+    signed it and how it was built; with --board, its predicted speed there next to published figures."""
+    from edgekit.core.boards import load_board
     from edgekit.core.bundle import load_bundle
 
+    target_board = load_board(board) if board else None  # an unknown name: one line listing the known boards
     check = trust_check(trust)
     b = load_bundle(bundle, check=check)
+    rec = None
+    if target_board is not None:
+        from edgekit.device.speed import predict
+
+        rec = predict(b.root, b.manifest, target_board)
     if as_json:
-        click.echo(json.dumps(b.manifest, indent=2))
-    else:
-        print_manifest(b.root, b.manifest, signed_line(b, check))
+        click.echo(json.dumps(dict(b.manifest, predicted_speed=rec) if rec else b.manifest, indent=2))
+        return
+    print_manifest(b.root, b.manifest, signed_line(b, check))
+    if rec:
+        print_speed(rec, target_board)
 
 
 def print_manifest(root: Path, m: dict, signed: str) -> None:
@@ -159,3 +171,32 @@ def _print_edgetpu_files(root: Path, m: dict) -> None:
         with_op, total = found
         click.echo(f"  delegate     {with_op} of {total} file(s) the Edge TPU delegate opens hold an edgetpu-custom-op"
                    + ("" if with_op else ": it would take nothing (serve refuses unless --allow-cpu-fallback)"))
+
+
+def print_speed(rec: dict, board) -> None:
+    """Predicted tokens/s on a board (edgekit/device/speed.py), each with where its efficiency comes from."""
+    click.echo(f"speed on {board.name} (PREDICTED, not measured): {board.description}")
+    click.echo(f"  weights read per token  {rec['weight_bytes_per_token'] / 1e6:.3f} MB; board streaming copy "
+               f"{rec['memory_bandwidth_bytes_per_second'] / 1e9:.3g} GB/s, int8 peak "
+               f"{rec['int8_macs_per_second'] / 1e9:.4g} GMAC/s (boards/{board.name}.toml, with sources)")
+    d, p = rec["decode"], rec["prefill"]
+    roof = d.get("roofline_tokens_per_second")
+    if d["tokens_per_second"] is not None:
+        click.echo(f"  decode   predicted {d['tokens_per_second']:.4g} tokens/s = roofline {roof:.4g} x efficiency "
+                   f"{d['efficiency']:g} ({d['efficiency_source']})")
+        click.echo(f"           + fixed {d['fixed_seconds_per_token'] * 1e3:.3g} ms per token ({d['fixed_source']})")
+    else:
+        click.echo(f"  decode   not predicted: {d['reason']}" + (f" (roofline {roof:.4g} tokens/s, an upper bound)"
+                                                                  if roof else ""))
+    if p["tokens_per_second"] is not None:
+        click.echo(f"  prefill  predicted {p['tokens_per_second']:.4g} tokens/s = efficiency {p['efficiency']:g} x "
+                   f"int8 peak / {rec['macs_per_prompt_token']:,} MACs per prompt token ({p['efficiency_source']}); "
+                   "compute only: per-call costs left out, so for a tiny model an upper bound")
+    else:
+        click.echo(f"  prefill  not predicted: {p['reason']}")
+    refs = rec["reference_points"]
+    click.echo(f"  published reference points on {board.name} (other engines and models, not edgekit)"
+               + (":" if refs else ": none recorded (edgekit/device/speed_data.toml)"))
+    for r in refs:
+        figs = [f"{k} {r[k + '_tokens_per_second']:g}" for k in ("prefill", "decode") if k + "_tokens_per_second" in r]
+        click.echo(f"    {r['engine']}, {r['model']}: {', '.join(figs)} tokens/s  {r['url']}")

@@ -6,8 +6,9 @@ figures come from. They are approximate published figures, not measurements of t
 the `estimate` power source scales between them by CPU utilisation and always says so.
 `match.model_contains` and `match.compatible` let `detect_board` recognise the board from
 /proc/device-tree/model, or else from the SoC named in /proc/device-tree/compatible.
-`[performance]` (optional) gives the streaming-copy memory bandwidth in bytes/s, the CPU core count
-and one core's speed relative to the reference machine, each with its source, for predicted speed.
+`[performance]` (optional) gives the streaming-copy memory bandwidth in bytes/s, the CPU core count,
+the cores' int8 peak multiply-accumulates per second (MAC/s) and one core's speed relative to the
+reference machine, each with its source, for predicted speed (edgekit/device/speed.py).
 Adding a board is adding a TOML file (or a directory named in EDGEKIT_BOARDS_PATH).
 """
 
@@ -43,6 +44,9 @@ SCHEMA = Table(
                     float, default=0.0, minimum=0.0,
                     doc="streaming-copy memory bandwidth (read + write), bytes/s; 0 = unknown"),
                 "cpu_cores": Field(int, default=0, minimum=0, doc="CPU cores; 0 = unknown"),
+                "int8_macs_per_second": Field(
+                    float, default=0.0, minimum=0.0,
+                    doc="all cores' int8 peak multiply-accumulates per second (cores x clock x MACs/cycle); 0 = unknown"),
                 "host_speed_vs_reference": Field(
                     float, default=0.0, minimum=0.0,
                     doc="one core's speed relative to the reference machine where host work was measured; 0 = unknown"),
@@ -85,6 +89,7 @@ class Board:
     cpu_cores: int = 0
     host_speed_vs_reference: float = 0.0
     performance_source: str = ""
+    int8_macs_per_second: float = 0.0
 
 
 def load_board(name_or_path: str) -> Board:
@@ -103,6 +108,7 @@ def load_board(name_or_path: str) -> Board:
         cpu_cores=data["performance"]["cpu_cores"],
         host_speed_vs_reference=data["performance"]["host_speed_vs_reference"],
         performance_source=data["performance"]["source"],
+        int8_macs_per_second=data["performance"]["int8_macs_per_second"],
     )
 
 

@@ -12,22 +12,23 @@ Units: seconds, bytes, bytes/s, watts, joules, multiply-accumulates (MACs). Mode
   energy   = seconds x watts: TPU path board idle + one busy core + the TPU's watts; CPU path the
              board's full-load watts (decode uses every core)
 Figures come from accelerators/edgetpu.toml and boards/*.toml, each with its source.
-May import: stdlib, edgekit.core.
+May import: stdlib, edgekit.core, edgekit.device.speed.
 """
 
 from __future__ import annotations
 
 from edgekit.core.errors import ConfigError
+from edgekit.device import speed
 
-# Measured on the reference machine: the arm-cpu (TFLite int8) decode of the SmolLM2 student reached
-# 0.88 of the streaming-copy roofline (docs/benchmarks.md, bench/compare.py run of 2026-11-30).
-CPU_EFFICIENCY = 0.88
-CPU_EFFICIENCY_SOURCE = ("measured on the reference x86-64 machine: TFLite int8 decode at 0.88 of the "
-                         "streaming-copy roofline (docs/benchmarks.md)")
-# Measured on the reference machine: a stories260k arm-cpu bundle (0.3 MB of weights, so almost no
-# memory time) decodes in 0.185-0.217 ms per token on one thread (two runs of 100 tokens, 2026-11-30):
-# the fixed per-token cost of the runtime call, scaled to a board by host_speed_vs_reference.
-CPU_OVERHEAD_SECONDS_PER_TOKEN = 2.0e-4
+# The arm-cpu (TFLite int8) decode efficiency, measured on the reference machine: one record, in
+# edgekit/device/speed_data.toml (0.88 of the streaming-copy roofline, docs/benchmarks.md), shared with
+# `edgekit inspect --board`.
+_ARM = speed.runtime_efficiency("tflite", "int8-dynamic")
+CPU_EFFICIENCY = _ARM["decode_efficiency"]
+CPU_EFFICIENCY_SOURCE = _ARM["decode_source"]
+# The runtime's fixed per-token cost (stories260k arm-cpu, measured on the reference machine; same record),
+# scaled to a board by host_speed_vs_reference.
+CPU_OVERHEAD_SECONDS_PER_TOKEN = _ARM["decode_fixed_seconds_per_token"]
 
 
 def cache_fill(parameter_bytes: list[int], capacity_bytes: int) -> list[bool]:
@@ -59,15 +60,11 @@ def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: f
 
 def cpu_seconds_per_token(weight_bytes: int, board) -> dict:
     """Memory-bound decode of the same int8 weights on the board's CPU (arm-cpu bundle), plus the
-    runtime's fixed per-token cost."""
-    bw = board.memory_bandwidth_bytes_per_second
-    if bw <= 0 or board.host_speed_vs_reference <= 0:
+    runtime's fixed per-token cost: speed.cpu_seconds_per_token with the arm-cpu efficiency."""
+    if board.host_speed_vs_reference <= 0:
         raise ConfigError(f"board '{board.name}' has no performance.memory_bandwidth_bytes_per_second / "
                           "host_speed_vs_reference; add them to its TOML file")
-    memory = weight_bytes / (bw * CPU_EFFICIENCY)
-    fixed = CPU_OVERHEAD_SECONDS_PER_TOKEN / board.host_speed_vs_reference
-    return {"seconds": memory + fixed, "memory_seconds": memory, "fixed_seconds": fixed, "weight_bytes": weight_bytes,
-            "bandwidth_bytes_per_second": bw, "efficiency": CPU_EFFICIENCY}
+    return speed.cpu_seconds_per_token(weight_bytes, board, CPU_EFFICIENCY, CPU_OVERHEAD_SECONDS_PER_TOKEN)
 
 
 def _side(seconds: float, watts: float, source: str) -> dict:
