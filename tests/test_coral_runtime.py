@@ -90,6 +90,10 @@ def test_library_present_but_load_fails(tmp_path):
     rt = probe_runtime(tmp_path, loader=loader, version_of=_litert)
     assert rt.found and not rt.loadable and not rt.usable and rt.library == path
     assert rt.reason == f"{path} is there but cannot be loaded: libusb-1.0.so.0: cannot open shared object file"
+    assert loader.asked == [path, "libedgetpu.so.1"]  # then the dynamic linker's own search, which fails too
+    loader = FakeLibraryLoader({"libedgetpu.so.1": _edgetpu_symbols()}, broken={path: "wrong ELF class"})
+    rt = probe_runtime(tmp_path, loader=loader, version_of=_litert)
+    assert rt.usable and rt.library == "libedgetpu.so.1"  # the linker found one that loads: that one is used
 
 
 def test_library_without_the_delegate_entry_point(tmp_path):
@@ -104,7 +108,7 @@ def test_loadable_library_built_against_a_recent_tensorflow_is_usable(tmp_path):
     assert rt.usable and rt.loadable and rt.built_against_tf == "2.19.1"
     assert rt.package == "libedgetpu1-std 16.0tf2.19.1-1.bookworm"
     assert rt.version == "BuildLabel(COMPILER=12.2.0), RuntimeVersion(14)"
-    assert "built against TensorFlow 2.19.1" in rt.reason and "ai-edge-litert 2.3.0" in rt.reason
+    assert rt.reason == "loadable, built against TensorFlow 2.19.1 (package libedgetpu1-std 16.0tf2.19.1-1.bookworm)"
 
 
 def test_googles_original_build_is_flagged_and_no_litert_is_not_usable(tmp_path):
@@ -172,3 +176,12 @@ def test_edgetpu_delegate_errors_become_reasons_not_tracebacks(tmp_path):
     _, d = make_interpreter(tmp_path / "m.tflite", 0, "edgetpu", "libedgetpu.so.1", lite=FakeLite(error=ValueError()))
     assert d.reason == "'libedgetpu.so.1' loaded but opened no Edge TPU (none attached, or no permission to open it)"
     assert d.refusal("coral").endswith(f"install: {EDGETPU_DOC})")
+
+
+def test_cpu_fallback_warning_for_edgetpu_points_at_the_doc():
+    from edgekit.device.delegation import settle
+
+    d = not_loaded("edgetpu", "libedgetpu.so.1", "gone")
+    warning = settle(d, "coral", allow_cpu_fallback=True)
+    assert d.cpu_fallback and warning.startswith("WARNING: delegate edgetpu: not loaded, gone (all on CPU)")
+    assert warning.endswith(f"(check: edgekit coral status; install: {EDGETPU_DOC})")

@@ -134,16 +134,38 @@ def installed_package(root: Path | str = "/") -> tuple[str, str]:
     return "", ""
 
 
+def _library_dirs() -> list[str]:
+    """LIBRARY_DIRS with this machine's multiarch folder (e.g. usr/lib/aarch64-linux-gnu) first."""
+    import sysconfig
+
+    arch = sysconfig.get_config_var("MULTIARCH")
+    return list(dict.fromkeys(([f"usr/lib/{arch}"] if arch else []) + list(LIBRARY_DIRS)))
+
+
 def locate(root: Path | str = "/", name: str = LIBRARY) -> str | None:
     """The library's path under `root` in the usual library folders, or None."""
     if "/" in name:
         path = Path(root) / name.lstrip("/")
         return str(path) if path.exists() else None
-    for folder in LIBRARY_DIRS:
+    for folder in _library_dirs():
         path = Path(root) / folder / name
         if path.exists():
             return str(path)
     return None
+
+
+def _load_first(loader, candidates: list) -> tuple[str, object, str]:
+    """(what loaded, its handle, "") for the first candidate the loader opens (a file found in a library
+    folder, then the bare name through the dynamic linker's own search); else (the first candidate
+    tried, None, its error)."""
+    tried = [c for c in candidates if c]
+    first_error = ""
+    for candidate in tried:
+        try:
+            return candidate, loader(candidate), ""
+        except OSError as exc:
+            first_error = first_error or str(exc)
+    return tried[0], None, first_error
 
 
 def _ctypes_loader(path: str):
@@ -188,13 +210,11 @@ def probe_runtime(root: Path | str = "/", name: str = LIBRARY, loader=None, vers
     rt = Runtime(litert=litert_version(version_of))
     rt.package, rt.built_against_tf = installed_package(root)
     path = locate(root, name)
-    rt.library = path or name
-    try:
-        handle = loader(rt.library)  # a bare name goes through the dynamic linker's own search
-    except OSError as exc:
+    rt.library, handle, error = _load_first(loader, [path] if path == name else [path, name])
+    if handle is None:
         rt.found = path is not None
-        rt.reason = (f"{rt.library} is there but cannot be loaded: {exc}" if rt.found else
-                     f"{name} not found (looked in /{', /'.join(LIBRARY_DIRS)} and the linker's path)")
+        rt.reason = (f"{rt.library} is there but cannot be loaded: {error}" if rt.found else
+                     f"{name} not found (looked in /{', /'.join(_library_dirs())} and the linker's path)")
         return rt
     rt.found = rt.loadable = True
     if not hasattr(handle, "tflite_plugin_create_delegate"):
@@ -216,7 +236,7 @@ def _judge(rt: Runtime) -> tuple[bool, str]:
             return False, (f"the library loads but was built against TensorFlow {rt.built_against_tf}{built}: such "
                            f"builds are reported to crash with TFLite newer than 2.11 ({rt.litert}); install a "
                            "libedgetpu built against TF 2.17 or newer")
-        return True, f"loadable, built against TensorFlow {rt.built_against_tf}{built}; LiteRT: {rt.litert}"
+        return True, f"loadable, built against TensorFlow {rt.built_against_tf}{built}"
     return True, (f"loadable; the TensorFlow release it was built against is unknown (no libedgetpu1 Debian "
                   f"package found), so whether it matches {rt.litert} is not known until a model runs")
 
