@@ -117,6 +117,10 @@ def test_googles_original_build_is_flagged_and_no_litert_is_not_usable(tmp_path)
     rt = probe_runtime(tmp_path, loader=loader, version_of=_litert)
     assert rt.loadable and not rt.usable and rt.built_against_tf == "2.5"
     assert "reported to crash with TFLite newer than 2.11" in rt.reason
+    _install_library(tmp_path, "15.0")
+    rt = probe_runtime(tmp_path, loader=loader, version_of=_litert)
+    assert not rt.usable and rt.built_against_tf == "before 2.5" and "TensorFlow before 2.5" in rt.reason
+    _install_library(tmp_path, "16.0tf2.17.1-1")
     rt = probe_runtime(tmp_path, loader=loader, version_of=lambda name: None)
     assert not rt.usable and "no LiteRT is installed: pip install ai-edge-litert" in rt.reason
 
@@ -125,6 +129,11 @@ def test_unknown_build_is_usable_but_says_what_is_not_known(tmp_path):
     path = _install_library(tmp_path)  # copied in by hand: no Debian package
     rt = probe_runtime(tmp_path, loader=FakeLibraryLoader({path: _edgetpu_symbols()}), version_of=_litert)
     assert rt.usable and rt.built_against_tf == "" and "not known until a model runs" in rt.reason
+
+
+def test_fork_versions_without_a_tf_tag_are_unknown(tmp_path):
+    _install_library(tmp_path, "16.0pp3")  # an early fork build: the TF release is not in the version
+    assert installed_package(tmp_path) == ("libedgetpu1-std 16.0pp3", "")
 
 
 def test_dpkg_status_ignores_removed_packages(tmp_path):

@@ -123,14 +123,18 @@ def find_devices(root: Path | str = "/") -> tuple[list[EdgeTpu], str]:
 
 def installed_package(root: Path | str = "/") -> tuple[str, str]:
     """("libedgetpu1-std 16.0tf2.19.1-1", "2.19.1") from dpkg's status file, ("", "") when none is installed.
-    A plain "16.0" (Google's own package) was built against TF 2.5."""
+    A plain "16.0" (Google's last own package) was built against TF 2.5; 15.0 and older, "before 2.5"."""
     text = _read(Path(root) / "var/lib/dpkg/status")
     for block in text.split("\n\n"):
         fields = dict(re.findall(r"^([A-Za-z-]+): ?(.*)$", block, re.M))
         if fields.get("Package") in PACKAGES and "installed" in fields.get("Status", "").split():
             version = fields.get("Version", "")
             tf = re.search(r"tf(\d+\.\d+(?:\.\d+)?)", version)
-            return f"{fields['Package']} {version}", (tf.group(1) if tf else ("2.5" if version.startswith(("16.0", "15.0", "14.")) else ""))
+            if tf:
+                return f"{fields['Package']} {version}", tf.group(1)
+            google = re.fullmatch(r"(\d+)\.\d+", version)  # Google's own: 16.0 against TF 2.5, older before it
+            built = "" if not google else ("2.5" if int(google.group(1)) >= 16 else "before 2.5")
+            return f"{fields['Package']} {version}", built
     return "", ""
 
 
@@ -231,8 +235,8 @@ def _judge(rt: Runtime) -> tuple[bool, str]:
     if not rt.litert:
         return False, f"the library loads{built}, but no LiteRT is installed: pip install ai-edge-litert"
     if rt.built_against_tf:
-        tf = tuple(int(x) for x in rt.built_against_tf.split(".")[:2])
-        if tf < OLDEST_WORKING_TF:
+        tf = tuple(int(x) for x in re.findall(r"\d+", rt.built_against_tf)[:2])
+        if rt.built_against_tf.startswith("before") or tf < OLDEST_WORKING_TF:
             return False, (f"the library loads but was built against TensorFlow {rt.built_against_tf}{built}: such "
                            f"builds are reported to crash with TFLite newer than 2.11 ({rt.litert}); install a "
                            "libedgetpu built against TF 2.17 or newer")
