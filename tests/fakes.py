@@ -380,3 +380,32 @@ def byte_bpe_tokenizer():
                                   special_tokens=["<eos>"], show_progress=False)
     tok.train_from_iterator(JSON_CORPUS * 20, trainer)
     return TextTokenizer(tok, [0])
+
+
+def fake_usb_device(root, port: str, vendor: str, product: str, speed: str = "5000") -> None:
+    """A USB device as sysfs lists it: <root>/sys/bus/usb/devices/<port>/{idVendor,idProduct,speed}."""
+    from pathlib import Path
+
+    dev = Path(root) / "sys/bus/usb/devices" / port
+    dev.mkdir(parents=True, exist_ok=True)
+    for name, value in (("idVendor", vendor), ("idProduct", product), ("speed", speed)):
+        (dev / name).write_text(value + "\n")
+
+
+class FakeLibraryLoader:
+    """Stands in for ctypes.CDLL: `libraries` maps a path or name to the symbols it exports (name ->
+    callable); anything else raises OSError like the dynamic linker; `broken` paths raise OSError with
+    that text. Records every path it was asked to load."""
+
+    def __init__(self, libraries: dict | None = None, broken: dict | None = None):
+        self.libraries, self.broken, self.asked = libraries or {}, broken or {}, []
+
+    def __call__(self, path: str):
+        from types import SimpleNamespace
+
+        self.asked.append(path)
+        if path in self.broken:
+            raise OSError(self.broken[path])
+        if path not in self.libraries:
+            raise OSError(f"{path}: cannot open shared object file: No such file or directory")
+        return SimpleNamespace(**self.libraries[path])

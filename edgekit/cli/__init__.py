@@ -3,7 +3,7 @@
     catalog.py  targets, recipes         serve.py   serve          power.py   power (+ --power options)
     build.py    build, distill           bench.py   bench          report.py  report
     inspect.py  inspect                  verify.py  verify         sign.py    keygen, sign (+ --trust)
-    coral.py    coral check / compile    eval.py    eval           plots.py   matplotlib figures
+    coral.py    coral check/compile/status  eval.py  eval           plots.py   matplotlib figures
 
 The CLI sits on top of the three layers. May import: stdlib, click, edgekit.core and edgekit.device at
 module level; edgekit.workshop (torch, transformers) and matplotlib only inside the functions that need

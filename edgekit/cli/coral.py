@@ -187,3 +187,23 @@ def compile_(bundle, compiler, out):
     if was_signed:
         click.echo(f"note: the compiled bundle has a new manifest, so its signature was dropped; sign it again: "
                    f"edgekit sign {out} --key KEY", err=True)
+
+
+@coral.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--library", default="libedgetpu.so.1", show_default=True, metavar="NAME|PATH",
+              help="The Edge TPU runtime library to look for and load (what `serve --delegate-library` would use).")
+@click.option("--root", default="/", show_default=True, hidden=True,
+              help="Read sysfs, /dev and the libraries under this folder instead of / (tests, chroots).")
+def status_(as_json, library, root):
+    """Is an Edge TPU attached (USB or PCIe/M.2), and is a runtime present that LiteRT can load?
+
+    \b
+    Looks at USB (1a6e:089a before the runtime's first use, 18d1:9302 after) and PCIe (/dev/apex_*),
+    then loads libedgetpu.so.1 and reads which TensorFlow release its Debian package was built
+    against; every answer says why. Install notes: docs/coral.md#runtime-on-raspberry-pi-os.
+    """
+    from edgekit.device.coral_runtime import status
+
+    found = status(root, library)
+    click.echo(json.dumps(found.as_dict(), indent=2) if as_json else found.lines())

@@ -19,6 +19,7 @@ from edgekit.core.errors import EdgekitError
 
 CPU_DELEGATES = ("none", "xnnpack")  # LiteRT's own CPU path: nothing to check
 EDGETPU_OP = "edgetpu-custom-op"
+EDGETPU_DOC = "docs/coral.md#runtime-on-raspberry-pi-os"  # the same section edgekit coral status points at
 
 
 class DelegateUnusable(EdgekitError):
@@ -80,7 +81,13 @@ class Delegation:
 
     def refusal(self, target: str) -> str:
         return (f"target {target} requests the {self.delegate} delegate but {self._why()}; pass "
-                "--allow-cpu-fallback to run on the CPU anyway")
+                f"--allow-cpu-fallback to run on the CPU anyway{self.hint()}")
+
+    def hint(self) -> str:
+        """Where to look when the Edge TPU runtime did not load ("" otherwise)."""
+        if self.delegate != "edgetpu" or self.loaded:
+            return ""
+        return f" (check: edgekit coral status; install: {EDGETPU_DOC})"
 
     def _why(self) -> str:
         if not self.loaded:
@@ -185,4 +192,4 @@ def settle(d: Delegation | None, target: str, allow_cpu_fallback: bool) -> str |
     if not allow_cpu_fallback:
         raise DelegateUnusable(d.refusal(target))
     d.cpu_fallback = True
-    return f"WARNING: {d.line()}; continuing on the CPU (--allow-cpu-fallback)"
+    return f"WARNING: {d.line()}; continuing on the CPU (--allow-cpu-fallback){d.hint()}"

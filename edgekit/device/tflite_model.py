@@ -288,10 +288,14 @@ def make_interpreter(model_path, threads: int = 0, delegate: str = "none", deleg
         if real:
             import ctypes
 
-            ctypes.CDLL(delegate_library)  # probe first: a failed load_delegate leaves a noisy __del__
+            # probe first: a failed load_delegate leaves a noisy __del__ (ai-edge-litert 2.3, seen under emulation)
+            if not hasattr(ctypes.CDLL(delegate_library), "tflite_plugin_create_delegate"):
+                raise ValueError("no tflite_plugin_create_delegate symbol: not a LiteRT delegate library")
         dlg = lite.load_delegate(delegate_library, delegate_options or {})
-    except (ValueError, OSError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError, AttributeError) as e:  # AttributeError: no tflite_plugin_* symbol
         why = f"library '{delegate_library}' could not be loaded ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        if delegate == "edgetpu" and isinstance(e, ValueError) and not str(e):  # libedgetpu returns NULL, says nothing
+            why = f"'{delegate_library}' loaded but opened no Edge TPU (none attached, or no permission to open it)"
         return lite.Interpreter(**kwargs), delegation.not_loaded(delegate, delegate_library, why)
     if accelerated_path is not None:
         kwargs["model_path"] = str(accelerated_path)
