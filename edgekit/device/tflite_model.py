@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
-from edgekit.device import delegation, tflite_resident
+from edgekit.device import delegation, tflite_compiled, tflite_resident
 
 log = logging.getLogger("edgekit.device")
 _ZERO_COPY_WARNED: list[str] = []  # the zero-copy self-check's failure, warned about once per process
@@ -146,9 +146,12 @@ class TfliteCausalLM:
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
         self.zero_copy = "off"
-        if zero_copy and tflite_resident.supported(interpreter):
-            self._resident = tflite_resident.ResidentCaches(interpreter, {self.prefill: "prefill",
-                                                                         self.decode: "decode"})
+        names = {self.prefill: "prefill", self.decode: "decode"}
+        if zero_copy and isinstance(interpreter, tflite_compiled.CompiledInterpreter):  # cache buffers take turns
+            self._resident = tflite_compiled.CompiledCaches(interpreter, names)
+            self._check_resident()
+        elif zero_copy and tflite_resident.supported(interpreter):
+            self._resident = tflite_resident.ResidentCaches(interpreter, names)
             self._check_resident()
 
     def _check_resident(self) -> None:
@@ -157,12 +160,14 @@ class TfliteCausalLM:
         The zero-copy path calls private interpreter internals that a LiteRT release may change."""
         resident = self._resident
         token = [min(1, len(self.embed) - 1)]
-        try:  # zero-copy first: the public call would leave these very inputs in the tensors
-            got = self._step(self.decode, token, 0, StaticCache([], 0))
+        try:  # zero-copy first: the public call would leave these very inputs in the tensors. Two steps,
+            # so the second reads the cache rows the first wrote (a cache that does not carry shows)
+            cache = StaticCache([], 0)
+            got = [self._step(self.decode, token, i, cache) for i in range(2)][-1]
             resident.owner = resident.where = None  # the check's cache rows are left as masked slots
             self._resident = None
-            want = self._step(self.decode, token, 0, StaticCache([np.zeros(self.cache_shape, np.float32)
-                                                                  for _ in range(self.n_kv)], 0))
+            cache = StaticCache([np.zeros(self.cache_shape, np.float32) for _ in range(self.n_kv)], 0)
+            want = [self._step(self.decode, token, i, cache) for i in range(2)][-1]
             same = got.shape == want.shape and bool(np.all(np.isfinite(got))) and np.allclose(got, want, 1e-5, 1e-5)
             reason = None if same else f"logits differ (max |difference| {float(np.max(np.abs(got - want))):.3g})"
         except Exception as exc:  # whatever the private internals raise: the public path still works
@@ -335,6 +340,10 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
     model = manifest["model"]
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
+    api = "injected"
+    if session is None:  # float graphs on the CPU: CompiledModel with packed weights cached (tflite_compiled)
+        session, api = tflite_compiled.open_session(model_path, manifest, threads)
+        found = delegation.no_delegate(model.get("delegate", "none")) if session is not None else None
     if session is None:
         compiled = Path(model_path).stem + "_edgetpu.tflite"
         has_compiled = compiled in (model.get("accelerated_files") or [])
@@ -344,5 +353,6 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
     sig = manifest["signature"]
     lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.delegation = found
+    lm.litert_api = api  # CompiledModel, or the Interpreter and why
     lm.accelerator = found.accelerator if found is not None else "injected"
     return lm
