@@ -118,8 +118,6 @@ class CompiledRunner:
         self.model, self.name = model, name
         self.ins = _details(model.get_input_tensor_details(name))
         self.outs = _details(model.get_output_tensor_details(name))
-        self.index = model.get_signature_index(name)
-        self._buffers = None
 
     def get_input_details(self):
         return self.ins
@@ -128,10 +126,10 @@ class CompiledRunner:
         return self.outs
 
     def __call__(self, **feeds):
-        if self._buffers is None:
-            self._buffers = ({n: self.model.create_input_buffer_by_name(self.name, n) for n in self.ins},
-                             {n: self.model.create_output_buffer_by_name(self.name, n) for n in self.outs})
-        ins, outs = self._buffers
+        # Fresh buffers per call, none kept: this copying call serves the load-time self-check (and the
+        # EDGEKIT_TFLITE_ZERO_COPY=0 path); kept, they would hold two more copies of the cache for good.
+        ins = {n: self.model.create_input_buffer_by_name(self.name, n) for n in self.ins}
+        outs = {n: self.model.create_output_buffer_by_name(self.name, n) for n in self.outs}
         for n, d in self.ins.items():
             ins[n].write(np.ascontiguousarray(feeds[n], dtype=d["dtype"]))
         self.model.run_by_name(self.name, ins, outs)
