@@ -99,6 +99,13 @@ def test_weight_cache_is_written_under_a_temp_name_then_reused(tmp_path):
     assert second["state"] == "reused" and api.calls[1] == ("m.tflite", 2, str(final))
 
 
+def test_without_a_sha256_the_model_loads_without_a_cache(tmp_path):
+    api = FakeCompiledApi()
+    model, cache = tflite_compiled.load("m.tflite", 2, "", tmp_path, api)
+    assert model is not None and cache == {"file": None, "state": "off (the manifest has no sha256 for the model file)"}
+    assert api.calls == [("m.tflite", 2, "")] and not (tmp_path / "xnnpack").exists()
+
+
 def test_an_unwritable_cache_folder_loads_without_a_cache(tmp_path, caplog):
     home = tmp_path / "home"
     home.write_text("a file where the folder should be")

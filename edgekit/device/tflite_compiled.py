@@ -80,7 +80,7 @@ def load(model_path, threads: int, sha256: str, home: Path | None = None, api=No
     """(CompiledModel, weight-cache description) or raises (ImportError, RuntimeError ...)."""
     CompiledModel, CpuOptions, Options, Accel, version = api or _api()
     final = cache_file(sha256, version, home)
-    temp, state = None, "off (the manifest has no sha256 for the model file)"
+    path, temp, state = None, None, "off (the manifest has no sha256 for the model file)"
     if final is not None and final.is_file() and final.stat().st_size > 0:
         path, state = final, "reused"
     elif final is not None:
