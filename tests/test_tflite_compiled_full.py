@@ -46,3 +46,24 @@ def test_compiled_model_gives_the_interpreters_logits_and_reuses_its_weight_cach
             assert x.shape == y.shape and np.array_equal(x, y)
     files = list((tmp_path / "xnnpack").iterdir())
     assert len(files) == 1 and files[0].stat().st_size > 0
+
+
+def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_same_logits(tflite_builds, tmp_path,
+                                                                                             monkeypatch):
+    """mobile-gpu without a usable GPU delegate: the CPU fallback is a CompiledModel, and the Delegation
+    still says the delegate is useless (serve refuses it without --allow-cpu-fallback)."""
+    from edgekit.device.tflite_model import open_tflite
+
+    bundle = tflite_builds["mobile-gpu"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    path = bundle / manifest["model"]["file"]
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    lm = open_tflite(path, manifest, threads=1)
+    if not lm.delegation.useless:
+        pytest.skip("this machine has a working GPU delegate")
+    assert lm.litert_api.startswith("CompiledModel (XNNPACK weight cache written") and lm.accelerator == "cpu (xnnpack)"
+    monkeypatch.setenv("EDGEKIT_LITERT_COMPILED", "0")
+    interpreter = open_tflite(path, manifest, threads=1)
+    assert interpreter.litert_api == "Interpreter (EDGEKIT_LITERT_COMPILED=0)"
+    for x, y in zip(_run(lm), _run(interpreter)):
+        assert x.shape == y.shape and np.array_equal(x, y)

@@ -246,7 +246,7 @@ def open_session(model_path, manifest: dict, threads: int = 0, home: Path | None
         api = api or _api()
     except ImportError as e:
         return None, f"Interpreter (CompiledModel unavailable: {e})"
-    name = Path(model_path).name
+    name = model.get("file") or Path(model_path).name  # the bundle verified this file's sha256 at load
     sha = next((f.get("sha256", "") for f in manifest.get("files", []) if f.get("path") == name), "")
     try:
         compiled, cache = load(model_path, threads, sha, home, api)

@@ -336,20 +336,37 @@ def load_host_tables(model_path, signature: dict) -> dict:
     return tables
 
 
+def _open_session(model_path, manifest: dict, threads: int):
+    """(session, Delegation, how it runs). Float graphs on the CPU get a CompiledModel with its packed
+    weights cached (tflite_compiled): those of the CPU targets, and those of a GPU target whose
+    delegate did not load or took nothing (the Delegation still says so: serve's CPU-fallback rule
+    holds). The Edge TPU and every other case keep the Interpreter."""
+    model = manifest["model"]
+    delegate = model.get("delegate", "none")
+    api = f"Interpreter (delegate {delegate})"
+    if delegate in delegation.CPU_DELEGATES:
+        session, api = tflite_compiled.open_session(model_path, manifest, threads)
+        if session is not None:
+            return session, delegation.no_delegate(delegate), api
+    compiled = Path(model_path).stem + "_edgetpu.tflite"
+    has_compiled = compiled in (model.get("accelerated_files") or [])
+    interpreter, found = make_interpreter(model_path, threads, delegate, model.get("delegate_library", ""),
+                                          model.get("delegate_options"),
+                                          sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
+    if delegate == "gpu" and found.useless:
+        on_cpu = dict(manifest, model=dict(model, delegate="none"))
+        session, api = tflite_compiled.open_session(model_path, on_cpu, threads)
+        if session is not None:
+            return session, found, api
+    return interpreter, found, api
+
+
 def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
-    model = manifest["model"]
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     api = "injected"
-    if session is None:  # float graphs on the CPU: CompiledModel with packed weights cached (tflite_compiled)
-        session, api = tflite_compiled.open_session(model_path, manifest, threads)
-        found = delegation.no_delegate(model.get("delegate", "none")) if session is not None else None
     if session is None:
-        compiled = Path(model_path).stem + "_edgetpu.tflite"
-        has_compiled = compiled in (model.get("accelerated_files") or [])
-        session, found = make_interpreter(model_path, threads, model.get("delegate", "none"),
-                                          model.get("delegate_library", ""), model.get("delegate_options"),
-                                          sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
+        session, found, api = _open_session(model_path, manifest, threads)
     sig = manifest["signature"]
     lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.delegation = found
