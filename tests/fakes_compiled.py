@@ -14,6 +14,7 @@ from fakes import FakeLiteRT
 class FakeBuffer:
     def __init__(self, owner: "FakeCompiledModel", shape, dtype):
         self.owner, self.data = owner, np.full(tuple(shape), np.nan if dtype == "float32" else 0, dtype=dtype)
+        self.was_output = False
 
     def write(self, a: np.ndarray) -> None:
         self.owner.written_bytes += a.nbytes
@@ -33,7 +34,6 @@ class FakeCompiledModel:
         self.lite = FakeLiteRT("real")
         self.stale_cache = stale_cache
         self.written_bytes = self.read_bytes = 0
-        self.were_outputs: set[int] = set()
 
     def _sig(self, name):
         return self.lite.sigs[name]
@@ -64,12 +64,12 @@ class FakeCompiledModel:
         sig = self._sig(name)
         for n, buffer in ins.items():
             value = buffer.data
-            if self.stale_cache and id(buffer) in self.were_outputs:
+            if self.stale_cache and buffer.was_output:
                 value = np.zeros_like(value)
             self.lite.tensors[sig["ins"][n]["index"]][...] = value
         self.lite.invoke(sig)
         for n, buffer in outs.items():
-            self.were_outputs.add(id(buffer))
+            buffer.was_output = True
             buffer.data[...] = self.lite.tensors[sig["outs"][n]["index"]]
 
 
