@@ -6,6 +6,7 @@ it) and the fallbacks to the Interpreter (fast tier, fakes)."""
 from __future__ import annotations
 
 import logging
+import platform
 
 import numpy as np
 import pytest
@@ -91,7 +92,7 @@ def test_a_buffer_mismatch_fails_the_self_check_and_uses_the_copying_path(caplog
 def test_weight_cache_is_written_under_a_temp_name_then_reused(tmp_path):
     api = FakeCompiledApi()
     _, first = tflite_compiled.load("m.tflite", 2, SHA, tmp_path, api)
-    final = tmp_path / "xnnpack" / f"{SHA[:32]}-litert9.9.9.xnn"
+    final = tmp_path / "xnnpack" / f"{SHA[:32]}-litert9.9.9-{platform.machine()}.xnn"
     assert first == {"file": str(final), "state": "written"}
     assert final.read_bytes() == b"packed weights" and api.calls[0][2] != str(final)
     assert sorted(p.name for p in final.parent.iterdir()) == [final.name]  # no temp left behind

@@ -6,7 +6,7 @@ CompiledModel API (ai-edge-litert >= 2.x: `CompiledModel`, `CpuOptions.xnnpack_w
 packs them once into a cache file and maps that file, so later loads reuse the packed weights
 (measured in docs/serving.md, "Resident memory").
 
-The cache file: `<EDGEKIT_HOME>/xnnpack/<model sha256>-litert<version>.xnn`. XNNPACK writes it
+The cache file: `<EDGEKIT_HOME>/xnnpack/<model sha256>-litert<version>-<machine>.xnn`. XNNPACK writes it
 itself during the load, so the load is pointed at a temporary name in the same folder and the file
 is renamed into place only after the load succeeded (a crash never leaves a half-written file under
 the final name). A folder that cannot be written loads without a cache (one warning).
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,11 @@ def _api():
 
 def cache_file(sha256: str, version: str, home: Path | None = None) -> Path | None:
     """Where the packed weights of the model with this sha256 live (None without a sha256). The
-    packing does not depend on the thread count; it may on the LiteRT release, hence the version."""
+    packing does not depend on the thread count; it may on the LiteRT release and on the machine (a
+    home shared between an x86 host and a Pi), hence both in the name."""
     if not sha256:
         return None
-    return (home or edgekit_home()) / "xnnpack" / f"{sha256[:32]}-litert{version}.xnn"
+    return (home or edgekit_home()) / "xnnpack" / f"{sha256[:32]}-litert{version}-{platform.machine()}.xnn"
 
 
 def _writable_temp(final: Path) -> Path | None:
