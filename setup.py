@@ -46,7 +46,10 @@ DEVICE = [
     # (edgekit/device/tflite_resident.py) calls private interpreter internals (_interpreter_wrapper,
     # _subgraph_index, tensor/Invoke) that a release may change. Such a change is caught at load by a
     # self-check against the public SignatureRunner (then the public path is used), but raise the bound
-    # only after the full tier passes on the new release.
+    # only after the full tier passes on the new release. The CompiledModel path with the XNNPACK weight
+    # cache (edgekit/device/tflite_compiled.py, public API) needs CompiledModel and
+    # CpuOptions.xnnpack_weight_cache_path (2.3.0 has both); an older release lacking them uses the
+    # Interpreter (/props litert_api says why), so the lower bound stays.
     f"ai-edge-litert>=1.2,<2.4; {_on(_LITERT_MACHINES)}",
     "tokenizers>=0.20",  # pulls huggingface_hub (pure Python); no torch
     "starlette>=0.40",

@@ -197,6 +197,9 @@ def _loader(b, threads, delegate_library, options, allow_cpu_fallback, prefix_ca
         _say(f"{b.manifest['name']} ready ({b.manifest['model']['precision']}, "
              f"{b.manifest['model']['runtime']} on {loaded.accelerator}, {loaded.threads} threads: "
              f"{loaded.threads_source})")
+        api = getattr(loaded.model, "litert_api", None)
+        if api:  # LiteRT: CompiledModel with its XNNPACK weight cache, or the Interpreter and why
+            _say(f"litert: {api}")
         if loaded.speculation is not None:
             s = loaded.speculation
             _say(f"speculative decoding: draft {s.name} ({s.layers} layers) proposes {s.k} tokens per pass")

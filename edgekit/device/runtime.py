@@ -87,6 +87,7 @@ class LoadedModel:
             "delegate_requested": m["model"].get("delegate", "none"), "accelerator": self.accelerator,
             "delegation": self.delegation.as_dict() if self.delegation is not None else None,
             "zero_copy": getattr(self.model, "zero_copy", None),  # LiteRT: the KV cache kept in the interpreter
+            "litert_api": getattr(self.model, "litert_api", None),  # CompiledModel (weight cache) or Interpreter (why)
             "threads": self.threads, "threads_source": self.threads_source, "cpus_available": available_cpus(),
             "max_sequence_length": self.max_sequence_length,
             "parameters": m["model"].get("parameters"), "edgekit_version": m.get("edgekit_version"),

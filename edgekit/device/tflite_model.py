@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
-from edgekit.device import delegation, tflite_resident
+from edgekit.device import delegation, tflite_compiled, tflite_resident
 
 log = logging.getLogger("edgekit.device")
 _ZERO_COPY_WARNED: list[str] = []  # the zero-copy self-check's failure, warned about once per process
@@ -146,9 +146,12 @@ class TfliteCausalLM:
         if zero_copy is None:  # escape hatch: EDGEKIT_TFLITE_ZERO_COPY=0 forces the copying path
             zero_copy = os.environ.get("EDGEKIT_TFLITE_ZERO_COPY", "1") != "0"
         self.zero_copy = "off"
-        if zero_copy and tflite_resident.supported(interpreter):
-            self._resident = tflite_resident.ResidentCaches(interpreter, {self.prefill: "prefill",
-                                                                         self.decode: "decode"})
+        names = {self.prefill: "prefill", self.decode: "decode"}
+        if zero_copy and isinstance(interpreter, tflite_compiled.CompiledInterpreter):  # cache buffers take turns
+            self._resident = tflite_compiled.CompiledCaches(interpreter, names)
+            self._check_resident()
+        elif zero_copy and tflite_resident.supported(interpreter):
+            self._resident = tflite_resident.ResidentCaches(interpreter, names)
             self._check_resident()
 
     def _check_resident(self) -> None:
@@ -157,12 +160,14 @@ class TfliteCausalLM:
         The zero-copy path calls private interpreter internals that a LiteRT release may change."""
         resident = self._resident
         token = [min(1, len(self.embed) - 1)]
-        try:  # zero-copy first: the public call would leave these very inputs in the tensors
-            got = self._step(self.decode, token, 0, StaticCache([], 0))
+        try:  # zero-copy first: the public call would leave these very inputs in the tensors. Two steps,
+            # so the second reads the cache rows the first wrote (a cache that does not carry shows)
+            cache = StaticCache([], 0)
+            got = [self._step(self.decode, token, i, cache) for i in range(2)][-1]
             resident.owner = resident.where = None  # the check's cache rows are left as masked slots
             self._resident = None
-            want = self._step(self.decode, token, 0, StaticCache([np.zeros(self.cache_shape, np.float32)
-                                                                  for _ in range(self.n_kv)], 0))
+            cache = StaticCache([np.zeros(self.cache_shape, np.float32) for _ in range(self.n_kv)], 0)
+            want = [self._step(self.decode, token, i, cache) for i in range(2)][-1]
             same = got.shape == want.shape and bool(np.all(np.isfinite(got))) and np.allclose(got, want, 1e-5, 1e-5)
             reason = None if same else f"logits differ (max |difference| {float(np.max(np.abs(got - want))):.3g})"
         except Exception as exc:  # whatever the private internals raise: the public path still works
@@ -335,18 +340,40 @@ def load_host_tables(model_path, signature: dict) -> dict:
     return tables
 
 
+def _open_session(model_path, manifest: dict, threads: int):
+    """(session, Delegation, how it runs). Float graphs on the CPU get a CompiledModel with its packed
+    weights cached (tflite_compiled): those of the CPU targets, and those of a GPU target whose
+    delegate did not load or took nothing (the Delegation still says so: serve's CPU-fallback rule
+    holds). The Edge TPU and every other case keep the Interpreter."""
+    model = manifest["model"]
+    delegate = model.get("delegate", "none")
+    api = f"Interpreter (delegate {delegate})"
+    if delegate in delegation.CPU_DELEGATES:
+        session, api = tflite_compiled.open_session(model_path, manifest, threads)
+        if session is not None:
+            return session, delegation.no_delegate(delegate), api
+    compiled = Path(model_path).stem + "_edgetpu.tflite"
+    has_compiled = compiled in (model.get("accelerated_files") or [])
+    interpreter, found = make_interpreter(model_path, threads, delegate, model.get("delegate_library", ""),
+                                          model.get("delegate_options"),
+                                          sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
+    if delegate == "gpu" and found.useless:
+        on_cpu = dict(manifest, model=dict(model, delegate="none"))
+        session, api = tflite_compiled.open_session(model_path, on_cpu, threads)
+        if session is not None:
+            return session, found, api
+    return interpreter, found, api
+
+
 def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
-    model = manifest["model"]
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
+    api = "injected"
     if session is None:
-        compiled = Path(model_path).stem + "_edgetpu.tflite"
-        has_compiled = compiled in (model.get("accelerated_files") or [])
-        session, found = make_interpreter(model_path, threads, model.get("delegate", "none"),
-                                          model.get("delegate_library", ""), model.get("delegate_options"),
-                                          sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
+        session, found, api = _open_session(model_path, manifest, threads)
     sig = manifest["signature"]
     lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.delegation = found
+    lm.litert_api = api  # CompiledModel, or the Interpreter and why
     lm.accelerator = found.accelerator if found is not None else "injected"
     return lm

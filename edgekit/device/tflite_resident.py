@@ -21,14 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _order(names):
+def order_names(names):
     return sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
 
 
-def _split(ins: dict, outs: dict) -> tuple[list[str], list[str]]:
+def split_inputs(ins: dict, outs: dict) -> tuple[list[str], list[str]]:
     """(small input names, cache input names) in positional order: 5 small inputs, one cache input
     per cache output, then any extra small ones (a selecting prefill's `sel`)."""
-    names, n_kv = _order(ins), len(outs) - 1
+    names, n_kv = order_names(ins), len(outs) - 1
     return names[:5] + names[5 + n_kv:], names[5:5 + n_kv]
 
 
@@ -40,11 +40,11 @@ class ResidentSig:
         self.wrapper = runner._interpreter_wrapper
         self.subgraph = runner._subgraph_index
         ins, outs = runner.get_input_details(), runner.get_output_details()
-        small, caches = _split(ins, outs)
+        small, caches = split_inputs(ins, outs)
         self.small_in = [ins[n]["index"] for n in small]
         self.cache_in = [ins[n]["index"] for n in caches]
-        self.out_index = [outs[n]["index"] for n in _order(outs)]
-        self.length = int(ins[_order(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
+        self.out_index = [outs[n]["index"] for n in order_names(outs)]
+        self.length = int(ins[order_names(ins)[1]]["shape"][0])  # tokens per call (input_pos [T])
         self.wrapper.AllocateTensors(self.subgraph)
         # Fresh tensor memory is uninitialised (it can hold NaN): masked cache slots are multiplied
         # by zero attention weights, and NaN * 0 is NaN. Zero every cache input once; from then on
@@ -70,7 +70,7 @@ def supported(interpreter, signatures=("prefill", "decode")) -> bool:
             if not hasattr(runner._interpreter_wrapper, "tensor"):
                 return False
             ins, outs = runner.get_input_details(), runner.get_output_details()
-            cache_tensors = [ins[n] for n in _split(ins, outs)[1]] + [outs[n] for n in _order(outs)[1:]]
+            cache_tensors = [ins[n] for n in split_inputs(ins, outs)[1]] + [outs[n] for n in order_names(outs)[1:]]
             for d in cache_tensors:
                 q = d.get("quantization_parameters") or {}
                 if d["dtype"] != np.float32 or len(q.get("scales", [])):
