@@ -118,12 +118,11 @@ def test_zero_copy_cache_gives_the_same_logits_as_the_copying_path(tflite_builds
     (coral-single) must fall back to the copying path."""
     import numpy as np
 
-    from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
+    from edgekit.device.tflite_model import TfliteCausalLM, load_host_tables, make_interpreter
 
     bundle = tflite_builds[variant]
     m = _manifest(bundle)
-    with np.load(bundle / m["signature"]["host_file"]) as z:
-        tables = {k: z[k] for k in z.files}
+    tables = load_host_tables(bundle / m["model"]["file"], m["signature"])  # int8 tied: rows from the model file
 
     def runner(zero_copy):
         interp, _ = make_interpreter(bundle / m["model"]["file"], threads=1)
@@ -147,12 +146,11 @@ def test_one_row_prefill_equals_the_last_row_of_decode_steps(tflite_builds):
     copying paths, through several chunks and a padded one; generation continues identically."""
     import numpy as np
 
-    from edgekit.device.tflite_model import TfliteCausalLM, make_interpreter
+    from edgekit.device.tflite_model import TfliteCausalLM, load_host_tables, make_interpreter
 
     bundle = tflite_builds["arm-cpu-fp32"]
     m = _manifest(bundle)
-    with np.load(bundle / m["signature"]["host_file"]) as z:
-        tables = {k: z[k] for k in z.files}
+    tables = load_host_tables(bundle / m["model"]["file"], m["signature"])  # int8 tied: rows from the model file
     for zero_copy in (True, False):
         interp, _ = make_interpreter(bundle / m["model"]["file"], threads=1)
         lm = TfliteCausalLM(interp, m["signature"], tables, zero_copy=zero_copy)
