@@ -37,9 +37,8 @@ def test_int4_dynamic_bundle(stories_build):
     assert params["embedding_shared"]["shared"] and m["signature"]["embed_from_model"]
     with np.load(out / "host_tables.npz") as z:
         assert "embed" not in z.files
-    int8_bytes = (work / "arm-cpu" / "model.tflite").stat().st_size if (work / "arm-cpu").is_dir() else None
-    if int8_bytes:
-        assert (out / "model.tflite").stat().st_size < int8_bytes
+    # 0.28x the fp32 export measured (int8-dynamic: 0.35x; the int8 head and down_proj weigh in)
+    assert quant["metrics"]["bytes"] < 0.32 * quant["metrics"]["bytes_before"]
     v, gate = m["metrics"]["verify"], m["gate"]
     ratio = v["perplexity"]["ratio"]
     assert 1.0 - 0.02 < ratio < 1.15, ratio  # 4-bit costs quality, but not a collapse (per-channel int4 is)
