@@ -5,7 +5,7 @@
 What it runs (every engine in its own long-lived subprocess, bench/compare_worker.py, fed the
 same token ids, the same thread count, batch 1):
 - edgekit's device runtime on bundles built from the student with `edgekit build` (cached):
-  onnx-cpu int8, onnx-cpu 4-bit, arm-cpu TFLite dynamic int8, mobile-gpu TFLite fp16 (on the CPU:
+  onnx-cpu int8, onnx-cpu 4-bit, arm-cpu TFLite dynamic int8 and 4-bit (block 32), mobile-gpu TFLite fp16 (on the CPU:
   no GPU delegate on this machine), coral full-int8 TPU segments (on the CPU: no Edge TPU);
 - llama.cpp through llama-cpp-python, in its own venv (built once, ~7 min, cached under
   $EDGEKIT_HOME/bench; never a dependency of edgekit): the student converted to GGUF with
@@ -43,6 +43,7 @@ EDGEKIT_VARIANTS = [  # (name, target, precision)
     ("edgekit onnx int8", "onnx-cpu", "int8-dynamic"),
     ("edgekit onnx 4-bit", "onnx-cpu", "int4-weight-only"),
     ("edgekit tflite int8", "arm-cpu", "int8-dynamic"),
+    ("edgekit tflite 4-bit", "arm-cpu", "int4-dynamic"),
     ("edgekit tflite fp16", "mobile-gpu", "fp16"),
     ("edgekit coral int8 (CPU)", "coral-256", "int8-full"),
 ]
@@ -338,8 +339,10 @@ def main() -> None:
     cache = args.cache or edgekit_home() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     work = args.out_dir
-    llama_py, src = llama_env(cache)
-    ggufs = gguf_files(args.student, work / "gguf", llama_py, src)
+    ggufs, llama_py = {}, None
+    if any(n not in args.skip for n, _ in LLAMA_VARIANTS):  # all skipped: no llama.cpp build
+        llama_py, src = llama_env(cache)
+        ggufs = gguf_files(args.student, work / "gguf", llama_py, src)
     names = [n for n, _, _ in EDGEKIT_VARIANTS if n not in args.skip]
     built = bundles(args.student, work, names)
     for spec in args.bundle:

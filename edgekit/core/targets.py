@@ -16,7 +16,7 @@ from edgekit.core.errors import ConfigError
 from edgekit.core.schema import Field, Table
 
 FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight-only", "int4-weight-only", "int8-full")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-weight-only", "int4-weight-only", "int4-dynamic", "int8-full")
 RUNTIMES = ("onnxruntime", "litert")
 DELEGATES = ("none", "xnnpack", "gpu", "edgetpu")
 POWER_SOURCES = ("rapl", "hwmon", "power-supply", "rpi-pmic", "jetson", "estimate")

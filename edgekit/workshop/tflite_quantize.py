@@ -6,6 +6,8 @@
   int8-dynamic      int8 channel-wise weights, activations quantized on the fly (XNNPACK int8 kernels)
   int8-full         int8 weights and activations from calibration (static range): int8 in/out,
                     no float tensor left, as the Edge TPU requires
+  int4-dynamic      4-bit weights in blocks of 32, activations quantized on the fly; the LM head and
+                    weights that cannot be blocked stay int8-dynamic (edgekit.workshop.tflite_int4)
 A causal LM whose LM head is its embedding table keeps that table once in int8 variants: the host
 rows are read from the LM head's per-row int8 weights (quantize_decoder; edgekit.device.tflite_tied).
 May import: stdlib, numpy, ai_edge_quantizer, edgekit.core, edgekit.device.
@@ -44,8 +46,26 @@ def recipe_for(precision: str):
     }
     if precision not in recipes:
         raise BuildError(f"precision '{precision}' is not available for TFLite; "
-                         f"choose one of fp32, {', '.join(recipes)}")
+                         f"choose one of fp32, {', '.join(recipes)}, int4-dynamic")
     return recipes[precision]()
+
+
+def _recipe(src: Path, precision: str) -> tuple[list, dict]:
+    """(recipe, extra parameters): int4-dynamic's depends on the model's weights (tflite_int4)."""
+    from edgekit.workshop import tflite_int4
+
+    if precision != tflite_int4.PRECISION:
+        return recipe_for(precision), {}
+    from edgekit.workshop.tflite_export import HOST_FILE
+
+    head = None
+    if (src.parent / HOST_FILE).is_file():
+        import numpy as np
+
+        with np.load(src.parent / HOST_FILE) as z:
+            head = tuple(z["embed"].shape)
+    recipe, record = tflite_int4.int4_recipe(tflite_int4.fc_weights(src), head)
+    return recipe, {"weight_blocks": record}
 
 
 def quantize_host_tables(src: Path, dst: Path, precision: str) -> dict:
@@ -82,7 +102,8 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
     from edgekit.workshop.tflite_export import quiet
 
     q = quantizer.Quantizer(str(src))
-    q.load_quantization_recipe(recipe_for(precision))
+    recipe, blocks = _recipe(src, precision)
+    q.load_quantization_recipe(recipe)
     with quiet():
         result = None
         if q.need_calibration:
@@ -90,7 +111,7 @@ def quantize_tflite(src: Path, dst: Path, precision: str, calibration: dict | No
                 raise BuildError(f"precision '{precision}' needs calibration data")
             result = _global_min_max(q, calibration)
         q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
-    params = {"method": "ai-edge-quantizer", "recipe": precision, **host}
+    params = {"method": "ai-edge-quantizer", "recipe": precision, **host, **blocks}
     if precision == "int8-full":
         from edgekit.workshop.tflite_export import INT8_MASK_VALUE
 
