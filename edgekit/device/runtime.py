@@ -234,6 +234,7 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         m = dict(m, model=model)
     use_draft = bool(draft or (draft is None and m.get("draft")))
     m = dict(m, paired=True) if use_draft else m  # runners whose sessions take turns with the draft's
+    m = dict(m, cpu_fallback_allowed=allow_cpu_fallback)  # a GPU target refused here gets no CPU model built
     model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
     warning = settle(getattr(model, "delegation", None), m["target"]["name"], allow_cpu_fallback)
     tok_info = m["tokenizer"]

@@ -344,7 +344,8 @@ def _open_session(model_path, manifest: dict, threads: int):
     """(session, Delegation, how it runs). Float graphs on the CPU get a CompiledModel with its packed
     weights cached (tflite_compiled): those of the CPU targets, and those of a GPU target whose
     delegate did not load or took nothing (the Delegation still says so: serve's CPU-fallback rule
-    holds). The Edge TPU and every other case keep the Interpreter."""
+    holds; when the caller will refuse that fallback, `cpu_fallback_allowed` False, none is built).
+    The Edge TPU and every other case keep the Interpreter."""
     model = manifest["model"]
     delegate = model.get("delegate", "none")
     api = f"Interpreter (delegate {delegate})"
@@ -357,7 +358,7 @@ def _open_session(model_path, manifest: dict, threads: int):
     interpreter, found = make_interpreter(model_path, threads, delegate, model.get("delegate_library", ""),
                                           model.get("delegate_options"),
                                           sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
-    if delegate == "gpu" and found.useless:
+    if delegate == "gpu" and found.useless and manifest.get("cpu_fallback_allowed", True):
         on_cpu = dict(manifest, model=dict(model, delegate="none"))
         session, api = tflite_compiled.open_session(model_path, on_cpu, threads)
         if session is not None:
