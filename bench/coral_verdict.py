@@ -4,7 +4,9 @@ Models: coral bundles given on the command line (their manifest's per-file Edge 
 the SmolLM2 student and the MiniLM student of docs/coral.json, whose per-segment int8 parameters are
 rebuilt from their architecture (one MAC per weight per token; int32 biases of 4 bytes) and checked
 against the MiB totals coral.json recorded. Prints a markdown table and writes JSON (--out).
-Every figure is predicted (edgekit/device/coral_latency.py). Usage:
+Sentence-form encoders (segments taking `rows` tokens per invoke) get a second table, per 32-token
+sentence: embeddings/s on the TPU vs the board's CPU (edgekit/device/coral_sentence.py).
+Every figure is predicted (edgekit/device/coral_latency.py, coral_sentence.py). Usage:
   python bench/coral_verdict.py [BUNDLE ...] [--out docs/coral_verdict.json]
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from edgekit.core.accelerators import load_accelerator
 from edgekit.core.boards import list_boards
+from edgekit.device import coral_sentence
 from edgekit.device.coral_latency import compact, segments_from_record, verdict_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -37,6 +40,34 @@ def encoder_segments(layers, hidden, inter) -> list[dict]:
             for i in range(layers) for r, w, b in per]
 
 
+def sentence_encoder(layers, hidden, inter, heads, rows) -> tuple[list[dict], dict]:
+    """The MiniLM student's sentence-form segments (rows tokens per call: MACs x rows, int8 activations
+    rows x (in + out widths)) and the signature fields the predictor reads."""
+    per = [("qkv", hidden, [hidden] * 3), ("o", hidden, [hidden]), ("up", hidden, [inter]), ("down", inter, [hidden])]
+    sig = {"layers": layers, "hidden_size": hidden, "heads": heads, "rows": rows, "segment_form": "sentence",
+           "segments": [{"file": f"l{i:02d}_{r}", "in_features": w, "out_features": o}
+                        for i in range(layers) for r, w, o in per]}
+    segs = [{"file": f"l{i:02d}_{r}", "parameter_bytes": w * sum(o) + 4 * sum(o), "macs": rows * w * sum(o),
+             "io_bytes": rows * (w + sum(o))} for i in range(layers) for r, w, o in per]
+    return segs, sig
+
+
+def sentence_rows(models: dict, boards, acc) -> dict:
+    print("\n| model | rows per invoke | board | link | invokes per sentence | TPU embeddings/s | TPU J/embedding | "
+          "CPU embeddings/s | CPU J/embedding | TPU / CPU | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    out = {}
+    for name, (segs, sig) in models.items():
+        rows = [coral_sentence.compact(r) for r in coral_sentence.verdict_table(segs, sig, boards, ["usb2", "usb3", "pcie"], acc)]
+        out[name] = rows
+        for r in rows:
+            print(f"| {name} | {sig['rows']} | {r['board']} | {r['link']} | {r['invokes_per_sentence']} | "
+                  f"{r['tpu_embeddings_per_second']:.3g} | {r['tpu_joules_per_embedding']:.3g} | "
+                  f"{r['cpu_embeddings_per_second']:.3g} | {r['cpu_joules_per_embedding']:.3g} | "
+                  f"{r['tpu_vs_cpu']:.2g}x | {r['verdict'].split(': ')[-1]} |")
+    return out
+
+
 def known_models() -> dict:
     rows = {r["model"]: r for r in json.loads((DOCS / "coral.json").read_text())["rows"] if r["layout"] == "tpu-segments"}
     models = {"SmolLM2 student (15 layers)": (decoder_segments(15, 576, 1536, 9, 3, 64, 49152),
@@ -54,10 +85,15 @@ def main() -> None:
     ap.add_argument("bundles", nargs="*")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    models = {}
+    models, sentence = {}, {}
     for b in args.bundles:
         m = json.loads((Path(b) / "manifest.json").read_text())
-        models[f"{m['name']} (bundle)"] = segments_from_record(m["metrics"]["edgetpu"])
+        if m["signature"].get("segment_form") == "sentence":
+            sentence[f"{m['name']} (bundle)"] = (coral_sentence.sentence_segments(m["metrics"]["edgetpu"], m["signature"]),
+                                                 m["signature"])
+        else:
+            models[f"{m['name']} (bundle)"] = segments_from_record(m["metrics"]["edgetpu"])
+    sentence["MiniLM student (3 layers), sentence form"] = sentence_encoder(3, 384, 1536, 12, 32)
     models.update(known_models())
     acc = load_accelerator()
     boards = [b for b in list_boards() if b.name in ("rpi5", "rpi4")]
@@ -72,8 +108,9 @@ def main() -> None:
             print(f"| {name} | {mib:.2f} | {r['board']} | {r['link']} | {r['cached_segments']} of {len(segs)} | "
                   f"{r['tpu_tokens_per_second']:.3g} | {r['tpu_joules_per_token']:.3g} | {r['cpu_tokens_per_second']:.3g} | "
                   f"{r['cpu_joules_per_token']:.3g} | {r['tpu_vs_cpu']:.2g}x | {r['verdict'].split(': ')[-1]} |")
+    out_sentence = sentence_rows(sentence, boards, acc)
     if args.out:
-        Path(args.out).write_text(json.dumps({"predicted": True, "models": out}, indent=1))
+        Path(args.out).write_text(json.dumps({"predicted": True, "models": out, "per_sentence": out_sentence}, indent=1))
 
 
 if __name__ == "__main__":

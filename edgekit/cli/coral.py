@@ -68,6 +68,9 @@ def check(model, as_json, subgraph, board, link):
     if as_json and verdict is not None:
         click.echo(json.dumps(verdict, indent=2))
         return
+    lines = verdict_lines
+    if verdict is not None and verdict.get("unit") == "sentence":
+        from edgekit.device.coral_sentence import verdict_lines as lines
     if as_json:
         click.echo(json.dumps([{"model": str(p), "subgraphs": [x.to_dict() for x in preds]} for p, preds in results]
                               if len(results) > 1 else
@@ -76,7 +79,7 @@ def check(model, as_json, subgraph, board, link):
     else:
         click.echo("\n".join(f"== {p.name}\n{report(preds)}" for p, preds in results))
     if verdict is not None:
-        click.echo(verdict_lines(verdict))
+        click.echo(lines(verdict))
 
 
 def _board_and_link(board: str, link: str) -> tuple:
@@ -93,7 +96,20 @@ def _verdict(results: list, the_board, the_link, acc) -> dict:
 
     segments = [{"file": p.name, "parameter_bytes": sum(x.totals()["parameter_bytes_on_tpu"] for x in preds),
                  "macs": sum(x.totals()["macs_on_tpu"] for x in preds)} for p, preds in results]
+    signature = _bundle_signature(results)
+    if signature.get("segment_form") == "sentence":  # encoder segments taking `rows` tokens per call
+        from edgekit.device import coral_sentence
+
+        rows = coral_sentence.sentence_segments({"prediction": [
+            {"file": s["file"], "subgraph": s["file"], "totals": {"parameter_bytes_on_tpu": s["parameter_bytes"],
+                                                                  "macs_on_tpu": s["macs"]}} for s in segments]}, signature)
+        return coral_sentence.predict(rows, signature, the_board, the_link, acc)
     return predict(_in_compiler_order(segments, results), the_board, the_link, acc)
+
+
+def _bundle_signature(results: list) -> dict:
+    manifest = results[0][0].parent / "manifest.json"
+    return json.loads(manifest.read_text()).get("signature", {}) if len(results) > 1 and manifest.is_file() else {}
 
 
 def _in_compiler_order(segments: list[dict], results: list) -> list[dict]:
@@ -161,12 +177,12 @@ def compile_(bundle, compiler, out):
                             m.get("signature"))
     host = None
     if m["model"]["runtime"] == "litert-segments":
-        from edgekit.device.segmented_model import host_macs
+        from edgekit.device.segmented_model import encoder_host_macs, host_macs
 
-        host = host_macs(m["signature"])
+        host = (encoder_host_macs if m.get("task") == "feature-extraction" else host_macs)(m["signature"])
     with tempfile.TemporaryDirectory() as tmp:
         record = run_compile_stage(models, Path(tmp), compiler, log=lambda s: click.echo(s, err=True),
-                                   host_macs_per_token=host)
+                                   host_macs_per_token=host, signature=m.get("signature"))
         comp = record["compiler"]
         if not comp.get("compiled"):
             logs = (Path(tmp) / "edgetpu_compiler.log").read_text()[-1500:]

@@ -145,6 +145,10 @@ def _print_verdict(tpu: dict) -> None:
     click.echo(f"               {d['board']} + Edge TPU over {d['link']}: {d['tpu_tokens_per_second']:.3g} tokens/s, "
                f"{d['tpu_joules_per_token']:.3g} J/token; {d['board']} CPU: {d['cpu_tokens_per_second']:.3g} tokens/s, "
                f"{d['cpu_joules_per_token']:.3g} J/token (all predicted)")
+    if d.get("unit") == "sentence":
+        click.echo(f"               per {d['tokens_per_sentence']}-token sentence: Edge TPU "
+                   f"{d['tpu_embeddings_per_second']:.3g} embeddings/s ({d['invokes_per_sentence']} invokes), CPU "
+                   f"{d['cpu_embeddings_per_second']:.3g} embeddings/s (predicted)")
     click.echo("               other boards and links: edgekit coral check BUNDLE --board NAME --link usb2|usb3|pcie")
 
 

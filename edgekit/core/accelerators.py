@@ -46,6 +46,10 @@ SCHEMA = Table({
     "host_seconds_per_segment_call": Field(float, minimum=0.0,
                                            doc="host work per segment call on the reference machine, s"),
     "host_seconds_source": Field(str, doc="how the host figure was measured"),
+    "host_seconds_per_encoder_token_layer": Field(
+        float, minimum=0.0, default=0.0,
+        doc="host work of a sentence-form encoder per token per layer on the reference machine, s"),
+    "host_seconds_per_encoder_token_layer_source": Field(str, default="", doc="how that figure was measured"),
     "links": Field(dict, default={}, doc="[links.NAME] tables: bytes_per_second, invoke_overhead_seconds, source"),
 }, check=_check)
 
@@ -70,6 +74,8 @@ class Accelerator:
     host_seconds_per_segment_call: float
     host_seconds_source: str
     links: dict
+    host_seconds_per_encoder_token_layer: float = 0.0
+    host_seconds_per_encoder_token_layer_source: str = ""
 
     def link(self, name: str) -> Link:
         if name not in self.links:
@@ -83,4 +89,5 @@ def load_accelerator(name_or_path: str = "edgetpu") -> Accelerator:
     links = {n: Link(n, v["description"], v["bytes_per_second"], v["invoke_overhead_seconds"], v["source"])
              for n, v in d["links"].items()}
     return Accelerator(d["name"], d["on_chip_parameter_bytes"], d["macs_per_second"], d["watts"], d["source"],
-                       d["cache_rule"], d["host_seconds_per_segment_call"], d["host_seconds_source"], links)
+                       d["cache_rule"], d["host_seconds_per_segment_call"], d["host_seconds_source"], links,
+                       d["host_seconds_per_encoder_token_layer"], d["host_seconds_per_encoder_token_layer_source"])

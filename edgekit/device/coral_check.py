@@ -266,11 +266,12 @@ def _own_status(name: str, g: _Graph, op) -> tuple[str, str]:
         ok = R.CONSTANT_DTYPES if const else R.ACTIVATION_DTYPES
         if g.dtype(t) not in ok:
             return R.BAD_DTYPE, R.WHY[R.BAD_DTYPE].format(tensor=g.name(t), dtype=g.dtype(t).lower())
+    filters = set(ins[1:2]) if name in R.FILTER_OPS else set()
     for t in ins + outs:
         if g.dynamic(t):
             return R.DYNAMIC, R.WHY[R.DYNAMIC].format(tensor=g.name(t))
         shape = g.shape(t)
-        if len(shape) > 3 and any(d != 1 for d in shape[:-3]):
+        if t not in filters and len(shape) > 3 and any(d != 1 for d in shape[:-3]):
             return R.BAD_RANK, R.WHY[R.BAD_RANK].format(tensor=g.name(t), shape=shape)
     for check in R.OPS[name][0]:
         why = _limit_failure(check, g, op)

@@ -71,6 +71,11 @@ OPS: dict[str, tuple[tuple[str, ...], str]] = {
     "PACK": (("pack_not_batch",), "[ops] no packing along the batch dimension"),
 }
 
+# Ops whose constant filter (input 1, [out, kh, kw, in]) is exempt from the [reqs] rank rule, which
+# applies to the activations: Coral's own compiled image models (MobileNet, EfficientNet-EdgeTPU on
+# coral.ai/models) run every CONV_2D on the TPU with 4-D filters whose four dims all exceed 1.
+FILTER_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
+
 # Plain-language reasons shown beside the compiler's words.
 WHY = {
     NOT_SUPPORTED: "the Edge TPU has no kernel for {op}",

@@ -66,6 +66,19 @@ class _LinearSegments:
         outs = [o * s for o in self.runners[k]([x / s])]
         return [o if b is None else o + b for o, b in zip(outs, self.biases[k])]
 
+    def rows(self, k: int, x: np.ndarray, rows: int) -> list[np.ndarray]:
+        """Sentence form: x [n, width] in calls of `rows` tokens ([1, rows, 1, width], zero rows pad the
+        last call); each row is scaled to max |x| = 1 on its own (exact for a row-wise linear map)."""
+        n, width = x.shape
+        s = np.abs(x).max(-1, keepdims=True)
+        s[s == 0] = 1.0
+        padded = np.zeros((-(-n // rows) * rows, width), np.float32)
+        padded[:n] = x / s
+        calls = [self.runners[k]([padded[a:a + rows].reshape(1, rows, 1, width)])
+                 for a in range(0, padded.shape[0], rows)]
+        outs = [np.concatenate([c[j].reshape(rows, -1) for c in calls])[:n] * s for j in range(len(calls[0]))]
+        return [o if b is None else o + b for o, b in zip(outs, self.biases[k])]
+
 
 def _delegation(runners: list):
     """(combined Delegation of the segment runners or None, accelerator text)."""
@@ -212,7 +225,9 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 class SegmentedEncoder:
     """BERT-family encoder over TPU segments: embeddings, LayerNorms, GELU, attention and mean
-    pooling on the host; embed() returns unit vectors like SentenceEncoder."""
+    pooling on the host; embed() returns unit vectors like SentenceEncoder. Sentence-form segments
+    (signature segment_form "sentence") take `rows` tokens per call, packed across the batch; older
+    bundles' one-token segments take one call per token."""
 
     def __init__(self, runners: list, signature: dict, host_tables: dict):
         self.run = _LinearSegments(runners, signature, host_tables)
@@ -221,6 +236,11 @@ class SegmentedEncoder:
         self.head_dim = int(signature["head_dim"])
         self.eps = float(signature["layer_norm_eps"])
         self.max_sequence_length = int(signature["max_sequence_length"])
+        form = signature.get("segment_form", "token")  # bundles before the sentence form have no key
+        if form not in ("token", "sentence"):
+            raise ValueError(f"segment form '{form}' is newer than this edgekit (it runs 'token' and 'sentence' "
+                             "segments): update edgekit or rebuild the bundle")
+        self.rows = int(signature["rows"]) if form == "sentence" else 0
         self.delegation, self.accelerator = _delegation(runners)
         if signature.get("activation", "gelu") != "gelu":
             raise ValueError(f"activation {signature.get('activation')} is not supported by the segmented encoder")
@@ -230,38 +250,50 @@ class SegmentedEncoder:
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
         return (x - mu) / np.sqrt(var + self.eps) * self.t[w] + self.t[b]
 
-    def _per_token(self, k: int, x: np.ndarray) -> list[np.ndarray]:
-        rows = [self.run(k, x[i:i + 1]) for i in range(x.shape[0])]
-        return [np.concatenate([r[j] for r in rows]) for j in range(len(rows[0]))]
+    def _linear(self, k: int, x: np.ndarray) -> list[np.ndarray]:
+        """Segment k over the rows of x [n, width]: one call per token (one-token form) or per block
+        of `rows` tokens (sentence form)."""
+        if not self.rows:
+            calls = [self.run(k, x[i:i + 1]) for i in range(x.shape[0])]
+            return [np.concatenate([c[j] for c in calls]) for j in range(len(calls[0]))]
+        return self.run.rows(k, x, self.rows)
 
-    def _one(self, ids: list[int]) -> np.ndarray:
-        n = len(ids)
+    def _attention(self, q, k, v) -> np.ndarray:
+        n = q.shape[0]
+        split = (n, self.heads, self.head_dim)
+        q, k, v = (t.reshape(split).transpose(1, 0, 2) for t in (q, k, v))
+        scores = q @ k.transpose(0, 2, 1) / np.sqrt(self.head_dim)
+        scores -= scores.max(-1, keepdims=True)
+        p = np.exp(scores)
+        p /= p.sum(-1, keepdims=True)
+        return (p @ v).transpose(1, 0, 2).reshape(n, -1)
+
+    def _pooled(self, batch_ids: list[list[int]]) -> list[np.ndarray]:
+        """Mean-pooled last hidden states; the tokens of every sentence of the batch share the segment
+        calls (linear maps act on each row alone), attention stays within each sentence."""
+        ends = np.cumsum([len(ids) for ids in batch_ids])
+        spans = list(zip(np.concatenate([[0], ends[:-1]]), ends))
+        ids = [t for one in batch_ids for t in one]
         word = self.t["embed"][ids].astype(np.float32)
         if "embed_scale" in self.t:
             word *= self.t["embed_scale"][ids][:, None]
-        x = self._ln(word + self.t["position"][:n] + self.t["token_type"][0], "embed_ln_w", "embed_ln_b")
+        pos = np.concatenate([self.t["position"][:len(one)] for one in batch_ids])
+        x = self._ln(word + pos + self.t["token_type"][0], "embed_ln_w", "embed_ln_b")
         for i in range(self.layers):
-            q, k, v = self._per_token(4 * i, x)
-            split = (n, self.heads, self.head_dim)
-            q, k, v = (t.reshape(split).transpose(1, 0, 2) for t in (q, k, v))
-            scores = q @ k.transpose(0, 2, 1) / np.sqrt(self.head_dim)
-            scores -= scores.max(-1, keepdims=True)
-            p = np.exp(scores)
-            p /= p.sum(-1, keepdims=True)
-            ctx = (p @ v).transpose(1, 0, 2).reshape(n, -1)
-            x = self._ln(self._per_token(4 * i + 1, ctx)[0] + x, f"attn_ln_w:{i}", f"attn_ln_b:{i}")
-            h = _gelu(self._per_token(4 * i + 2, x)[0])
-            x = self._ln(self._per_token(4 * i + 3, h)[0] + x, f"out_ln_w:{i}", f"out_ln_b:{i}")
-        return x.mean(0)
+            q, k, v = self._linear(4 * i, x)
+            ctx = np.concatenate([self._attention(q[a:b], k[a:b], v[a:b]) for a, b in spans])
+            x = self._ln(self._linear(4 * i + 1, ctx)[0] + x, f"attn_ln_w:{i}", f"attn_ln_b:{i}")
+            h = _gelu(self._linear(4 * i + 2, x)[0])
+            x = self._ln(self._linear(4 * i + 3, h)[0] + x, f"out_ln_w:{i}", f"out_ln_b:{i}")
+        return [x[a:b].mean(0) for a, b in spans]
 
     def embed(self, batch_ids: list[list[int]]) -> np.ndarray:
-        out = []
         for ids in batch_ids:
             if len(ids) > self.max_sequence_length:
                 raise ValueError(f"input of {len(ids)} tokens exceeds the model's {self.max_sequence_length}")
-            v = self._one(ids)
-            out.append(v / max(float(np.linalg.norm(v)), 1e-12))
-        return np.stack(out)
+            if not ids:
+                raise ValueError("an input has no tokens")
+        return np.stack([v / max(float(np.linalg.norm(v)), 1e-12) for v in self._pooled(batch_ids)])
 
 
 def host_macs(signature: dict, context: int | None = None) -> int:

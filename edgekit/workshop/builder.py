@@ -264,7 +264,8 @@ def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                             outs["quantize"].values.get("signature"))
     record = run_compile_stage(models, d, ctx.compiler, log=ctx.log,
                                host_macs_per_token=getattr(ctx.support.open_device_model, "host_macs", None)
-                               and ctx.support.open_device_model.host_macs(outs["quantize"].values["signature"]))
+                               and ctx.support.open_device_model.host_macs(outs["quantize"].values["signature"]),
+                               signature=outs["quantize"].values.get("signature"))
     files = {}
     comp = record.get("compiler", {})
     for name in comp.get("files", []):

@@ -120,17 +120,20 @@ def find_compiler(explicit: str | None) -> str | None:
 
 
 def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, log=print, timeout: float = 900,
-                      host_macs_per_token: int | None = None, runner=None) -> dict:
+                      host_macs_per_token: int | None = None, runner=None, signature: dict | None = None) -> dict:
     """Predict every model file, then compile each if a compiler is available. Returns the record
     for the manifest; compiled models land in out_dir/<stem>_edgetpu.tflite (record["compiler"]["files"]).
     All models are co-compiled in one compiler call (compile_command); `runner` replaces subprocess.run (tests).
-    `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention)."""
+    `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention).
+    `signature`: the bundle's; sentence-form encoder segments (rows tokens per call) get the per-sentence verdict."""
     from edgekit.device.coral_check import predict
 
     preds = [(m, p) for m in models for p in predict(m)]
     record: dict = {"prediction": [dict(_summary(p), file=m.name) for m, p in preds]}
-    tpu = sum(p.totals()["macs_on_tpu"] for _, p in preds)
-    total = sum(p.totals()["macs"] for _, p in preds) + (host_macs_per_token or 0)
+    sentence = (signature or {}).get("segment_form") == "sentence"
+    per_call = int(signature["rows"]) if sentence else 1  # tokens per call: MACs below are per token
+    tpu = sum(p.totals()["macs_on_tpu"] for _, p in preds) // per_call
+    total = sum(p.totals()["macs"] for _, p in preds) // per_call + (host_macs_per_token or 0)
     record["mac_share_on_tpu"] = round(tpu / total, 4) if total else 0.0
     record["macs_per_token"] = {"tpu": tpu, "cpu": total - tpu, "host_attention": host_macs_per_token or 0}
     record["parameter_bytes_on_tpu"] = sum(p.totals()["parameter_bytes_on_tpu"] for _, p in preds)
@@ -141,7 +144,12 @@ def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, l
         + (" (host attention counted)" if host_macs_per_token else ""))
     from edgekit.device.coral_latency import verdict_record
 
-    record["verdict"] = verdict_record(record)
+    if sentence:
+        from edgekit.device.coral_sentence import verdict_record as sentence_verdict
+
+        record["verdict"] = sentence_verdict(record, signature)
+    else:
+        record["verdict"] = verdict_record(record)
     log("    " + record["verdict"]["default"]["verdict"])
     path = find_compiler(compiler)
     if path is None:

@@ -60,6 +60,29 @@ class LinearSegment(torch.nn.Module):
         outs = tuple(m(x) for m in self.maps)
         return outs if len(outs) > 1 else outs[0]
 
+    def example(self):
+        return torch.zeros(1, self.width)
+
+
+class SentenceSegment(LinearSegment):
+    """The same linear maps in sentence form: `rows` tokens per call as an NHWC tensor
+    [1, rows, 1, width], each map a bias-free 1x1 CONV_2D (listed for the Edge TPU without the
+    FullyConnected one-dimensional-output limit). The permutes around the NCHW conv cancel in the
+    converter, so the file holds CONV_2D only."""
+
+    def __init__(self, linears: list[torch.nn.Linear], rows: int, biased: list[bool] | None = None):
+        super().__init__(linears, biased)
+        self.rows = rows
+
+    def forward(self, x):
+        nchw = x.permute(0, 3, 1, 2)
+        outs = tuple(torch.nn.functional.conv2d(nchw, m.weight[:, :, None, None]).permute(0, 2, 3, 1)
+                     for m in self.maps)
+        return outs if len(outs) > 1 else outs[0]
+
+    def example(self):
+        return torch.zeros(1, self.rows, 1, self.width)
+
 
 def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
     """[(file name, role, segment)] in execution order for a Llama-family decoder: one segment per
@@ -78,17 +101,22 @@ def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
     return out + [("head.tflite", "head", LinearSegment([model.lm_head]))]
 
 
-def encoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
-    """The same cut for a BERT-family encoder (LayerNorms, GELU, attention, pooling on the host)."""
+def encoder_segments(model, rows: int = 0) -> list[tuple[str, str, LinearSegment]]:
+    """The same cut for a BERT-family encoder (LayerNorms, GELU, attention, pooling on the host).
+    rows > 0: sentence form (SentenceSegment, `rows` tokens per call); 0: one token per call."""
     if model.config.model_type != "bert":
         raise BuildError(f"Edge TPU encoder segments support BERT-family encoders; got '{model.config.model_type}'")
+
+    def seg(linears):
+        return SentenceSegment(linears, rows) if rows > 0 else LinearSegment(linears)
+
     out = []
     for i, layer in enumerate(model.encoder.layer):
         at = layer.attention
-        out += [(f"l{i:02d}_qkv.tflite", "qkv", LinearSegment([at.self.query, at.self.key, at.self.value])),
-                (f"l{i:02d}_o.tflite", "o", LinearSegment([at.output.dense])),
-                (f"l{i:02d}_up.tflite", "up", LinearSegment([layer.intermediate.dense])),
-                (f"l{i:02d}_down.tflite", "down", LinearSegment([layer.output.dense]))]
+        out += [(f"l{i:02d}_qkv.tflite", "qkv", seg([at.self.query, at.self.key, at.self.value])),
+                (f"l{i:02d}_o.tflite", "o", seg([at.output.dense])),
+                (f"l{i:02d}_up.tflite", "up", seg([layer.intermediate.dense])),
+                (f"l{i:02d}_down.tflite", "down", seg([layer.output.dense]))]
     return out
 
 
@@ -100,8 +128,10 @@ def _write_segments(segments, out_path: Path) -> tuple[list[dict], dict]:
     for k, (name, role, seg) in enumerate(segments):
         name = out_path.name if k == 0 else name
         with quiet(), torch.no_grad():
-            litert_torch.convert(seg.eval(), (torch.zeros(1, seg.width),)).export(str(out_path.parent / name))
+            litert_torch.convert(seg.eval(), (seg.example(),)).export(str(out_path.parent / name))
         records.append({"file": name, "role": role, "outputs": len(seg.maps)})
+        if isinstance(seg, SentenceSegment):  # widths: the int8 bytes each call moves over the link, per row
+            records[-1].update(in_features=seg.width, out_features=[m.out_features for m in seg.maps])
         for j, b in enumerate(seg.biases):
             if b is not None:
                 biases[f"bias:{name}:{j}"] = b
@@ -183,14 +213,21 @@ def summary(path: Path) -> dict:
     return {"ops": dict(sorted(ops.items())), "tensor_dtypes": dict(sorted(types.items())), "segment_files": len(files)}
 
 
-def export_encoder_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
-    """Encoder variant of export_segments: host tables hold the embedding tables, every LayerNorm's
-    weight and bias, and the segment biases."""
+SENTENCE_FORM = "sentence"  # signature["segment_form"]; bundles without it take one token per call
+DEFAULT_SENTENCE_ROWS = 32
+
+
+def export_encoder_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0,
+                            rows: int | None = None) -> dict:
+    """Encoder variant of export_segments, in sentence form: every segment takes `rows` tokens per call
+    (default: the target's prefill_length, else 32; rows=0 writes the older one-token form). Host
+    tables hold the embedding tables, every LayerNorm's weight and bias, and the segment biases."""
+    rows = (prefill_length or DEFAULT_SENTENCE_ROWS) if rows is None else rows
     from edgekit.workshop.encoder_export import host_tables
 
     model = model.float().eval()
     cfg = model.config
-    segments, biases = _write_segments(encoder_segments(model), out_path)
+    segments, biases = _write_segments(encoder_segments(model, rows), out_path)
 
     def ln(m):
         return m.weight.detach().float().numpy(), m.bias.detach().float().numpy()
@@ -205,7 +242,8 @@ def export_encoder_segments(model, out_path: Path, max_sequence_length: int, pre
             "max_sequence_length": max_sequence_length, "layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size, "heads": cfg.num_attention_heads,
             "head_dim": cfg.hidden_size // cfg.num_attention_heads, "layer_norm_eps": float(cfg.layer_norm_eps),
-            "activation": cfg.hidden_act}
+            "activation": cfg.hidden_act,
+            **({"segment_form": SENTENCE_FORM, "rows": rows} if rows > 0 else {})}
 
 
 def calibration_feeds_encoder_segments(fp32_path: Path, signature: dict, sentence_ids: list[list[int]]) -> dict:
