@@ -3,8 +3,10 @@ projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV ca
 here in numpy (float32), in the op order of the bundle's LlamaSpec (edgekit/core/llama_spec.py;
 bundles that predate the stored spec get the one their signature's flat keys describe).
 
-One token per step (the segments have [1, n] inputs: FullyConnected maps to the Edge TPU only with
-a one-dimensional output), so a prompt of n tokens costs n steps. Same forward() contract as the
+Decoder: one token per step (the segments have [1, n] inputs: FullyConnected maps to the Edge TPU
+only with a one-dimensional output), so a prompt of n tokens costs n steps. Encoder (SegmentedEncoder):
+sentence-form segments take `rows` tokens per call ([1, rows, 1, n], 1x1 CONV_2D); bundles built before
+them take one token per call and still run. Same forward() contract as the
 other runners: forward(token_ids, cache, last_only=False) -> logits [len(token_ids), vocab].
 Interpreters are opened per segment (injectable for tests). May import: stdlib, numpy, edgekit.device.
 """
@@ -220,7 +222,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+    return 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))  # a Python float keeps float32 float32 (np.sqrt would not)
 
 
 class SegmentedEncoder:

@@ -14,6 +14,10 @@ of the multiply-accumulates), one token per call:
   l{i}_down:  m = silu(gate) * up        -> down_proj(m)
   head:       final normalised h         -> logits [1,vocab]
 
+Encoders (export_encoder_segments) get the same cut in sentence form: each segment a bias-free 1x1
+CONV_2D over [1, rows, 1, hidden] (CONV_2D has no one-dimensional-output limit), so a sentence of up to
+`rows` tokens is one call per segment instead of one per token.
+
 Because each segment is linear (biases are added on the host), the host divides its input by
 the input's largest |value| and multiplies the outputs back (per token): the int8 input always spans its full range,
 which is what dynamic-range quantization does on a CPU. Measured on stories260k (fp32 perplexity
