@@ -72,7 +72,7 @@ def known_models() -> dict:
     rows = {r["model"]: r for r in json.loads((DOCS / "coral.json").read_text())["rows"] if r["layout"] == "tpu-segments"}
     models = {"SmolLM2 student (15 layers)": (decoder_segments(15, 576, 1536, 9, 3, 64, 49152),
                                               rows["smollm2 student"]["parameter_mib_on_tpu"]),
-              "MiniLM student (3 layers), per token": (encoder_segments(3, 384, 1536),
+              "MiniLM student (3 layers), one-token form, per token": (encoder_segments(3, 384, 1536),
                                                        rows["minilm student"]["parameter_mib_on_tpu"])}
     for name, (segs, mib) in models.items():
         got = sum(s["parameter_bytes"] for s in segs) / 2**20
@@ -89,7 +89,7 @@ def main() -> None:
     for b in args.bundles:
         m = json.loads((Path(b) / "manifest.json").read_text())
         if m["signature"].get("segment_form") == "sentence":
-            sentence[f"{m['name']} (bundle)"] = (coral_sentence.sentence_segments(m["metrics"]["edgetpu"], m["signature"]),
+            sentence[f"{m['name']} sentence form (bundle)"] = (coral_sentence.sentence_segments(m["metrics"]["edgetpu"], m["signature"]),
                                                  m["signature"])
         else:
             models[f"{m['name']} (bundle)"] = segments_from_record(m["metrics"]["edgetpu"])
