@@ -82,6 +82,35 @@ def test_interleaved_requests_and_prefix_copies_match_the_interpreter_path():
         assert np.array_equal(g, w)
 
 
+class _CountingModel(FakeCompiledModel):
+    """Counts the buffers created, by (signature, tensor name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.created: list = []
+
+    def create_input_buffer_by_name(self, sig, name):
+        self.created.append((sig, name))
+        return super().create_input_buffer_by_name(sig, name)
+
+    def create_output_buffer_by_name(self, sig, name):
+        self.created.append((sig, name))
+        return super().create_output_buffer_by_name(sig, name)
+
+
+def test_the_decode_signature_built_at_load_is_the_one_used_later():
+    model = _CountingModel()
+    interpreter = tflite_compiled.CompiledInterpreter(model)
+    key = object()
+    caches = tflite_compiled.CompiledCaches(interpreter, {"p": "prefill", key: "decode"})
+    created = len(model.created)
+    sig = caches.sig(key)
+    assert caches.sig(key) is sig and len(model.created) == created  # no second set of decode buffers
+    assert sig.name == "decode" and sig.cache_names and sig.logits_name
+    caches.sig("p")
+    assert len(model.created) > created and {s for s, _ in model.created[created:]} == {"prefill"}
+
+
 def test_a_buffer_mismatch_fails_the_self_check_and_uses_the_copying_path(caplog):
     with caplog.at_level(logging.WARNING, logger="edgekit.device"):
         lm = _compiled(stale=True)

@@ -182,12 +182,14 @@ class CompiledCaches:
     cache lives in two sets of buffers that take turns as the inputs and the outputs."""
 
     def __init__(self, interpreter: CompiledInterpreter, names: dict):
+        """`names`: {key: signature name}, one of them "decode" (its CompiledSig, built here to learn
+        the cache tensors, is kept under its key: `sig` reuses it)."""
         self.interpreter, self.names = interpreter, names
-        self.sigs: dict = {}
         self.owner = None  # the StaticCache whose rows are in the buffers
         self.where = None  # kept for TfliteCausalLM's self-check (the buffers serve every signature)
         decode = interpreter.get_signature_runner("decode")
         first = CompiledSig(decode)
+        self.sigs: dict = {key: first for key, name in names.items() if name == "decode"}
         self.detail = decode.ins[first.cache_names[0]]
         model = interpreter.model
         self.reading = [model.create_input_buffer_by_name("decode", n) for n in first.cache_names]
