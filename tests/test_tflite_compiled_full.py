@@ -67,3 +67,19 @@ def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_
     assert interpreter.litert_api == "Interpreter (EDGEKIT_LITERT_COMPILED=0)"
     for x, y in zip(_run(lm), _run(interpreter)):
         assert x.shape == y.shape and np.array_equal(x, y)
+
+
+def test_loading_keeps_litert_chatter_off_stderr(tflite_builds, tmp_path, monkeypatch, capfd):
+    """LiteRT logs its environment, accelerator and plugin search at the load and at the first buffer
+    write: none of those lines reaches stderr, and the model still runs."""
+    from edgekit.device.tflite_model import open_tflite
+
+    bundle = tflite_builds["arm-cpu"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    capfd.readouterr()
+    lm = open_tflite(bundle / manifest["model"]["file"], manifest, threads=1)
+    assert lm.litert_api.startswith("CompiledModel") and lm.zero_copy == "on"
+    err = capfd.readouterr().err
+    assert "LiteRT environment" not in err and "NPU accelerator" not in err and "XNNPACK" not in err, err
+    assert lm.forward([1, 2, 3], lm.new_cache()).shape[0] == 3

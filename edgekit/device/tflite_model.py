@@ -22,6 +22,7 @@ May import: stdlib, numpy, ai_edge_litert / tflite_runtime (lazily).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -370,10 +371,12 @@ def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> T
     """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     api = "injected"
-    if session is None:
-        session, found, api = _open_session(model_path, manifest, threads)
     sig = manifest["signature"]
-    lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
+    # LiteRT logs on stderr at the load and at the first buffer write (the self-check's): chatter dropped
+    with tflite_compiled.quiet_litert() if session is None else contextlib.nullcontext():
+        if session is None:
+            session, found, api = _open_session(model_path, manifest, threads)
+        lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.delegation = found
     lm.litert_api = api  # CompiledModel, or the Interpreter and why
     lm.accelerator = found.accelerator if found is not None else "injected"
