@@ -51,7 +51,8 @@ def test_compiled_model_gives_the_interpreters_logits_and_reuses_its_weight_cach
 def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_same_logits(tflite_builds, tmp_path,
                                                                                              monkeypatch):
     """mobile-gpu without a usable GPU delegate: the CPU fallback is a CompiledModel, and the Delegation
-    still says the delegate is useless (serve refuses it without --allow-cpu-fallback)."""
+    still says the delegate is useless (serve refuses it without --allow-cpu-fallback); a caller that
+    will refuse it gets the Interpreter, and no CompiledModel is built."""
     from edgekit.device.tflite_model import open_tflite
 
     bundle = tflite_builds["mobile-gpu"]
@@ -62,6 +63,8 @@ def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_
     if not lm.delegation.useless:
         pytest.skip("this machine has a working GPU delegate")
     assert lm.litert_api.startswith("CompiledModel (XNNPACK weight cache written") and lm.accelerator == "cpu (xnnpack)"
+    refused = open_tflite(path, manifest, threads=1, allow_cpu_fallback=False)  # serve will refuse it: no CPU model
+    assert refused.litert_api == "Interpreter (delegate gpu)" and refused.delegation.useless
     monkeypatch.setenv("EDGEKIT_LITERT_COMPILED", "0")
     interpreter = open_tflite(path, manifest, threads=1)
     assert interpreter.litert_api == "Interpreter (EDGEKIT_LITERT_COMPILED=0)"
