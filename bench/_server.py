@@ -3,7 +3,8 @@
 `ServeProcess` owns the server: the free port it listens on, its base URL, the seconds it took to
 become healthy, and its stderr (kept in a temporary file, never a pipe nobody reads, so a chatty
 server cannot block on a full pipe during a long run). Use it as a context manager; it stops the
-server on the way out. Times are seconds. May import: stdlib.
+server on the way out. `sse_chunks` reads a streamed response (every bench script's one SSE loop),
+`stream_chat` is one streamed chat request on it. Times are seconds. May import: stdlib.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -93,22 +95,30 @@ class ServeProcess:
         self.stop()
 
 
+def sse_chunks(base: str, path: str, body: dict, timeout_seconds: float = 600.0) -> Iterator[tuple[float, dict]]:
+    """POST `body` with "stream": true to base + path and yield (arrival time, chunk) for each `data: {...}`
+    event as it arrives: the time (time.perf_counter(), seconds) is taken when its line is read, before
+    it is parsed; the chunk is the parsed JSON. The request is sent on the first iteration."""
+    data = json.dumps(dict(body, stream=True)).encode()
+    req = urllib.request.Request(base + path, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_seconds) as resp:
+        for raw in resp:
+            arrived = time.perf_counter()
+            line = raw.decode().strip()
+            if line.startswith("data: {"):
+                yield arrived, json.loads(line[6:])
+
+
 def stream_chat(base: str, messages: list[dict], max_tokens: int, timeout_seconds: float = 600.0) -> dict:
     """One streamed greedy chat completion: {ttft_seconds (sending to the first chunk with text, as the
     client sees it), seconds (the whole request), text, usage (the final chunk's)}."""
-    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
-    req = urllib.request.Request(base + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0}
     t0 = time.perf_counter()
     first, parts, usage = None, [], {}
-    with urllib.request.urlopen(req, timeout=timeout_seconds) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            text = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
-            if text and first is None:
-                first = time.perf_counter() - t0
-            parts.append(text or "")
-            usage = chunk.get("usage") or usage
+    for arrived, chunk in sse_chunks(base, "/v1/chat/completions", body, timeout_seconds):
+        text = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
+        if text and first is None:
+            first = arrived - t0
+        parts.append(text or "")
+        usage = chunk.get("usage") or usage
     return {"ttft_seconds": first, "seconds": time.perf_counter() - t0, "text": "".join(parts), "usage": usage}

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _server import ServeProcess
+from _server import ServeProcess, sse_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,18 +33,14 @@ PROMPT = "Once upon a time, there was a little robot who"
 
 
 def _stream_rate(base: str, max_tokens: int) -> tuple[float, int]:
-    body = json.dumps({"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}).encode()
-    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+    """(decode tokens/s between the first and the last chunk with text, completion tokens)."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0}
     stamps, tokens = [], 0
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if line.startswith("data: {"):
-                chunk = json.loads(line[6:])
-                if chunk["choices"][0]["text"]:
-                    stamps.append(time.perf_counter())
-                if "usage" in chunk:
-                    tokens = chunk["usage"]["completion_tokens"]
+    for arrived, chunk in sse_chunks(base, "/v1/completions", body, timeout_seconds=120):
+        if chunk["choices"][0]["text"]:
+            stamps.append(arrived)
+        if "usage" in chunk:
+            tokens = chunk["usage"]["completion_tokens"]
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), tokens
 
 

@@ -153,10 +153,11 @@ RUNTIME = "fake-delegated"
 @pytest.fixture
 def delegated_runtime(monkeypatch):
     """A toy runner whose model file states the delegate facts its 'interpreter' found."""
-    def open_toy(model_path, manifest, threads=0, session=None):
+    def open_toy(model_path, manifest, threads=0, session=None, *, allow_cpu_fallback=True):
         model = BigramModel()
         model.delegation = Delegation(**json.loads(Path(model_path).read_text()))
         model.accelerator = model.delegation.accelerator
+        model.opened_with = {"allow_cpu_fallback": allow_cpu_fallback, "manifest_keys": set(manifest)}
         return model
 
     monkeypatch.setitem(RUNNERS["text-generation"], RUNTIME, open_toy)
@@ -199,6 +200,16 @@ def test_open_model_refuses_and_props_show_the_fallback(tmp_path, delegated_runt
     assert props["accelerator"] == "cpu (xnnpack)" and props["delegate_requested"] == "gpu"
     assert props["delegation"] == dict(USELESS, cpu_fallback=True, segments_delegated=None, segments_total=None,
                                        edgetpu_custom_ops=None)
+
+
+def test_the_runner_is_told_whether_a_cpu_fallback_would_be_refused(tmp_path, delegated_runtime):
+    """A runner that knows the caller will refuse its useless delegate can skip building a CPU model;
+    the rule travels as the runner's keyword, not as a key added to the manifest it reads."""
+    facts = dict(USELESS, nodes_delegated=400, nodes_cpu=12, reason="400 of 412 nodes delegated")
+    b = load_bundle(_bundle(tmp_path, facts))
+    refused, allowed = open_model(b).model, open_model(b, allow_cpu_fallback=True).model
+    assert refused.opened_with["allow_cpu_fallback"] is False and allowed.opened_with["allow_cpu_fallback"] is True
+    assert refused.opened_with["manifest_keys"] == set(b.manifest)
 
 
 def test_a_delegate_that_takes_nodes_serves_without_the_flag(tmp_path, delegated_runtime):

@@ -81,7 +81,7 @@ def _bundle(tmp_path: Path, noise: float = 0.0, reference: bool = True, name: st
 @pytest.fixture
 def toy_runtime(monkeypatch):
     """Registers the toy runner for RUNTIME in the runtime registry, as a real runtime would be."""
-    def open_toy(model_path, manifest, threads=0, session=None):
+    def open_toy(model_path, manifest, threads=0, session=None, *, allow_cpu_fallback=True):
         return BigramModel(noise=json.loads(Path(model_path).read_text())["noise"])
 
     monkeypatch.setitem(RUNNERS["text-generation"], RUNTIME, open_toy)

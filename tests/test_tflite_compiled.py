@@ -82,6 +82,35 @@ def test_interleaved_requests_and_prefix_copies_match_the_interpreter_path():
         assert np.array_equal(g, w)
 
 
+class _CountingModel(FakeCompiledModel):
+    """Counts the buffers created, by (signature, tensor name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.created: list = []
+
+    def create_input_buffer_by_name(self, sig, name):
+        self.created.append((sig, name))
+        return super().create_input_buffer_by_name(sig, name)
+
+    def create_output_buffer_by_name(self, sig, name):
+        self.created.append((sig, name))
+        return super().create_output_buffer_by_name(sig, name)
+
+
+def test_the_decode_signature_built_at_load_is_the_one_used_later():
+    model = _CountingModel()
+    interpreter = tflite_compiled.CompiledInterpreter(model)
+    key = object()
+    caches = tflite_compiled.CompiledCaches(interpreter, {"p": "prefill", key: "decode"})
+    created = len(model.created)
+    sig = caches.sig(key)
+    assert caches.sig(key) is sig and len(model.created) == created  # no second set of decode buffers
+    assert sig.name == "decode" and sig.cache_names and sig.logits_name
+    caches.sig("p")
+    assert len(model.created) > created and {s for s, _ in model.created[created:]} == {"prefill"}
+
+
 def test_a_buffer_mismatch_fails_the_self_check_and_uses_the_copying_path(caplog):
     with caplog.at_level(logging.WARNING, logger="edgekit.device"):
         lm = _compiled(stale=True)
@@ -137,6 +166,43 @@ def test_open_session_uses_compiled_model_for_float_cpu_graphs_only(tmp_path, mo
     monkeypatch.setenv(tflite_compiled.ENV_SWITCH, "0")
     assert tflite_compiled.open_session("m.tflite", MANIFEST, 2, tmp_path, api) == (None, "Interpreter (EDGEKIT_LITERT_COMPILED=0)")
     assert len(api.calls) == 1
+
+
+# What ai-edge-litert 2.3.0 printed on stderr while `edgekit serve` loaded a stories260k arm-cpu bundle
+# (paths shortened), with a few lines of others: the chatter goes, the rest stays.
+LITERT_LOAD = """\
+INFO: [environment.cc:36] Creating LiteRT environment with options
+INFO: [accelerator_registry.cc:54] RegisterAccelerator: ptr=0x7ff2fc0991a0, name=NpuAccelerator
+INFO: [npu_registry.cc:30] NPU accelerator registered.
+INFO: [gpu_registry.cc:130] Attempting to load GPU accelerator(/v/ai_edge_litert/libLiteRtGpuAccelerator.so).
+INFO:     Started server process [12768]
+WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound.
+INFO: [gpu_registry.cc:138] Dynamically loaded GPU accelerator(libLiteRtWebGpuAccelerator.so) registered.
+INFO: [cpu_registry.cc:75] XNNPACK CPU accelerator registered.
+INFO: [compiler_plugin.cc:308] Attempting to load plugin at: /v/ai_edge_litert/vendors/intel_openvino/compiler/\
+libLiteRtCompilerPlugin_IntelOpenvino.so
+WARNING: [compiler_plugin.cc:312] Failed to load plugin at: /v/ai_edge_litert/vendors/intel_openvino/compiler/\
+libLiteRtCompilerPlugin_IntelOpenvino.so with error: ERROR: [litert/compiler/plugin/compiler_plugin.cc:259]
+\u2514 Could not load shared library /v/ai_edge_litert/vendors/intel_openvino/compiler/\
+libLiteRtCompilerPlugin_IntelOpenvino.so: libopenvino.so.2631: cannot open shared object file: No such file or directory.
+INFO: [compiled_model.cc:829] Flatbuffer model initialized directly from incoming litert model.
+INFO: Created TensorFlow Lite XNNPACK delegate for CPU.
+ERROR: [compiled_model.cc:900] Failed to build the model.
+\u2514 its cause
+WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorRuntimeFailure.
+edgekit serve: stories260k ready
+"""
+
+
+def test_litert_chatter_is_dropped_and_errors_and_other_lines_are_kept():
+    from edgekit.device.native_log import LineFilter
+
+    keep = LineFilter(tflite_compiled.LITERT_CHATTER, tflite_compiled.LITERT_CONTINUED)
+    kept = [line for line in LITERT_LOAD.splitlines() if keep.passes(line.encode())]
+    assert kept == ["INFO:     Started server process [12768]", "ERROR: [compiled_model.cc:900] Failed to build the model.",
+                    "\u2514 its cause", "WARNING: [npu_registry.cc:34] NPU accelerator could not be loaded and "
+                    "registered: kLiteRtStatusErrorRuntimeFailure.", "edgekit serve: stories260k ready"]
+    assert keep.dropped == 12
 
 
 class _Tok:

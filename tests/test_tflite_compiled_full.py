@@ -51,7 +51,8 @@ def test_compiled_model_gives_the_interpreters_logits_and_reuses_its_weight_cach
 def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_same_logits(tflite_builds, tmp_path,
                                                                                              monkeypatch):
     """mobile-gpu without a usable GPU delegate: the CPU fallback is a CompiledModel, and the Delegation
-    still says the delegate is useless (serve refuses it without --allow-cpu-fallback)."""
+    still says the delegate is useless (serve refuses it without --allow-cpu-fallback); a caller that
+    will refuse it gets the Interpreter, and no CompiledModel is built."""
     from edgekit.device.tflite_model import open_tflite
 
     bundle = tflite_builds["mobile-gpu"]
@@ -62,8 +63,26 @@ def test_a_gpu_bundle_whose_delegate_is_missing_runs_on_compiled_model_with_the_
     if not lm.delegation.useless:
         pytest.skip("this machine has a working GPU delegate")
     assert lm.litert_api.startswith("CompiledModel (XNNPACK weight cache written") and lm.accelerator == "cpu (xnnpack)"
+    refused = open_tflite(path, manifest, threads=1, allow_cpu_fallback=False)  # serve will refuse it: no CPU model
+    assert refused.litert_api == "Interpreter (delegate gpu)" and refused.delegation.useless
     monkeypatch.setenv("EDGEKIT_LITERT_COMPILED", "0")
     interpreter = open_tflite(path, manifest, threads=1)
     assert interpreter.litert_api == "Interpreter (EDGEKIT_LITERT_COMPILED=0)"
     for x, y in zip(_run(lm), _run(interpreter)):
         assert x.shape == y.shape and np.array_equal(x, y)
+
+
+def test_loading_keeps_litert_chatter_off_stderr(tflite_builds, tmp_path, monkeypatch, capfd):
+    """LiteRT logs its environment, accelerator and plugin search at the load and at the first buffer
+    write: none of those lines reaches stderr, and the model still runs."""
+    from edgekit.device.tflite_model import open_tflite
+
+    bundle = tflite_builds["arm-cpu"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    capfd.readouterr()
+    lm = open_tflite(bundle / manifest["model"]["file"], manifest, threads=1)
+    assert lm.litert_api.startswith("CompiledModel") and lm.zero_copy == "on"
+    err = capfd.readouterr().err
+    assert "LiteRT environment" not in err and "NPU accelerator" not in err and "XNNPACK" not in err, err
+    assert lm.forward([1, 2, 3], lm.new_cache()).shape[0] == 3

@@ -52,7 +52,9 @@ class SentenceEncoder:
         return np.stack(out)
 
 
-def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
+def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None, *,
+                      allow_cpu_fallback: bool = True) -> SentenceEncoder:
+    """A SentenceEncoder on ONNX Runtime (CPU only: `allow_cpu_fallback`, the runners' common keyword, is moot)."""
     if session is None:
         from edgekit.device.onnx_model import ort_session
 
@@ -67,7 +69,10 @@ def open_onnx_encoder(model_path, manifest: dict, threads: int = 0, session=None
     return enc
 
 
-def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SentenceEncoder:
+def open_tflite_encoder(model_path, manifest: dict, threads: int = 0, session=None, *,
+                        allow_cpu_fallback: bool = True) -> SentenceEncoder:
+    """A SentenceEncoder on the LiteRT Interpreter. Whatever `allow_cpu_fallback` says, the interpreter that
+    make_interpreter returns is the only one built (the caller settles the delegate's facts)."""
     from edgekit.device.tflite_model import SignatureCall, make_interpreter
 
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)

@@ -179,8 +179,11 @@ def ort_session(model_path, threads: int = 0, spin: bool = True):
     return ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def open_onnx(model_path, manifest: dict, threads: int = 0, session=None) -> OnnxCausalLM:
-    """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests)."""
+def open_onnx(model_path, manifest: dict, threads: int = 0, session=None, *,
+              allow_cpu_fallback: bool = True) -> OnnxCausalLM:
+    """An OnnxCausalLM for the bundle's model file; `session` overrides the real one (tests).
+    `allow_cpu_fallback`: the runners' common keyword (edgekit.device.runtime.RUNNERS); ONNX Runtime
+    runs on the CPU only, so there is no fallback to allow or refuse."""
     if session is None:  # a model paired with a draft (manifest "draft"): sessions take turns, no spinning
         session = ort_session(model_path, threads, spin=not manifest.get("paired", False))
     lm = OnnxCausalLM(session, manifest["model"]["max_sequence_length"])

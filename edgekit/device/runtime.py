@@ -39,6 +39,9 @@ def generation_defaults(generation: dict) -> dict:
     return out
 
 
+# Every runner: open(model_path, manifest, threads=, session=, *, allow_cpu_fallback=) -> model. With
+# `allow_cpu_fallback` False the caller will refuse a useless hardware delegate (settle), so a runner
+# builds no CPU model of its own for that case.
 RUNNERS = {
     "text-generation": {"onnxruntime": open_onnx, "litert": open_tflite, "litert-segments": open_segmented},
     "feature-extraction": {"onnxruntime": open_onnx_encoder, "litert": open_tflite_encoder,
@@ -234,8 +237,8 @@ def open_model(bundle: Bundle, threads: int = 0, session=None, delegate_library:
         m = dict(m, model=model)
     use_draft = bool(draft or (draft is None and m.get("draft")))
     m = dict(m, paired=True) if use_draft else m  # runners whose sessions take turns with the draft's
-    m = dict(m, cpu_fallback_allowed=allow_cpu_fallback)  # a GPU target refused here gets no CPU model built
-    model = runner_for(bundle, check_installed=session is None)(bundle.model_file, m, threads=threads, session=session)
+    opener = runner_for(bundle, check_installed=session is None)
+    model = opener(bundle.model_file, m, threads=threads, session=session, allow_cpu_fallback=allow_cpu_fallback)
     warning = settle(getattr(model, "delegation", None), m["target"]["name"], allow_cpu_fallback)
     tok_info = m["tokenizer"]
     tokenizer = TextTokenizer.from_file(bundle.file(tok_info["file"]), tok_info["eos_token_ids"])

@@ -313,16 +313,20 @@ def _open(cls, model_path, manifest: dict, threads: int, session):
     return cls(runners, sig, load_host_tables(model_path, sig))
 
 
-def open_segmented(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedCausalLM:
-    """A SegmentedCausalLM for a bundle; `session` = list of injected segment runners (tests)."""
+def open_segmented(model_path, manifest: dict, threads: int = 0, session=None, *,
+                   allow_cpu_fallback: bool = True) -> SegmentedCausalLM:
+    """A SegmentedCausalLM for a bundle; `session` = list of injected segment runners (tests). The segment
+    interpreters are the only ones built, whatever `allow_cpu_fallback` says (the caller settles)."""
     return _open(SegmentedCausalLM, model_path, manifest, threads, session)
 
 
 open_segmented.host_macs = host_macs
 
 
-def open_segmented_encoder(model_path, manifest: dict, threads: int = 0, session=None) -> SegmentedEncoder:
-    """A SegmentedEncoder for a bundle; `session` = list of injected segment runners (tests)."""
+def open_segmented_encoder(model_path, manifest: dict, threads: int = 0, session=None, *,
+                           allow_cpu_fallback: bool = True) -> SegmentedEncoder:
+    """A SegmentedEncoder for a bundle; `session` = list of injected segment runners (tests);
+    `allow_cpu_fallback` as open_segmented."""
     return _open(SegmentedEncoder, model_path, manifest, threads, session)
 
 

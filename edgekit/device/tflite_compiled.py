@@ -34,10 +34,30 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.paths import edgekit_home
+from edgekit.device.native_log import filtered_stderr
 from edgekit.device.tflite_resident import order_names, split_inputs
 
 log = logging.getLogger("edgekit.device")
 ENV_SWITCH = "EDGEKIT_LITERT_COMPILED"
+
+# What LiteRT's C++ core writes on stderr at every load that tells the user nothing (quiet_litert drops
+# these lines and no others): its INFO lines ("INFO: [environment.cc:36] Creating LiteRT environment
+# ...", GPU accelerator attempts, registrations), TFLite's XNNPACK line, and the NPU parts it looks for
+# and does not find (this model runs on the CPU: Options(hardware_accelerators=CPU)). Errors and any
+# other warning still reach the user. Seen with ai-edge-litert 2.3.0.
+LITERT_CHATTER = (
+    r"INFO: \[[\w./-]+\.cc:\d+\] ",
+    r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$",
+    r"WARNING: \[npu_registry\.cc:\d+\] NPU accelerator could not be loaded and registered: kLiteRtStatusErrorNotFound\.$",
+    r"WARNING: \[compiler_plugin\.cc:\d+\] Failed to load plugin at: \S+/vendors/\w+/compiler/"
+    r"libLiteRtCompilerPlugin_\w+\.so with error: ",
+)
+LITERT_CONTINUED = "\u2514 "  # a LiteRT message's later line ("└ Could not load shared library ...")
+
+
+def quiet_litert():
+    """A `with` block during which LiteRT's load-time chatter (LITERT_CHATTER) is kept off stderr."""
+    return filtered_stderr(LITERT_CHATTER, LITERT_CONTINUED)
 
 
 def _api():
@@ -182,12 +202,14 @@ class CompiledCaches:
     cache lives in two sets of buffers that take turns as the inputs and the outputs."""
 
     def __init__(self, interpreter: CompiledInterpreter, names: dict):
+        """`names`: {key: signature name}, one of them "decode" (its CompiledSig, built here to learn
+        the cache tensors, is kept under its key: `sig` reuses it)."""
         self.interpreter, self.names = interpreter, names
-        self.sigs: dict = {}
         self.owner = None  # the StaticCache whose rows are in the buffers
         self.where = None  # kept for TfliteCausalLM's self-check (the buffers serve every signature)
         decode = interpreter.get_signature_runner("decode")
         first = CompiledSig(decode)
+        self.sigs: dict = {key: first for key, name in names.items() if name == "decode"}
         self.detail = decode.ins[first.cache_names[0]]
         model = interpreter.model
         self.reading = [model.create_input_buffer_by_name("decode", n) for n in first.cache_names]

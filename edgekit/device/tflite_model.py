@@ -22,6 +22,7 @@ May import: stdlib, numpy, ai_edge_litert / tflite_runtime (lazily).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -340,11 +341,11 @@ def load_host_tables(model_path, signature: dict) -> dict:
     return tables
 
 
-def _open_session(model_path, manifest: dict, threads: int):
+def _open_session(model_path, manifest: dict, threads: int, allow_cpu_fallback: bool = True):
     """(session, Delegation, how it runs). Float graphs on the CPU get a CompiledModel with its packed
     weights cached (tflite_compiled): those of the CPU targets, and those of a GPU target whose
     delegate did not load or took nothing (the Delegation still says so: serve's CPU-fallback rule
-    holds; when the caller will refuse that fallback, `cpu_fallback_allowed` False, none is built).
+    holds; when the caller will refuse that fallback, `allow_cpu_fallback` False, none is built).
     The Edge TPU and every other case keep the Interpreter."""
     model = manifest["model"]
     delegate = model.get("delegate", "none")
@@ -358,7 +359,7 @@ def _open_session(model_path, manifest: dict, threads: int):
     interpreter, found = make_interpreter(model_path, threads, delegate, model.get("delegate_library", ""),
                                           model.get("delegate_options"),
                                           sibling_file(Path(model_path).parent, compiled) if has_compiled else None)
-    if delegate == "gpu" and found.useless and manifest.get("cpu_fallback_allowed", True):
+    if delegate == "gpu" and found.useless and allow_cpu_fallback:
         on_cpu = dict(manifest, model=dict(model, delegate="none"))
         session, api = tflite_compiled.open_session(model_path, on_cpu, threads)
         if session is not None:
@@ -366,14 +367,18 @@ def _open_session(model_path, manifest: dict, threads: int):
     return interpreter, found, api
 
 
-def open_tflite(model_path, manifest: dict, threads: int = 0, session=None) -> TfliteCausalLM:
-    """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests)."""
+def open_tflite(model_path, manifest: dict, threads: int = 0, session=None, *,
+                allow_cpu_fallback: bool = True) -> TfliteCausalLM:
+    """A TfliteCausalLM for a bundle's model; `session` injects an interpreter (tests). `allow_cpu_fallback`
+    False: the caller will refuse a useless GPU delegate, so no CPU CompiledModel is built for it."""
     found = getattr(session, "delegation", None)  # an injected interpreter may carry its facts (tests)
     api = "injected"
-    if session is None:
-        session, found, api = _open_session(model_path, manifest, threads)
     sig = manifest["signature"]
-    lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
+    # LiteRT logs on stderr at the load and at the first buffer write (the self-check's): chatter dropped
+    with tflite_compiled.quiet_litert() if session is None else contextlib.nullcontext():
+        if session is None:
+            session, found, api = _open_session(model_path, manifest, threads, allow_cpu_fallback)
+        lm = TfliteCausalLM(session, sig, load_host_tables(model_path, sig))
     lm.delegation = found
     lm.litert_api = api  # CompiledModel, or the Interpreter and why
     lm.accelerator = found.accelerator if found is not None else "injected"
