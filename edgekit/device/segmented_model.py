@@ -1,5 +1,5 @@
 """Run an Edge TPU segmented decoder (see edgekit/workshop/coral_segments.py): TPU segments for the
-projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV cache and attention
+projections, MLPs and LM head (or the LM head as an int8 matmul here: HostHead); RMSNorm, residual stream, rotary embedding, KV cache and attention
 here in numpy (float32), in the op order of the bundle's LlamaSpec (edgekit/core/llama_spec.py;
 bundles that predate the stored spec get the one their signature's flat keys describe).
 
