@@ -3,7 +3,8 @@
 Models: coral bundles given on the command line (their manifest's per-file Edge TPU prediction), plus
 the SmolLM2 student and the MiniLM student of docs/coral.json, whose per-segment int8 parameters are
 rebuilt from their architecture (one MAC per weight per token; int32 biases of 4 bytes) and checked
-against the MiB totals coral.json recorded. Prints a markdown table and writes JSON (--out).
+against the MiB totals coral.json recorded, and the Coral-sized SmolLM2 student of models/smollm2-coral.toml
+(2 layers on the TPU, the LM head an int8 matmul on the host). Prints a markdown table and writes JSON (--out).
 Sentence-form encoders (segments taking `rows` tokens per invoke) get a second table, per 32-token
 sentence: embeddings/s on the TPU vs the board's CPU (edgekit/device/coral_sentence.py).
 Every figure is predicted (edgekit/device/coral_latency.py, coral_sentence.py). Usage:
@@ -24,12 +25,13 @@ from edgekit.device.coral_latency import compact, segments_from_record, verdict_
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def decoder_segments(layers, hidden, inter, heads, kv_heads, head_dim, vocab) -> list[dict]:
-    """Bias-free Llama segments in execution order: qkv, o, up (gate + up), down per layer, then the head."""
+def decoder_segments(layers, hidden, inter, heads, kv_heads, head_dim, vocab, head_on_host=False) -> list[dict]:
+    """Bias-free Llama segments in execution order: qkv, o, up (gate + up), down per layer, then the head
+    (none when it runs on the host)."""
     qkv = hidden * (heads + 2 * kv_heads) * head_dim
     per = [("qkv", qkv), ("o", heads * head_dim * hidden), ("up", hidden * 2 * inter), ("down", inter * hidden)]
     segs = [{"file": f"l{i:02d}_{r}", "parameter_bytes": n, "macs": n} for i in range(layers) for r, n in per]
-    return segs + [{"file": "head", "parameter_bytes": hidden * vocab, "macs": hidden * vocab}]
+    return segs if head_on_host else segs + [{"file": "head", "parameter_bytes": hidden * vocab, "macs": hidden * vocab}]
 
 
 def encoder_segments(layers, hidden, inter) -> list[dict]:
@@ -77,7 +79,10 @@ def known_models() -> dict:
     for name, (segs, mib) in models.items():
         got = sum(s["parameter_bytes"] for s in segs) / 2**20
         assert abs(got - mib) < 0.05, f"{name}: rebuilt {got:.2f} MiB vs coral.json {mib} MiB"
-    return {k: v[0] for k, v in models.items()}
+    out = {k: (v[0], 0) for k, v in models.items()}
+    out["SmolLM2 Coral-sized (2 layers, LM head on host)"] = (decoder_segments(2, 576, 1536, 9, 3, 64, 49152, True),
+                                                              576 * 49152)
+    return out
 
 
 def main() -> None:
@@ -88,11 +93,12 @@ def main() -> None:
     models, sentence = {}, {}
     for b in args.bundles:
         m = json.loads((Path(b) / "manifest.json").read_text())
+        tpu = m["metrics"]["edgetpu"]
         if m["signature"].get("segment_form") == "sentence":
-            sentence[f"{m['name']} sentence form (bundle)"] = (coral_sentence.sentence_segments(m["metrics"]["edgetpu"], m["signature"]),
+            sentence[f"{m['name']} sentence form (bundle)"] = (coral_sentence.sentence_segments(tpu, m["signature"]),
                                                  m["signature"])
         else:
-            models[f"{m['name']} (bundle)"] = segments_from_record(m["metrics"]["edgetpu"])
+            models[f"{m['name']} (bundle)"] = (segments_from_record(tpu), tpu.get("host_weight_bytes", 0))
     sentence["MiniLM student (3 layers), sentence form"] = sentence_encoder(3, 384, 1536, 12, 32)
     models.update(known_models())
     acc = load_accelerator()
@@ -100,10 +106,10 @@ def main() -> None:
     out = {}
     print("| model | params MiB | board | link | cached segments | TPU tok/s | TPU J/token | CPU tok/s | CPU J/token | TPU / CPU | verdict |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, segs in models.items():
-        rows = [compact(r) for r in verdict_table(segs, boards, ["usb2", "usb3", "pcie"], acc)]
+    for name, (segs, host_bytes) in models.items():
+        rows = [compact(r) for r in verdict_table(segs, boards, ["usb2", "usb3", "pcie"], acc, host_bytes)]
         out[name] = rows
-        mib = sum(s["parameter_bytes"] for s in segs) / 2**20
+        mib = (sum(s["parameter_bytes"] for s in segs) + host_bytes) / 2**20
         for r in rows:
             print(f"| {name} | {mib:.2f} | {r['board']} | {r['link']} | {r['cached_segments']} of {len(segs)} | "
                   f"{r['tpu_tokens_per_second']:.3g} | {r['tpu_joules_per_token']:.3g} | {r['cpu_tokens_per_second']:.3g} | "

@@ -104,7 +104,18 @@ def _verdict(results: list, the_board, the_link, acc) -> dict:
             {"file": s["file"], "subgraph": s["file"], "totals": {"parameter_bytes_on_tpu": s["parameter_bytes"],
                                                                   "macs_on_tpu": s["macs"]}} for s in segments]}, signature)
         return coral_sentence.predict(rows, signature, the_board, the_link, acc)
-    return predict(_in_compiler_order(segments, results), the_board, the_link, acc)
+    return predict(_in_compiler_order(segments, results), the_board, the_link, acc, _host_weight_bytes(results))
+
+
+def _host_weight_bytes(results: list) -> int:
+    """int8 weights a segmented bundle's host reads per token outside its segments (a host LM head)."""
+    manifest = results[0][0].parent / "manifest.json"
+    if not manifest.is_file():
+        return 0
+    from edgekit.device.segmented_model import host_weight_bytes
+
+    sig = json.loads(manifest.read_text()).get("signature", {})
+    return host_weight_bytes(sig) if sig.get("layout") == "tpu-segments" else 0
 
 
 def _bundle_signature(results: list) -> dict:
@@ -132,7 +143,9 @@ def verdict_lines(v: dict) -> str:
         f"{t['joules_per_token']:.3g} J/token predicted ({t['watts']:.3g} W)",
         f"    per token: {bd['segments']} invokes {1e3 * bd['invoke_seconds']:.3g} ms + streamed "
         f"{bd['streamed_bytes'] / 2**20:.3g} MiB {1e3 * bd['transfer_seconds']:.3g} ms + TPU compute "
-        f"{1e3 * bd['compute_seconds']:.3g} ms + host {1e3 * bd['host_seconds']:.3g} ms; "
+        f"{1e3 * bd['compute_seconds']:.3g} ms + host {1e3 * bd['host_seconds']:.3g} ms"
+        + (f" + host int8 matmul {bd['host_weight_bytes'] / 2**20:.3g} MiB {1e3 * bd['host_matmul_seconds']:.3g} ms"
+           if bd.get("host_weight_bytes") else "") + "; "
         f"{bd['cached_segments']} of {bd['segments']} segments cached on chip ({bd['cached_bytes'] / 2**20:.3g} MiB)",
         f"  {v['board']} CPU (arm-cpu bundle, same weights): {c['tokens_per_second']:.3g} tokens/s predicted, "
         f"{c['joules_per_token']:.3g} J/token predicted ({c['watts']:.3g} W)",
@@ -175,14 +188,17 @@ def compile_(bundle, compiler, out):
     models = compiler_order([b.path(f["path"]) for f in m["files"]
                              if f["path"].endswith(".tflite") and not f["path"].endswith("_edgetpu.tflite")],
                             m.get("signature"))
-    host = None
+    host, host_bytes = None, 0
     if m["model"]["runtime"] == "litert-segments":
-        from edgekit.device.segmented_model import encoder_host_macs, host_macs
+        from edgekit.device.segmented_model import encoder_host_macs, host_macs, host_weight_bytes
 
-        host = (encoder_host_macs if m.get("task") == "feature-extraction" else host_macs)(m["signature"])
+        encoder = m.get("task") == "feature-extraction"
+        host = (encoder_host_macs if encoder else host_macs)(m["signature"])
+        host_bytes = 0 if encoder else host_weight_bytes(m["signature"])
     with tempfile.TemporaryDirectory() as tmp:
         record = run_compile_stage(models, Path(tmp), compiler, log=lambda s: click.echo(s, err=True),
-                                   host_macs_per_token=host, signature=m.get("signature"))
+                                   host_macs_per_token=host, signature=m.get("signature"),
+                                   host_weight_bytes=host_bytes)
         comp = record["compiler"]
         if not comp.get("compiled"):
             logs = (Path(tmp) / "edgetpu_compiler.log").read_text()[-1500:]

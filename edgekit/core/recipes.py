@@ -20,6 +20,7 @@ from edgekit.core.schema import Field, Table
 TASKS = ("text-generation", "feature-extraction")
 STUDENT_MODES = ("teacher", "layer-drop")
 SOURCE_KINDS = ("shared", "path", "wheel", "hub")
+LM_HEAD_PLACES = ("tpu", "host")
 
 
 def _check_teacher(t: dict, err) -> None:
@@ -29,8 +30,11 @@ def _check_teacher(t: dict, err) -> None:
 
 
 def _check_student(s: dict, err) -> None:
-    if s["mode"] == "layer-drop" and not s["keep_layers"] and not s["auto_layers"]:
-        raise err("keep_layers", "mode 'layer-drop' needs layer indices, or auto_layers = N to choose N by influence")
+    if s["mode"] == "layer-drop" and not s["keep_layers"] and not s["auto_layers"] and not s["fit_on_chip"]:
+        raise err("keep_layers", "mode 'layer-drop' needs layer indices, auto_layers = N to choose N by influence, "
+                                 "or fit_on_chip = \"edgetpu\"")
+    if s["fit_on_chip"] and (s["keep_layers"] or s["auto_layers"] or s["budget_layers"]):
+        raise err("fit_on_chip", "the depth comes from the on-chip cache: give no keep_layers, auto_layers or budget_layers")
     if s["keep_layers"] and s["auto_layers"]:
         raise err("auto_layers", "give either keep_layers or auto_layers, not both")
     if len(set(s["keep_layers"])) != len(s["keep_layers"]):
@@ -72,6 +76,9 @@ SCHEMA = Table(
                                         doc="training budgets (minutes) that get fewer layers dropped"),
                 "budget_layers": Field(int, default=(), minimum=1, list_of=True,
                                        doc="layers kept for a budget up to budget_minutes[i] (auto_layers above)"),
+                "fit_on_chip": Field(str, default="", choices=("", "edgetpu"),
+                                     doc="keep the most layers (chosen by influence) whose int8 accelerator segments "
+                                         "fit this accelerator's on-chip cache (accelerators/NAME.toml)"),
             },
             check=_check_student,
         ),
@@ -127,6 +134,13 @@ SCHEMA = Table(
                 "seq_len": Field(int, default=256, minimum=16, doc="longest training example in tokens"),
             },
             check=_check_chat,
+        ),
+        "edgetpu": Table(
+            {
+                "lm_head": Field(str, default="tpu", choices=LM_HEAD_PLACES,
+                                 doc="coral target: the LM head as a TPU segment, or an int8 matmul on the host CPU"),
+            },
+            doc="how the coral target (tpu-segments layout) places this model's work",
         ),
         "gate": Table(
             {

@@ -5,12 +5,15 @@ Units: seconds, bytes, bytes/s, watts, joules, multiply-accumulates (MACs). Mode
   TPU path = sum over segments of (link invoke overhead + streamed parameter bytes / link bandwidth
              + MACs / TPU MAC rate) + host work (per segment call, measured on the reference machine,
              divided by the board's host_speed_vs_reference)
+             + host matmul: int8 weight bytes the host reads per token outside the segments (an LM
+             head on the host, recipe [edgetpu] lm_head = "host") / (board streaming-copy bandwidth
+             x CPU_EFFICIENCY), the CPU path's own rate for the same bytes
   cached   = greedy fill of the on-chip parameter cache in the compiler's (command-line) order: a
              segment stays on chip when all its parameters fit what is left, else it streams every call
-  CPU path = int8 weight bytes read per token / (board streaming-copy bandwidth x CPU_EFFICIENCY)
+  CPU path = int8 weight bytes read per token (segments + host matmul) / (board streaming-copy bandwidth x CPU_EFFICIENCY)
              + the runtime's fixed cost per token (measured here), divided by host_speed_vs_reference
-  energy   = seconds x watts: TPU path board idle + one busy core + the TPU's watts; CPU path the
-             board's full-load watts (decode uses every core)
+  energy   = seconds x watts: TPU path board idle + one busy core + the TPU's watts (the host matmul's
+             seconds at full load + the TPU's watts); CPU path the board's full-load watts (decode uses every core)
 Figures come from accelerators/edgetpu.toml and boards/*.toml, each with its source.
 May import: stdlib, edgekit.core, edgekit.device.speed.
 """
@@ -41,8 +44,17 @@ def cache_fill(parameter_bytes: list[int], capacity_bytes: int) -> list[bool]:
     return cached
 
 
-def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: float) -> dict:
-    """segments: [{"file", "parameter_bytes", "macs"}] in compiler order, one call each per token."""
+def host_matmul_seconds(weight_bytes: int, board) -> float:
+    """A memory-bound int8 matmul on the board's CPU (the host LM head): bytes / (bandwidth x CPU_EFFICIENCY)."""
+    if not weight_bytes:
+        return 0.0
+    return speed.cpu_seconds_per_token(weight_bytes, board, CPU_EFFICIENCY)["memory_seconds"]
+
+
+def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: float,
+                          host_matmul: float = 0.0) -> dict:
+    """segments: [{"file", "parameter_bytes", "macs"}] in compiler order, one call each per token;
+    host_matmul: seconds of host int8 matmul per token (host_matmul_seconds)."""
     if host_speed <= 0:
         raise ConfigError("the board has no performance.host_speed_vs_reference; add it to its TOML file")
     cached = cache_fill([s["parameter_bytes"] for s in segments], accelerator.on_chip_parameter_bytes)
@@ -51,8 +63,9 @@ def tpu_seconds_per_token(segments: list[dict], link, accelerator, host_speed: f
     transfer = streamed / link.bytes_per_second
     compute = sum(s["macs"] for s in segments) / accelerator.macs_per_second
     host = len(segments) * accelerator.host_seconds_per_segment_call / host_speed
-    return {"seconds": invoke + transfer + compute + host, "invoke_seconds": invoke,
+    return {"seconds": invoke + transfer + compute + host + host_matmul, "invoke_seconds": invoke,
             "transfer_seconds": transfer, "compute_seconds": compute, "host_seconds": host,
+            "host_matmul_seconds": host_matmul,
             "segments": len(segments), "cached_segments": sum(cached),
             "cached_bytes": sum(s["parameter_bytes"] for s, c in zip(segments, cached) if c),
             "streamed_bytes": streamed}
@@ -72,13 +85,18 @@ def _side(seconds: float, watts: float, source: str) -> dict:
             "joules_per_token": seconds * watts, "measured": False, "source": source}
 
 
-def predict(segments: list[dict], board, link, accelerator) -> dict:
-    """The full record: TPU side, CPU side, ratio and the verdict sentence (all predicted)."""
-    tpu = tpu_seconds_per_token(segments, link, accelerator, board.host_speed_vs_reference)
-    cpu = cpu_seconds_per_token(sum(s["parameter_bytes"] for s in segments), board)
+def predict(segments: list[dict], board, link, accelerator, host_weight_bytes: int = 0) -> dict:
+    """The full record: TPU side, CPU side, ratio and the verdict sentence (all predicted).
+    host_weight_bytes: int8 weights the host reads per token outside the segments (host LM head)."""
+    host_mm = host_matmul_seconds(host_weight_bytes, board)
+    tpu = dict(tpu_seconds_per_token(segments, link, accelerator, board.host_speed_vs_reference, host_mm),
+               host_weight_bytes=host_weight_bytes)
+    cpu = cpu_seconds_per_token(sum(s["parameter_bytes"] for s in segments) + host_weight_bytes, board)
     one_core = board.idle_watts + (board.full_load_watts - board.idle_watts) / max(board.cpu_cores, 1)
-    tpu_side = _side(tpu["seconds"], one_core + accelerator.watts,
-                     f"predicted: {board.name} idle + one busy core + Edge TPU {accelerator.watts:g} W")
+    joules = (tpu["seconds"] - host_mm) * (one_core + accelerator.watts) + host_mm * (board.full_load_watts + accelerator.watts)
+    tpu_side = _side(tpu["seconds"], joules / tpu["seconds"],
+                     f"predicted: {board.name} idle + one busy core + Edge TPU {accelerator.watts:g} W"
+                     + (", full load during the host matmul" if host_mm else ""))
     cpu_side = _side(cpu["seconds"], board.full_load_watts, f"predicted: {board.name} full load")
     ratio = tpu_side["tokens_per_second"] / cpu_side["tokens_per_second"]
     return {"board": board.name, "link": link.name, "predicted": True, "tpu": dict(tpu_side, breakdown=tpu),
@@ -101,13 +119,14 @@ def segments_from_record(edgetpu_record: dict) -> list[dict]:
     return list(per_file.values())
 
 
-def verdict_table(segments: list[dict], boards: list, links: list[str], accelerator) -> list[dict]:
+def verdict_table(segments: list[dict], boards: list, links: list[str], accelerator,
+                  host_weight_bytes: int = 0) -> list[dict]:
     """predict() for every board x link pair (boards without performance figures are skipped)."""
     rows = []
     for b in boards:
         if b.memory_bandwidth_bytes_per_second <= 0 or b.host_speed_vs_reference <= 0:
             continue
-        rows += [predict(segments, b, accelerator.link(n), accelerator) for n in links]
+        rows += [predict(segments, b, accelerator.link(n), accelerator, host_weight_bytes) for n in links]
     return rows
 
 
@@ -128,7 +147,8 @@ def compact(rec: dict) -> dict:
             "tpu_tokens_per_second": round(t["tokens_per_second"], 4), "tpu_joules_per_token": t["joules_per_token"],
             "cpu_tokens_per_second": round(c["tokens_per_second"], 4), "cpu_joules_per_token": c["joules_per_token"],
             "tpu_vs_cpu": round(rec["tpu_vs_cpu"], 5), "verdict": rec["verdict"],
-            "cached_segments": t["breakdown"]["cached_segments"], "streamed_bytes": t["breakdown"]["streamed_bytes"]}
+            "cached_segments": t["breakdown"]["cached_segments"], "streamed_bytes": t["breakdown"]["streamed_bytes"],
+            "cached_bytes": t["breakdown"]["cached_bytes"], "host_weight_bytes": t["breakdown"]["host_weight_bytes"]}
 
 
 def verdict_record(edgetpu_record: dict) -> dict:
@@ -138,7 +158,8 @@ def verdict_record(edgetpu_record: dict) -> dict:
 
     acc = load_accelerator("edgetpu")
     segments = segments_from_record(edgetpu_record)
-    rows = [compact(r) for r in verdict_table(segments, list_boards(), sorted(acc.links), acc)]
+    rows = [compact(r) for r in verdict_table(segments, list_boards(), sorted(acc.links), acc,
+                                              edgetpu_record.get("host_weight_bytes", 0))]
     first = next(r for r in rows if r["board"] == DEFAULT_BOARD and r["link"] == DEFAULT_LINK)
     return {"predicted": True, "default": first, "table": rows, "cpu_efficiency": CPU_EFFICIENCY,
             "cpu_efficiency_source": CPU_EFFICIENCY_SOURCE, "cache_rule": acc.cache_rule,

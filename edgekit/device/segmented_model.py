@@ -1,5 +1,5 @@
 """Run an Edge TPU segmented decoder (see edgekit/workshop/coral_segments.py): TPU segments for the
-projections, MLPs and LM head; RMSNorm, residual stream, rotary embedding, KV cache and attention
+projections, MLPs and LM head (or the LM head as an int8 matmul here: HostHead); RMSNorm, residual stream, rotary embedding, KV cache and attention
 here in numpy (float32), in the op order of the bundle's LlamaSpec (edgekit/core/llama_spec.py;
 bundles that predate the stored spec get the one their signature's flat keys describe).
 
@@ -109,7 +109,8 @@ class SegmentedCausalLM:
         self.layers, self.heads, self.kv_heads, self.head_dim = spec.layers, spec.heads, spec.kv_heads, spec.head_dim
         self.scaling, self.eps = spec.scaling, spec.rms_norm_eps
         roles = [s["role"] for s in signature["segments"]]
-        if roles != [op.name for op in self.ops if op.kind == "linear"] * self.layers + ["head"]:
+        self.host_head = signature.get("lm_head") == "host"
+        if roles != [op.name for op in self.ops if op.kind == "linear"] * self.layers + ([] if self.host_head else ["head"]):
             raise ValueError(f"unexpected segment layout: {roles}")
         self.cache_length = self.max_sequence_length = int(signature["cache_length"])
         self.embed = np.asarray(host_tables["embed"])
@@ -120,6 +121,11 @@ class SegmentedCausalLM:
         self.norms = {read: np.asarray(host_tables[table], np.float32) for read, table in HOST_NORM_TABLES.items()}
         self.final_norm = np.asarray(host_tables["final_norm"], np.float32)
         self.delegation, self.accelerator = _delegation(runners)
+        self.head = None
+        if self.host_head:
+            tied = signature.get("lm_head_tied", True)
+            self.head = HostHead(self.embed if tied else np.asarray(host_tables["lm_head"]),
+                                 self.embed_scale if tied else host_tables.get("lm_head_scale"))
 
     def new_cache(self) -> SegmentCache:
         shape = (self.kv_heads, self.cache_length, self.head_dim)
@@ -193,6 +199,12 @@ class SegmentedCausalLM:
                 x = x + h
         return x
 
+    def _logits(self, h: np.ndarray) -> np.ndarray:
+        """[vocab] logits of the normalised [1, hidden] state: the head segment, or the host head."""
+        if self.head is not None:
+            return self.head(h[0])
+        return self._scaled(self.linear_per_layer * self.layers, h)[0][0]
+
     def forward(self, token_ids: list[int], cache: SegmentCache, last_only: bool = False) -> np.ndarray:
         """Logits [len(token_ids), vocab]; with `last_only` [1, vocab] of the last token, and the LM
         head segment runs for that token only."""
@@ -209,9 +221,34 @@ class SegmentedCausalLM:
             for layer in range(self.layers):
                 x = self._layer(layer, x, pos, cache)
             if not last_only or i == n - 1:
-                out.append(self._scaled(self.linear_per_layer * self.layers, self._norm(x, self.final_norm))[0][0])
+                out.append(self._logits(self._norm(x, self.final_norm)))
         cache.length += n
         return np.stack(out)
+
+
+class HostHead:
+    """The LM head as a matmul on the host CPU (recipe `[edgetpu] lm_head = "host"`): int8 rows
+    [vocab, hidden] with a float32 scale per row (a float table without scales in fp32 exports).
+    logits[r] = scale[r] * (rows[r] . h). Rows are widened to float32 `block_rows` at a time, so no
+    float copy of the whole table is kept (SmolLM2: 27 MiB int8 would be 108 MiB as float32)."""
+
+    def __init__(self, rows: np.ndarray, scale: np.ndarray | None, block_rows: int = 4096):
+        self.rows = rows
+        self.scale = None if scale is None else np.asarray(scale, np.float32)
+        self.block_rows = block_rows
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(self.rows.nbytes)
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        h = np.asarray(h, np.float32)
+        if self.rows.dtype == np.float32:
+            out = self.rows @ h
+        else:
+            out = np.concatenate([self.rows[a:a + self.block_rows].astype(np.float32) @ h
+                                  for a in range(0, self.rows.shape[0], self.block_rows)])
+        return out if self.scale is None else out * self.scale
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -300,9 +337,19 @@ class SegmentedEncoder:
 
 def host_macs(signature: dict, context: int | None = None) -> int:
     """Multiply-accumulates per token that run on the host (attention scores + weighted sum), at
-    `context` cached tokens (default: half the cache, the average over a full-length sequence)."""
+    `context` cached tokens (default: half the cache, the average over a full-length sequence), plus
+    the LM head when it runs on the host (hidden x vocab)."""
     ctx = context if context is not None else int(signature["cache_length"]) // 2
-    return int(signature["layers"]) * 2 * int(signature["heads"]) * int(signature["head_dim"]) * ctx
+    attention = int(signature["layers"]) * 2 * int(signature["heads"]) * int(signature["head_dim"]) * ctx
+    return attention + host_weight_bytes(signature)
+
+
+def host_weight_bytes(signature: dict) -> int:
+    """int8 weight bytes the host reads per token outside the segments: the LM head's when it runs on
+    the host (one byte per weight, hidden x vocab), else 0."""
+    if signature.get("lm_head") != "host":
+        return 0
+    return int(signature["hidden_size"]) * int(signature["vocab_size"])
 
 
 def _open(cls, model_path, manifest: dict, threads: int, session):
@@ -321,6 +368,7 @@ def open_segmented(model_path, manifest: dict, threads: int = 0, session=None, *
 
 
 open_segmented.host_macs = host_macs
+open_segmented.host_weight_bytes = host_weight_bytes
 
 
 def open_segmented_encoder(model_path, manifest: dict, threads: int = 0, session=None, *,

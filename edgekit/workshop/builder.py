@@ -39,6 +39,7 @@ class FormatSupport:
     describe: Callable | None = None  # (quantized path) -> signature fields that quantization changes
     calibrate: Callable | None = None  # (fp32 path, signature, token windows) -> calibration feeds
     extra_glob: str = ""  # further files beside the model, by pattern (model-dependent file sets)
+    export_options: Callable | None = None  # (recipe) -> keyword arguments of export (the recipe's say in it)
 
 
 def _onnx_support() -> FormatSupport:
@@ -66,7 +67,8 @@ def _tpu_segments_support() -> FormatSupport:
     return FormatSupport("model.tflite", "litert-segments", coral_segments.export_segments,
                          coral_segments.quantize_segments, open_segmented, coral_segments.summary,
                          extra_files=(coral_segments.HOST_FILE,), describe=coral_segments.describe_segments,
-                         calibrate=coral_segments.calibration_feeds_segments, extra_glob="*.tflite")
+                         calibrate=coral_segments.calibration_feeds_segments, extra_glob="*.tflite",
+                         export_options=lambda recipe: {"lm_head": recipe.data["edgetpu"]["lm_head"]})
 
 
 FORMATS: dict[str, Callable[[], FormatSupport]] = {"onnx": _onnx_support, "tflite": _tflite_support}
@@ -167,11 +169,12 @@ def stage_export(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     path = d / ctx.support.model_file
     max_seq = _max_seq(ctx, model.config)
     shapes = ctx.target.data["shapes"]
-    sig = ctx.support.export(model, path, max_seq, shapes.get("prefill_length", 64))
+    options = ctx.support.export_options(ctx.recipe) if ctx.support.export_options else {}
+    sig = ctx.support.export(model, path, max_seq, shapes.get("prefill_length", 64), **options)
     files = _model_files(ctx.support, d)
     return StageOutput(files=files, values={"signature": sig, "max_sequence_length": max_seq},
                        parameters={"format": ctx.target.format, "max_sequence_length": max_seq,
-                                   "static_shapes": shapes["static"]},
+                                   "static_shapes": shapes["static"], **options},
                        metrics={"bytes": _bytes(files)})
 
 
@@ -262,10 +265,11 @@ def stage_compile(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
 
     models = compiler_order([p for p in outs["quantize"].files.values() if p.suffix == ".tflite"],
                             outs["quantize"].values.get("signature"))
+    sig, opener = outs["quantize"].values["signature"], ctx.support.open_device_model
     record = run_compile_stage(models, d, ctx.compiler, log=ctx.log,
-                               host_macs_per_token=getattr(ctx.support.open_device_model, "host_macs", None)
-                               and ctx.support.open_device_model.host_macs(outs["quantize"].values["signature"]),
-                               signature=outs["quantize"].values.get("signature"))
+                               host_macs_per_token=getattr(opener, "host_macs", None) and opener.host_macs(sig),
+                               host_weight_bytes=getattr(opener, "host_weight_bytes", None) and opener.host_weight_bytes(sig)
+                               or 0, signature=outs["quantize"].values.get("signature"))
     files = {}
     comp = record.get("compiler", {})
     for name in comp.get("files", []):

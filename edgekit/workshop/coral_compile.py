@@ -120,11 +120,13 @@ def find_compiler(explicit: str | None) -> str | None:
 
 
 def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, log=print, timeout: float = 900,
-                      host_macs_per_token: int | None = None, runner=None, signature: dict | None = None) -> dict:
+                      host_macs_per_token: int | None = None, runner=None, signature: dict | None = None,
+                      host_weight_bytes: int = 0) -> dict:
     """Predict every model file, then compile each if a compiler is available. Returns the record
     for the manifest; compiled models land in out_dir/<stem>_edgetpu.tflite (record["compiler"]["files"]).
     All models are co-compiled in one compiler call (compile_command); `runner` replaces subprocess.run (tests).
-    `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention).
+    `host_macs_per_token`: MACs a segmented runner does on the CPU outside these files (attention, a host
+    LM head); `host_weight_bytes`: int8 weights it reads per token outside them (a host LM head).
     `signature`: the bundle's; sentence-form encoder segments (rows tokens per call) get the per-sentence verdict."""
     from edgekit.device.coral_check import predict
 
@@ -137,6 +139,8 @@ def run_compile_stage(models: list[Path], out_dir: Path, compiler: str | None, l
     record["mac_share_on_tpu"] = round(tpu / total, 4) if total else 0.0
     record["macs_per_token"] = {"tpu": tpu, "cpu": total - tpu, "host_attention": host_macs_per_token or 0}
     record["parameter_bytes_on_tpu"] = sum(p.totals()["parameter_bytes_on_tpu"] for _, p in preds)
+    if host_weight_bytes:
+        record["host_weight_bytes"] = host_weight_bytes
     ops = sum(p.totals()["ops"] for _, p in preds)
     mapped = sum(p.totals()["ops_mapped"] for _, p in preds)
     log(f"    Edge TPU prediction: {mapped}/{ops} ops in {len(models)} file(s), "

@@ -13,6 +13,8 @@ of the multiply-accumulates), one token per call:
   l{i}_up:    h2 (RMSNorm on the host)   -> gate, up
   l{i}_down:  m = silu(gate) * up        -> down_proj(m)
   head:       final normalised h         -> logits [1,vocab]
+              (or, with lm_head="host", an int8 matmul on the host CPU: the tied embedding's int8
+              rows with their per-row scales, or its own int8 `lm_head` table; no TPU segment)
 
 Encoders (export_encoder_segments) get the same cut in sentence form: each segment a bias-free 1x1
 CONV_2D over [1, rows, 1, hidden] (CONV_2D has no one-dimensional-output limit), so a sentence of up to
@@ -88,9 +90,9 @@ class SentenceSegment(LinearSegment):
         return torch.zeros(1, self.rows, 1, self.width)
 
 
-def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
+def decoder_segments(model, lm_head: str = "tpu") -> list[tuple[str, str, LinearSegment]]:
     """[(file name, role, segment)] in execution order for a Llama-family decoder: one segment per
-    `linear` op of its LlamaSpec (roles qkv, o, up, down), then the LM head."""
+    `linear` op of its LlamaSpec (roles qkv, o, up, down), then the LM head (unless it runs on the host)."""
     spec = model_spec(model, "segments")
     linear_ops = [op for op in spec.layer_ops if op.kind == "linear"]
     if tuple(op.name for op in linear_ops) != SEGMENT_ROLES:
@@ -102,6 +104,8 @@ def decoder_segments(model) -> list[tuple[str, str, LinearSegment]]:
             seg = LinearSegment([layer.get_submodule(m) for m in op.modules()],
                                 [op.has_bias(m) for m in op.modules()])
             out.append((f"l{i:02d}_{op.name}.tflite", op.name, seg))
+    if lm_head == "host":
+        return out
     return out + [("head.tflite", "head", LinearSegment([model.lm_head]))]
 
 
@@ -142,14 +146,33 @@ def _write_segments(segments, out_path: Path) -> tuple[list[dict], dict]:
     return records, biases
 
 
-def export_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 1) -> dict:
+def _host_head(model, lm_head: str) -> tuple[dict, dict]:
+    """(signature fields, host tables) of the LM head's placement: "tpu" adds nothing; "host" reads the
+    tied embedding rows (nothing stored twice) or its own `lm_head` table (float32 here, int8 per row
+    after quantize_segments)."""
+    if lm_head == "tpu":
+        return {}, {}
+    if lm_head != "host":
+        raise BuildError(f"lm_head must be 'tpu' or 'host', got {lm_head!r}")
+    head = model.lm_head.weight.detach().float()
+    tied = head.data_ptr() == model.model.embed_tokens.weight.data_ptr() or bool(
+        torch.equal(head, model.model.embed_tokens.weight.detach().float()))
+    if getattr(model.lm_head, "bias", None) is not None:
+        raise BuildError("a host LM head with a bias is not supported")
+    return {"lm_head": "host", "lm_head_tied": tied, "vocab_size": int(head.shape[0])}, ({} if tied else {"lm_head": head.numpy()})
+
+
+def export_segments(model, out_path: Path, max_sequence_length: int, prefill_length: int = 1,
+                    lm_head: str = "tpu") -> dict:
     """Write every segment (fp32) and the host tables into out_path's folder. `out_path`
     (model.tflite) is written as the first segment's file, so the bundle's model file is the
-    entry point. Returns the signature record the device runner needs (with the LlamaSpec)."""
+    entry point. `lm_head`: "tpu" (a segment) or "host" (an int8 matmul on the host CPU). Returns
+    the signature record the device runner needs (with the LlamaSpec)."""
     model = model.float().eval()
     spec = model_spec(model, "segments")
     d = out_path.parent
-    segments, biases = _write_segments(decoder_segments(model), out_path)
+    head_fields, head_tables = _host_head(model, lm_head)
+    segments, biases = _write_segments(decoder_segments(model, lm_head), out_path)
     cos, sin = rotary_tables(model, max_sequence_length)
     layers = model.model.layers
 
@@ -158,12 +181,14 @@ def export_segments(model, out_path: Path, max_sequence_length: int, prefill_len
 
     norms = {table: np.stack([w(x, read) for x in layers]) for read, table in HOST_NORM_TABLES.items()}
     np.savez(d / HOST_FILE, embed=model.model.embed_tokens.weight.detach().float().numpy(),
-             cos=cos.numpy(), sin=sin.numpy(), **norms, final_norm=w(model.model, "norm.weight"), **biases)
+             cos=cos.numpy(), sin=sin.numpy(), **norms, final_norm=w(model.model, "norm.weight"), **biases,
+             **head_tables)
     # the flat keys stay for runners and readers that predate SIGNATURE_KEY
     return {"layout": "tpu-segments", "segments": segments, "host_file": HOST_FILE,
             "cache_length": max_sequence_length, "layers": spec.layers, "hidden_size": spec.hidden_size,
             "heads": spec.heads, "kv_heads": spec.kv_heads, "head_dim": spec.head_dim,
-            "rms_norm_eps": spec.rms_norm_eps, "scaling": spec.scaling, SIGNATURE_KEY: spec.to_dict()}
+            "rms_norm_eps": spec.rms_norm_eps, "scaling": spec.scaling, SIGNATURE_KEY: spec.to_dict(),
+            **head_fields}
 
 
 def quantize_segments(src: Path, dst: Path, precision: str, calibration: dict | None = None) -> dict:
@@ -178,7 +203,23 @@ def quantize_segments(src: Path, dst: Path, precision: str, calibration: dict | 
         if feeds:
             params["calibration_samples_per_segment"] = sum(len(v) for v in feeds.values())
     params.update(quantize_host_tables(src.parent / HOST_FILE, dst.parent / HOST_FILE, precision))
+    params.update(_quantize_host_head(dst.parent / HOST_FILE, precision))
     return params
+
+
+def _quantize_host_head(path: Path, precision: str) -> dict:
+    """An untied host LM head (`lm_head` table) in int8 with a float32 scale per vocabulary row (the
+    embedding's rule, so the host matmul reads one int8 byte per weight); nothing when absent."""
+    with np.load(path) as z:
+        tables = {k: z[k] for k in z.files}
+    if "lm_head" not in tables or precision in ("fp32", "fp16"):
+        return {}
+    head = tables["lm_head"].astype(np.float32)
+    scale = np.maximum(np.abs(head).max(axis=1), 1e-12) / 127.0
+    tables["lm_head"] = np.clip(np.round(head / scale[:, None]), -127, 127).astype(np.int8)
+    tables["lm_head_scale"] = scale.astype(np.float32)
+    np.savez(path, **tables)
+    return {"host_lm_head_dtype": "int8"}
 
 
 def calibration_feeds_segments(fp32_path: Path, signature: dict, token_windows: list[list[int]]) -> dict:

@@ -48,10 +48,25 @@ def _open_student(settings, budget, teacher, data, ckpt: Path, log):
         return AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32), saved
     keep = sorted(settings.keep_layers)
     if not keep:
-        keep = student_mod.select_layers_by_influence(teacher, _calibration(data, 8), settings.auto_layers)
+        n = settings.auto_layers or _layers_on_chip(settings, teacher, state, log)
+        keep = student_mod.select_layers_by_influence(teacher, _calibration(data, 8), n)
         log(f"layers chosen by influence: {keep}" + (f" ({settings.layer_reason})" if settings.layer_reason else ""))
     state["keep_layers"] = keep
     return student_mod.make_student(teacher, keep, settings.ffn_ratio, _calibration(data)), state
+
+
+def _layers_on_chip(settings, teacher, state: dict, log) -> int:
+    """The depth a recipe with `fit_on_chip` gets: the most layers whose int8 segments fit the
+    accelerator's on-chip cache (accelerators/NAME.toml), recorded in state["fit_on_chip"]."""
+    from edgekit.core.accelerators import load_accelerator
+    from edgekit.core.coral_fit import config_layers_that_fit
+
+    acc = load_accelerator(settings.fit_on_chip)
+    fit = config_layers_that_fit(teacher.config, acc.on_chip_parameter_bytes, settings.lm_head_on_host)
+    state["fit_on_chip"] = dict(fit, accelerator=acc.name)
+    log(f"{fit['layers']} layers fit the {acc.name} on-chip cache ({acc.on_chip_parameter_bytes / 2**20:.2f} MiB): "
+        f"{fit['per_layer_bytes'] / 2**20:.3f} MiB of int8 segments per layer, LM head on the {fit['lm_head']}")
+    return fit["layers"]
 
 
 def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkpoint_dir: Path,
@@ -164,6 +179,8 @@ def _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s,
         "curve": state["curve"],
         "settings": asdict(settings),
     }
+    if "fit_on_chip" in state:
+        metrics["fit_on_chip"] = state["fit_on_chip"]
     if chat is not None:
         from edgekit.workshop.chatdata import chat_scores
 

@@ -38,10 +38,15 @@ class DistillSettings:
     chat_fraction: float = 0.0
     chat_seq_len: int = 256
     layer_reason: str = ""
+    fit_on_chip: str = ""  # accelerator whose on-chip cache sets the depth (edgekit.core.coral_fit); "" = none
+    lm_head_on_host: bool = False  # with fit_on_chip: the LM head does not take cache space
 
     def key(self) -> str:
         fields = asdict(self)
         fields.pop("layer_reason")  # words only: a longer budget with the same depth resumes
+        if not fields["fit_on_chip"]:  # keys of runs that predate these fields stay the same
+            fields.pop("fit_on_chip")
+            fields.pop("lm_head_on_host")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -75,9 +80,9 @@ def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | N
     """Settings from a recipe; non-None arguments (CLI options) override it. `max_minutes` (the
     training budget) chooses the number of layers when the recipe ties it to the budget."""
     d, st, t = recipe.data["distill"], recipe.student, recipe.teacher
-    reason = ""
+    reason, fit = "", ""
     if keep_layers is None and auto_layers is None:
-        keep_layers, auto_layers = st["keep_layers"], st["auto_layers"]
+        keep_layers, auto_layers, fit = st["keep_layers"], st["auto_layers"], st["fit_on_chip"]
         if not keep_layers and auto_layers:
             auto_layers, reason = layers_for_budget(st, d["max_minutes"] if max_minutes is None else max_minutes)
     c = recipe.data["chat"]
@@ -93,6 +98,7 @@ def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | N
         seq_len=d["seq_len"], data=list(data or recipe.data["data"]["train"]), layer_reason=reason,
         eval_fraction=d["eval_fraction"],
         chat_fraction=c["fraction"] if c["enabled"] else 0.0, chat_seq_len=c["seq_len"],
+        fit_on_chip=fit, lm_head_on_host=bool(fit) and recipe.data["edgetpu"]["lm_head"] == "host",
     )
 
 
