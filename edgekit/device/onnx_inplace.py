@@ -43,9 +43,8 @@ def bind_buffers(session, output_names: list[str], past_names: list[str], buffer
     """An IOBinding with each of `buffers` bound as past_names[j] and as the matching present (the
     same OrtValue, so onnxruntime writes the new tokens into it), and the logits to the CPU. Kept
     with the cache: later steps only rebind the small inputs."""
-    from edgekit.device.onnx_model import import_onnxruntime
+    import onnxruntime as ort  # already imported (telemetry off) by whoever made `session`
 
-    ort = import_onnxruntime()
     binding = session.io_binding()
     binding.bind_output(output_names[0], "cpu")  # first: get_outputs() follows the binding order
     for past, present, buf in zip(past_names, output_names[1:], buffers):
