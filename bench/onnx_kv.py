@@ -1,7 +1,7 @@
 """ONNX decode with the KV cache copied every step vs updated in place, side by side in one run.
 
     python bench/onnx_kv.py --bundle copy=OLD_BUNDLE --bundle inplace=NEW_BUNDLE [--contexts 32 256 512]
-                            [--threads 2] [--rounds 5] [--steps 32] [--out FILE.json]
+                            [--threads 2] [--rounds 5] [--steps 32] [--batch 4] [--out FILE.json]
 
 Each bundle is opened with edgekit's device runner (edgekit.device.onnx_model: the copying path for a
 graph with Concat'ed presents, the in-place path for a GroupQueryAttention graph, by its inputs).
@@ -13,6 +13,8 @@ context, rotating the order; medians over rounds. Also prints the decode rooflin
 bench/compare.py computes it: memory bandwidth (numpy streaming copy, read + write) / weight bytes
 a decode step reads (edgekit.device.speed.weight_bytes_per_token), and the logits of the first
 bundle vs each other (max abs diff over the prefill's last row and the timed steps, greedy tokens equal).
+`--batch N`: also N requests' caches decoded together (forward_batch, serve --parallel's step; prompts
+of the same length from nearby text) — total tokens/s and its ratio to one row's decode tokens/s.
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def decode_run(lm, prompt: list[int], steps: int) -> tuple[float, list[int], lis
     return time.perf_counter() - t0, tokens, rows
 
 
+def batch_run(lm, prompts: list[list[int]], steps: int) -> float:
+    """Seconds for `steps` batched decode steps (forward_batch, one row per prompt) after prefilling each."""
+    caches = [lm.new_cache() for _ in prompts]
+    tokens = [int(np.argmax(lm.forward(p, c, last_only=True)[-1])) for p, c in zip(prompts, caches)]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tokens = [int(t) for t in np.argmax(lm.forward_batch(tokens, caches), axis=-1)]
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", action="append", required=True, help="NAME=DIR (the first is the reference)")
@@ -69,6 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=0, help="also time forward_batch steps of this many rows")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     from compare import memory_bandwidth, weight_bytes_per_token
@@ -78,6 +91,7 @@ def main() -> None:
     limit = min(m.max_sequence_length for m in models.values())
     text = text_tokens(next(iter(bundles.values())))
     times = {(n, c): [] for n in models for c in args.contexts}
+    batch_times = {(n, c): [] for n in models for c in args.contexts}
     diffs, same = {}, {}
     for r in range(args.rounds):
         for c in args.contexts:
@@ -86,6 +100,10 @@ def main() -> None:
             prompt = text[start:start + min(c, limit - steps)]
             names = list(models)[r % len(models):] + list(models)[:r % len(models)]
             runs = {n: decode_run(models[n], prompt, steps) for n in names}
+            if args.batch:
+                batch_prompts = [text[start + 50 * i:start + 50 * i + len(prompt)] for i in range(args.batch)]
+                for n in names:
+                    batch_times[(n, c)].append(args.batch * steps / batch_run(models[n], batch_prompts, steps))
             ref = runs[next(iter(models))]
             for n, (seconds, tokens, rows) in runs.items():
                 times[(n, c)].append(steps / seconds)
@@ -103,11 +121,18 @@ def main() -> None:
                          "roofline_share": round(tps / (bandwidth / per_token), 3),
                          "max_abs_logit_diff_vs_first": diffs[(n, c)], "greedy_same_as_first": same[(n, c)],
                          "rounds": times[(n, c)]})
+            if args.batch:
+                total = statistics.median(batch_times[(n, c)])
+                rows[-1].update({f"batch{args.batch}_total_tokens_per_second": round(total, 1),
+                                 f"batch{args.batch}_over_one_row": round(total / tps, 3),
+                                 "batch_rounds": batch_times[(n, c)]})
     print(f"{'bundle':>10} {'ctx':>5} {'tok/s':>8} {'roofline':>9} {'share':>6} {'max|dlogit|':>12} greedy=")
     for x in rows:
         print(f"{x['bundle']:>10} {x['context']:>5} {x['decode_tokens_per_second']:>8.1f} "
               f"{x['roofline_tokens_per_second']:>9.1f} {x['roofline_share']:>6.3f} "
-              f"{x['max_abs_logit_diff_vs_first']:>12.2e} {x['greedy_same_as_first']}")
+              f"{x['max_abs_logit_diff_vs_first']:>12.2e} {x['greedy_same_as_first']}"
+              + (f"  batch {args.batch}: {x[f'batch{args.batch}_total_tokens_per_second']:.1f} tok/s total, "
+                 f"{x[f'batch{args.batch}_over_one_row']:.2f}x one row" if args.batch else ""))
     print(f"bandwidth {bandwidth / 1e9:.1f} GB/s; threads {args.threads}; rounds {args.rounds}; steps {args.steps}")
     if args.out:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
