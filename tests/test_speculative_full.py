@@ -45,7 +45,10 @@ class _Rows:
 def test_greedy_with_the_draft_is_the_teacher_bundles_greedy(pair):
     """Token-identical, except where the teacher alone has a near-tie: int8 ONNX quantizes activations
     per block at run time, so a k+1-row verify pass (rows equal to 1e-5) can round one activation to
-    another int8 step than a one-row step, moving logits by up to ~0.1 (measured at a 0.088 tie)."""
+    another int8 step than a one-row step, moving logits by up to ~0.1 (measured at a 0.088 tie).
+    Which near-ties flip depends on float rounding order: on the same weights, the Concat-cache export
+    gave 9 of 12 identical (flips at a 0.033 tie), the GroupQueryAttention export 6 of 12 (the same
+    0.033 tie plus one prompt's 0.100 tie, at every k)."""
     from edgekit.device.generate import drain, generate
     from edgekit.device.runtime import load
     from edgekit.device.sampling import Sampler
@@ -69,7 +72,7 @@ def test_greedy_with_the_draft_is_the_teacher_bundles_greedy(pair):
             second, top = rows.rows[first]
             assert top - second < 0.25, (k, text, first, top - second)  # only a near-tie may flip
         drafted, accepted = drafted + spec.drafted, accepted + spec.accepted
-    assert identical >= 9  # of 12
+    assert identical >= 6  # of 12: every other one differs only after a near-tie (asserted above)
     assert 0 < accepted < drafted  # a distilled draft is often, not always, right
 
 

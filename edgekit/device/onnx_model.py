@@ -10,6 +10,9 @@ Prefill runs once over the prompt (P = 0); each decode step feeds one token and 
 Current exports have a dynamic batch axis (dim 0 `batch`): forward_batch() runs one decode step of
 several requests' caches at once (serve --parallel; each row's past left-padded to the longest with
 attention_mask 0, position_ids its own length). Older exports fixed at batch 1: `batch_refusal` says so.
+Exports whose attention is GroupQueryAttention (input `seqlens_k`, edgekit/workshop/onnx_gqa.py) keep
+each cache in buffers of the full capacity that onnxruntime updates in place (edgekit/device/onnx_inplace.py):
+no growing copy per step; older bundles keep the copying path.
 
 The session is injected (anything with onnxruntime's `run(output_names, feeds)` and
 `get_inputs()`), so tests can pass a fake. May import: stdlib, numpy, onnxruntime (lazily).
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.device import onnx_inplace
+
 
 @dataclass
 class KVCache:
@@ -28,6 +33,7 @@ class KVCache:
 
     past: list[np.ndarray] = field(default_factory=list)
     length: int = 0
+    bound: tuple | None = field(default=None, repr=False)  # in-place graphs: (past[0], IOBinding over past)
 
 
 class OnnxCausalLM:
@@ -44,6 +50,7 @@ class OnnxCausalLM:
         first = inputs[self.past_names[0]].shape
         self.kv_heads, self.head_dim = int(first[1]), int(first[3])
         self.output_names = [o.name for o in session.get_outputs()]
+        self.inplace = "seqlens_k" in inputs  # GroupQueryAttention: caches updated in place
         self.selects = "logits_rows" in inputs  # the graph computes only the rows asked for
         batch = inputs["input_ids"].shape[0] if inputs["input_ids"].shape else 1
         # None when forward_batch can run several rows, else why not (a graph exported with batch fixed at 1)
@@ -52,6 +59,9 @@ class OnnxCausalLM:
             "axis): rebuild it to decode requests together")
 
     def new_cache(self) -> KVCache:
+        if self.inplace:
+            shape = (1, self.kv_heads, self.max_sequence_length, self.head_dim)
+            return KVCache(past=[np.zeros(shape, dtype=np.float32) for _ in self.past_names])
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
         return KVCache(past=[empty] * len(self.past_names), length=0)
 
@@ -68,6 +78,9 @@ class OnnxCausalLM:
         """Forget every cached token after the first `length` (speculative decoding's rejected drafts)."""
         if not 0 <= length <= cache.length:
             raise ValueError(f"cannot rewind a cache of {cache.length} tokens to {length}")
+        if self.inplace:  # the slots after `length` are overwritten by the next step
+            cache.length = length
+            return
         cache.past = [np.ascontiguousarray(p[:, :, :length]) for p in cache.past]
         cache.length = length
 
@@ -80,6 +93,8 @@ class OnnxCausalLM:
         total = cache.length + n
         if total > self.max_sequence_length:
             raise ValueError(f"sequence of {total} tokens exceeds the model's {self.max_sequence_length}")
+        if self.inplace:
+            return self._forward_inplace(token_ids, cache, last_only)
         feeds = {
             "input_ids": np.asarray([token_ids], dtype=np.int64),
             "attention_mask": np.ones((1, total), dtype=np.int64),
@@ -105,6 +120,8 @@ class OnnxCausalLM:
         lengths = [c.length for c in caches]
         if max(lengths) + 1 > self.max_sequence_length:
             raise ValueError(f"sequence of {max(lengths) + 1} tokens exceeds the model's {self.max_sequence_length}")
+        if self.inplace:
+            return self._forward_batch_inplace(token_ids, caches)
         kept = self._kept_batch(caches)
         feeds = batch_feeds(token_ids, lengths, None if kept is None else kept[0])
         if self.selects:
@@ -117,6 +134,39 @@ class OnnxCausalLM:
             c.past = [o[i:i + 1, :, total - c.length:] for o in outputs[1:]]
         self._last_batch = ([(c, c.past[0], c.length) for c in caches], feeds["attention_mask"], outputs[1:])
         return outputs[0][:, -1]
+
+    def _forward_inplace(self, token_ids: list[int], cache: KVCache, last_only: bool) -> np.ndarray:
+        n = len(token_ids)
+        onnx_inplace.ensure_full(cache, (self.kv_heads, self.head_dim), self.max_sequence_length)
+        feeds = onnx_inplace.step_feeds([token_ids], [cache.length])
+        if self.selects:
+            feeds["logits_rows"] = np.arange(n - 1 if last_only else 0, n, dtype=np.int64)
+        if cache.bound is None or cache.bound[0] is not cache.past[0]:
+            cache.bound = (cache.past[0], onnx_inplace.bind_buffers(self.session, self.output_names, self.past_names,
+                                                                   cache.past))
+        logits = onnx_inplace.run_bound(self.session, cache.bound[1], self.output_names[0], feeds)
+        cache.length += n
+        return logits[0][-1:] if last_only else logits[0]
+
+    def _forward_batch_inplace(self, token_ids: list[int], caches: list[KVCache]) -> np.ndarray:
+        """Rows of one [B, ...] buffer per layer; each cache's past is a view of its row, so the same
+        caches in the same order (whatever ran on each alone since) reuse the buffers as they are."""
+        last = getattr(self, "_last_batch", None)
+        if last is None or len(last[0]) != len(caches) or any(
+                c is not ref or not c.past or c.past[0] is not view for c, (ref, view) in zip(caches, last[0])):
+            buffers = onnx_inplace.full_buffers(caches, (self.kv_heads, self.head_dim), self.max_sequence_length)
+            for i, c in enumerate(caches):
+                c.past = [b[i:i + 1] for b in buffers]
+            binding = onnx_inplace.bind_buffers(self.session, self.output_names, self.past_names, buffers)
+            self._last_batch = ([(c, c.past[0]) for c in caches], binding)
+        binding = self._last_batch[1]
+        feeds = onnx_inplace.step_feeds([[t] for t in token_ids], [c.length for c in caches])
+        if self.selects:
+            feeds["logits_rows"] = np.zeros(1, dtype=np.int64)
+        logits = onnx_inplace.run_bound(self.session, binding, self.output_names[0], feeds)
+        for c in caches:
+            c.length += 1
+        return logits[:, -1]
 
     def _padded(self, caches: list[KVCache]) -> list[np.ndarray]:
         """Each layer's past of `caches` stacked, left-padded with zeros to the longest."""

@@ -9,6 +9,9 @@ Graph interface (what edgekit/device/onnx_model.py feeds):
 only (the LM head is a third of a small LM's weights), scoring asks for every row. The batch axis B
 is dynamic (`batch`): the device runner decodes several requests in one step (serve --parallel),
 left-padding shorter caches with attention_mask 0; one request runs with B = 1.
+By default (kv_in_place) the traced attention is then rewritten into onnxruntime's GroupQueryAttention
+(edgekit/workshop/onnx_gqa.py: attention_mask gives way to seqlens_k / total_sequence_length, and
+past/present become buffers of a fixed capacity the runner updates in place).
 May import: stdlib, torch, transformers, onnx.
 """
 
@@ -66,9 +69,11 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
     )
 
 
-def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0) -> dict:
+def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0,
+                kv_in_place: bool = True) -> dict:
     """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature.
-    Shapes are dynamic, so `prefill_length` (a static-shape setting) is not used."""
+    Shapes are dynamic, so `prefill_length` (a static-shape setting) is not used. `kv_in_place`:
+    attention as GroupQueryAttention over KV buffers updated in place (else Concat'ed presents)."""
     layers, kv_heads, head_dim = kv_shape(model.config)
     model = copy.deepcopy(model).eval()
     if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
@@ -106,6 +111,10 @@ def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length:
             wrapper, sample, str(out_path), dynamo=True, dynamic_shapes=dynamic,
             input_names=inputs, output_names=outputs, external_data=False,
         )
+    if kv_in_place:
+        from edgekit.workshop.onnx_gqa import rewrite_file
+
+        rewrite_file(out_path, model.config.num_attention_heads, kv_heads)
     return signature(out_path)
 
 
