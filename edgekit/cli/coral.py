@@ -188,13 +188,7 @@ def compile_(bundle, compiler, out):
     models = compiler_order([b.path(f["path"]) for f in m["files"]
                              if f["path"].endswith(".tflite") and not f["path"].endswith("_edgetpu.tflite")],
                             m.get("signature"))
-    host, host_bytes = None, 0
-    if m["model"]["runtime"] == "litert-segments":
-        from edgekit.device.segmented_model import encoder_host_macs, host_macs, host_weight_bytes
-
-        encoder = m.get("task") == "feature-extraction"
-        host = (encoder_host_macs if encoder else host_macs)(m["signature"])
-        host_bytes = 0 if encoder else host_weight_bytes(m["signature"])
+    host, host_bytes = _host_work(m)
     with tempfile.TemporaryDirectory() as tmp:
         record = run_compile_stage(models, Path(tmp), compiler, log=lambda s: click.echo(s, err=True),
                                    host_macs_per_token=host, signature=m.get("signature"),
@@ -219,6 +213,17 @@ def compile_(bundle, compiler, out):
     if was_signed:
         click.echo(f"note: the compiled bundle has a new manifest, so its signature was dropped; sign it again: "
                    f"edgekit sign {out} --key KEY", err=True)
+
+
+def _host_work(m: dict) -> tuple[int | None, int]:
+    """(MACs, int8 weight bytes) per token a segmented bundle's host does outside its TPU files."""
+    if m["model"]["runtime"] != "litert-segments":
+        return None, 0
+    from edgekit.device.segmented_model import encoder_host_macs, host_macs, host_weight_bytes
+
+    if m.get("task") == "feature-extraction":
+        return encoder_host_macs(m["signature"]), 0
+    return host_macs(m["signature"]), host_weight_bytes(m["signature"])
 
 
 @coral.command("status")
