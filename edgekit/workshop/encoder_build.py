@@ -29,6 +29,7 @@ class EncoderFormat:
     calibrate: Callable | None
     extra_files: tuple[str, ...] = ("host_tables.npz",)
     extra_glob: str = ""
+    export_options: Callable | None = None  # as FormatSupport's: the build stage reads it for every format
 
 
 def encoder_support(fmt: str, layout: str = "single") -> EncoderFormat:
