@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgekit.core.accelerators import load_accelerator
 from edgekit.core.boards import list_boards
+from edgekit.core.coral_fit import head_bytes, layer_segment_bytes
 from edgekit.device import coral_sentence
 from edgekit.device.coral_latency import compact, segments_from_record, verdict_table
 
@@ -28,10 +29,10 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def decoder_segments(layers, hidden, inter, heads, kv_heads, head_dim, vocab, head_on_host=False) -> list[dict]:
     """Bias-free Llama segments in execution order: qkv, o, up (gate + up), down per layer, then the head
     (none when it runs on the host)."""
-    qkv = hidden * (heads + 2 * kv_heads) * head_dim
-    per = [("qkv", qkv), ("o", heads * head_dim * hidden), ("up", hidden * 2 * inter), ("down", inter * hidden)]
+    per = list(zip(("qkv", "o", "up", "down"), layer_segment_bytes(hidden, heads, kv_heads, head_dim, inter)))
     segs = [{"file": f"l{i:02d}_{r}", "parameter_bytes": n, "macs": n} for i in range(layers) for r, n in per]
-    return segs if head_on_host else segs + [{"file": "head", "parameter_bytes": hidden * vocab, "macs": hidden * vocab}]
+    head = head_bytes(hidden, vocab)
+    return segs if head_on_host else segs + [{"file": "head", "parameter_bytes": head, "macs": head}]
 
 
 def encoder_segments(layers, hidden, inter) -> list[dict]:
@@ -81,7 +82,7 @@ def known_models() -> dict:
         assert abs(got - mib) < 0.05, f"{name}: rebuilt {got:.2f} MiB vs coral.json {mib} MiB"
     out = {k: (v[0], 0) for k, v in models.items()}
     out["SmolLM2 Coral-sized (2 layers, LM head on host)"] = (decoder_segments(2, 576, 1536, 9, 3, 64, 49152, True),
-                                                              576 * 49152)
+                                                              head_bytes(576, 49152))
     return out
 
 

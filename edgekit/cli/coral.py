@@ -68,7 +68,8 @@ def check(model, as_json, subgraph, board, link):
     if as_json and verdict is not None:
         click.echo(json.dumps(verdict, indent=2))
         return
-    lines = verdict_lines
+    from edgekit.device.coral_latency import verdict_lines as lines
+
     if verdict is not None and verdict.get("unit") == "sentence":
         from edgekit.device.coral_sentence import verdict_lines as lines
     if as_json:
@@ -131,26 +132,6 @@ def _in_compiler_order(segments: list[dict], results: list) -> list[dict]:
         return segments
     order = [seg["file"] for seg in json.loads(manifest.read_text()).get("signature", {}).get("segments", [])]
     return sorted(segments, key=lambda s: (order.index(s["file"]) if s["file"] in order else len(order), s["file"]))
-
-
-def verdict_lines(v: dict) -> str:
-    """The human-readable verdict block; every figure says predicted."""
-    t, c, bd = v["tpu"], v["cpu"], v["tpu"]["breakdown"]
-    return "\n".join([
-        f"== verdict (predicted: no Edge TPU measured; figures and sources in accelerators/edgetpu.toml, "
-        f"boards/{v['board']}.toml)",
-        f"  Edge TPU over {v['link']} on {v['board']}: {t['tokens_per_second']:.3g} tokens/s predicted, "
-        f"{t['joules_per_token']:.3g} J/token predicted ({t['watts']:.3g} W)",
-        f"    per token: {bd['segments']} invokes {1e3 * bd['invoke_seconds']:.3g} ms + streamed "
-        f"{bd['streamed_bytes'] / 2**20:.3g} MiB {1e3 * bd['transfer_seconds']:.3g} ms + TPU compute "
-        f"{1e3 * bd['compute_seconds']:.3g} ms + host {1e3 * bd['host_seconds']:.3g} ms"
-        + (f" + host int8 matmul {bd['host_weight_bytes'] / 2**20:.3g} MiB {1e3 * bd['host_matmul_seconds']:.3g} ms"
-           if bd.get("host_weight_bytes") else "") + "; "
-        f"{bd['cached_segments']} of {bd['segments']} segments cached on chip ({bd['cached_bytes'] / 2**20:.3g} MiB)",
-        f"  {v['board']} CPU (arm-cpu bundle, same weights): {c['tokens_per_second']:.3g} tokens/s predicted, "
-        f"{c['joules_per_token']:.3g} J/token predicted ({c['watts']:.3g} W)",
-        f"  {v['verdict']}",
-    ])
 
 
 @coral.command("compile")

@@ -164,3 +164,27 @@ def verdict_record(edgetpu_record: dict) -> dict:
     return {"predicted": True, "default": first, "table": rows, "cpu_efficiency": CPU_EFFICIENCY,
             "cpu_efficiency_source": CPU_EFFICIENCY_SOURCE, "cache_rule": acc.cache_rule,
             "sources": "accelerators/edgetpu.toml and boards/*.toml (each figure with its source)"}
+
+
+def verdict_block(v: dict, body: list[str]) -> str:
+    """A verdict record `v` as text: the predicted-figures header, `body` (the TPU and CPU lines of its
+    unit: tokens or sentences), then the verdict itself."""
+    return "\n".join([f"== verdict (predicted: no Edge TPU measured; figures and sources in "
+                      f"accelerators/edgetpu.toml, boards/{v['board']}.toml)", *body, f"  {v['verdict']}"])
+
+
+def verdict_lines(v: dict) -> str:
+    """The human-readable verdict block of a decoder (per token); every figure says predicted."""
+    t, c, bd = v["tpu"], v["cpu"], v["tpu"]["breakdown"]
+    host_mm = (f" + host int8 matmul {bd['host_weight_bytes'] / 2**20:.3g} MiB {1e3 * bd['host_matmul_seconds']:.3g} ms"
+               if bd.get("host_weight_bytes") else "")
+    return verdict_block(v, [
+        f"  Edge TPU over {v['link']} on {v['board']}: {t['tokens_per_second']:.3g} tokens/s predicted, "
+        f"{t['joules_per_token']:.3g} J/token predicted ({t['watts']:.3g} W)",
+        f"    per token: {bd['segments']} invokes {1e3 * bd['invoke_seconds']:.3g} ms + streamed "
+        f"{bd['streamed_bytes'] / 2**20:.3g} MiB {1e3 * bd['transfer_seconds']:.3g} ms + TPU compute "
+        f"{1e3 * bd['compute_seconds']:.3g} ms + host {1e3 * bd['host_seconds']:.3g} ms{host_mm}; "
+        f"{bd['cached_segments']} of {bd['segments']} segments cached on chip ({bd['cached_bytes'] / 2**20:.3g} MiB)",
+        f"  {v['board']} CPU (arm-cpu bundle, same weights): {c['tokens_per_second']:.3g} tokens/s predicted, "
+        f"{c['joules_per_token']:.3g} J/token predicted ({c['watts']:.3g} W)",
+    ])

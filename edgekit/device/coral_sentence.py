@@ -139,9 +139,7 @@ def verdict_record(edgetpu_record: dict, signature: dict) -> dict:
 def verdict_lines(v: dict) -> str:
     """The human-readable verdict block for one board x link; every figure says predicted."""
     t, c, bd = v["tpu"], v["cpu"], v["tpu"]["breakdown"]
-    return "\n".join([
-        f"== verdict (predicted: no Edge TPU measured; figures and sources in accelerators/edgetpu.toml, "
-        f"boards/{v['board']}.toml)",
+    return coral_latency.verdict_block(v, [
         f"  Edge TPU over {v['link']} on {v['board']}: {t['embeddings_per_second']:.3g} embeddings/s predicted "
         f"({v['tokens']}-token sentences, {t['tokens_per_second']:.3g} tokens/s), "
         f"{t['joules_per_embedding']:.3g} J/embedding predicted ({t['watts']:.3g} W)",
@@ -153,5 +151,4 @@ def verdict_lines(v: dict) -> str:
         f"  {v['board']} CPU (arm-cpu bundle, same student, whole sentence per call): "
         f"{c['embeddings_per_second']:.3g} embeddings/s predicted ({c['tokens_per_second']:.3g} tokens/s), "
         f"{c['joules_per_embedding']:.3g} J/embedding predicted ({c['watts']:.3g} W)",
-        f"  {v['verdict']}",
     ])

@@ -57,6 +57,11 @@ class OnnxCausalLM:
         self.batch_refusal = None if isinstance(batch, str) or batch is None else (
             f"this bundle's ONNX graph has its batch fixed at {batch} (exported before edgekit had a batch "
             "axis): rebuild it to decode requests together")
+        # the last batched step's rows, kept so the same caches' next step reuses its work:
+        # copying graphs ([(cache, first past view, length)], attention mask, presents);
+        # in-place graphs ([(cache, first past view)], the IOBinding of the rows' buffers)
+        self._batch_copied = None
+        self._batch_bound = None
 
     def new_cache(self) -> KVCache:
         if self.inplace:
@@ -132,7 +137,7 @@ class OnnxCausalLM:
         for i, c in enumerate(caches):  # each row's tokens end at the right edge; the pads left out
             c.length += 1
             c.past = [o[i:i + 1, :, total - c.length:] for o in outputs[1:]]
-        self._last_batch = ([(c, c.past[0], c.length) for c in caches], feeds["attention_mask"], outputs[1:])
+        self._batch_copied = ([(c, c.past[0], c.length) for c in caches], feeds["attention_mask"], outputs[1:])
         return outputs[0][:, -1]
 
     def _forward_inplace(self, token_ids: list[int], cache: KVCache, last_only: bool) -> np.ndarray:
@@ -151,15 +156,15 @@ class OnnxCausalLM:
     def _forward_batch_inplace(self, token_ids: list[int], caches: list[KVCache]) -> np.ndarray:
         """Rows of one [B, ...] buffer per layer; each cache's past is a view of its row, so the same
         caches in the same order (whatever ran on each alone since) reuse the buffers as they are."""
-        last = getattr(self, "_last_batch", None)
+        last = self._batch_bound
         if last is None or len(last[0]) != len(caches) or any(
                 c is not ref or not c.past or c.past[0] is not view for c, (ref, view) in zip(caches, last[0])):
             buffers = onnx_inplace.full_buffers(caches, (self.kv_heads, self.head_dim), self.max_sequence_length)
             for i, c in enumerate(caches):
                 c.past = [b[i:i + 1] for b in buffers]
             binding = onnx_inplace.bind_buffers(self.session, self.output_names, self.past_names, buffers)
-            self._last_batch = ([(c, c.past[0]) for c in caches], binding)
-        binding = self._last_batch[1]
+            self._batch_bound = ([(c, c.past[0]) for c in caches], binding)
+        binding = self._batch_bound[1]
         feeds = onnx_inplace.step_feeds([[t] for t in token_ids], [c.length for c in caches])
         if self.selects:
             feeds["logits_rows"] = np.zeros(1, dtype=np.int64)
@@ -180,7 +185,7 @@ class OnnxCausalLM:
 
     def _kept_batch(self, caches: list[KVCache]):
         """(mask, presents) of the last batched step when `caches` are its rows, unchanged since."""
-        last = getattr(self, "_last_batch", None)
+        last = self._batch_copied
         if last is None or len(last[0]) != len(caches):
             return None
         for c, (ref, view, n) in zip(caches, last[0]):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.core.bundle import sibling_file
+from edgekit.core.coral_fit import head_bytes
 from edgekit.core.llama_spec import HOST_NORM_TABLES, spec_from_signature
 from edgekit.device import delegation
 from edgekit.device.tflite_model import RecordingRunner, SignatureCall, load_host_tables, make_interpreter
@@ -237,10 +238,6 @@ class HostHead:
         self.scale = None if scale is None else np.asarray(scale, np.float32)
         self.block_rows = block_rows
 
-    @property
-    def weight_bytes(self) -> int:
-        return int(self.rows.nbytes)
-
     def __call__(self, h: np.ndarray) -> np.ndarray:
         h = np.asarray(h, np.float32)
         if self.rows.dtype == np.float32:
@@ -349,7 +346,7 @@ def host_weight_bytes(signature: dict) -> int:
     the host (one byte per weight, hidden x vocab), else 0."""
     if signature.get("lm_head") != "host":
         return 0
-    return int(signature["hidden_size"]) * int(signature["vocab_size"])
+    return head_bytes(int(signature["hidden_size"]), int(signature["vocab_size"]))
 
 
 def _open(cls, model_path, manifest: dict, threads: int, session):
