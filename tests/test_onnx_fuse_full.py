@@ -65,11 +65,25 @@ def _ops(path):
     return Counter(n.op_type for n in model.graph.node), [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
 
 
+def _batch(path, prompt: list[int]) -> np.ndarray:
+    """Two caches of different lengths decoded together (serve --parallel's step), twice."""
+    import onnxruntime as ort
+
+    from edgekit.device.onnx_model import OnnxCausalLM
+
+    lm = OnnxCausalLM(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), MAX_LEN)
+    a, b = lm.new_cache(), lm.new_cache()
+    lm.forward(prompt, a)
+    lm.forward(prompt[:4], b)
+    return np.concatenate([lm.forward_batch([prompt[1], prompt[2]], [a, b]), lm.forward_batch([3, 5], [a, b])])
+
+
 def _same_numbers(folder, prompt):
     plain, plain_tokens = _run(folder / "plain.onnx", prompt, 12)
     fused, fused_tokens = _run(folder / "fused.onnx", prompt, 12)
     assert np.abs(plain - fused).max() <= 1e-4
     assert fused_tokens == plain_tokens
+    assert np.abs(_batch(folder / "plain.onnx", prompt) - _batch(folder / "fused.onnx", prompt)).max() <= 1e-4
 
 
 def test_tiny_llama_norms_and_rotary_fused_same_logits(tmp_path):
@@ -78,10 +92,11 @@ def test_tiny_llama_norms_and_rotary_fused_same_logits(tmp_path):
     layers = 3
     counts = _exports(_tiny_llama(), tmp_path)
     assert counts == {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2 * layers,
-                      "rotary_in_attention": layers, "rotary_kept_because": None}
+                      "rotary_in_attention": layers, "rotary_kept_because": None,
+                      "reshape_pairs_dropped": 3 * layers}
     ops, gqas = _ops(tmp_path / "fused.onnx")
     assert ops["SimplifiedLayerNormalization"] == 1 and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
-    assert not any(ops[op] for op in UNFUSED_OPS + ROTARY_OPS), ops
+    assert not any(ops[op] for op in UNFUSED_OPS + ROTARY_OPS) and not ops["Reshape"], ops
     plain_ops, _ = _ops(tmp_path / "plain.onnx")
     assert sum(ops.values()) < sum(plain_ops.values()) - 20 * layers
     for g in gqas:
@@ -101,6 +116,7 @@ def test_stories260k_norms_fused_rotary_kept_same_logits(tmp_path):
     layers = model.config.num_hidden_layers
     assert counts["SimplifiedLayerNormalization"] == 1 and counts["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert counts["rotary_in_attention"] == 0 and "multiple of 16" in counts["rotary_kept_because"]
+    assert counts["reshape_pairs_dropped"] == layers  # the values' only: q and k pass through the rotary
     ops, _ = _ops(tmp_path / "fused.onnx")
     assert not any(ops[op] for op in UNFUSED_OPS) and ops["Neg"] == 2 * layers
     prompt = tokenizer("Once upon a time, there was a little dog who liked to run in the park.")["input_ids"]
