@@ -166,6 +166,9 @@ def fuse_rmsnorms(model) -> dict:
     nodes = [replaced.get(id(n), n) for n in graph.node]
     del graph.node[:]
     graph.node.extend(n for n in nodes if n is not None)
+    from edgekit.workshop.onnx_gqa import _prune
+
+    _prune(graph)  # the chains' constants (exponent, axes, epsilon)
     return counts
 
 
