@@ -18,8 +18,9 @@ HIDDEN = 24
 RNG = np.random.default_rng(1)
 
 
-def _graph(exponent: float = 2.0, weighted: bool = True):
-    """out = rmsnorm(a + b) * w (HF's spelling), later = (a + b) * 3: the sum has a second reader."""
+def _graph(exponent: float = 2.0, weighted: bool = True, divide: bool = False):
+    """out = rmsnorm(a + b) * w (HF's spelling, or x / rms with `divide`), later = (a + b) * 3: the sum
+    has a second reader."""
     f = TensorProto.FLOAT
     consts = {"two": np.array(exponent, np.float32), "axes": np.array([-1]), "eps": np.array(1e-5, np.float32),
               "w": RNG.normal(1, 0.3, HIDDEN).astype(np.float32), "three": np.array(3, np.float32)}
@@ -29,8 +30,8 @@ def _graph(exponent: float = 2.0, weighted: bool = True):
         helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
         helper.make_node("Add", ["ms", "eps"], ["mse"]),
         helper.make_node("Sqrt", ["mse"], ["rms"]),
-        helper.make_node("Reciprocal", ["rms"], ["inv"]),
-        helper.make_node("Mul", ["h", "inv"], ["normed"]),
+        *([helper.make_node("Div", ["h", "rms"], ["normed"])] if divide else [
+            helper.make_node("Reciprocal", ["rms"], ["inv"]), helper.make_node("Mul", ["h", "inv"], ["normed"])]),
         helper.make_node("Mul", ["w", "normed"] if weighted else ["normed", "three"], ["out"]),
         helper.make_node("Mul", ["h", "three"], ["later"]),
     ]
@@ -43,8 +44,9 @@ def _run(model, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def test_residual_rmsnorm_becomes_skip_simplified_layer_norm_with_the_same_values():
-    model = _graph()
+@pytest.mark.parametrize("divide", [False, True])
+def test_residual_rmsnorm_becomes_skip_simplified_layer_norm_with_the_same_values(divide):
+    model = _graph(divide=divide)
     feeds = {n: RNG.normal(0, 2, (2, 3, HIDDEN)).astype(np.float32) for n in ("a", "b")}
     before = _run(model, feeds)
     counts = fuse_rmsnorms(model)

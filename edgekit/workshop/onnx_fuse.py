@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.workshop.onnx_gqa import prune
+
 ROTARY_HEAD_MULTIPLE = 16  # onnxruntime's GroupQueryAttention rotary needs head_size % 16 == 0
 MS = "com.microsoft"
 
@@ -77,8 +79,8 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _is_scalar(value, want: float, rtol: float = 0.0) -> bool:
-    return value is not None and value.size == 1 and abs(float(value.ravel()[0]) - want) <= rtol * abs(want)
+def _is_scalar(value, want: float) -> bool:
+    return value is not None and value.size == 1 and float(value.ravel()[0]) == want
 
 
 def _other(node, name: str) -> str:
@@ -92,7 +94,7 @@ def _rms_tail(ix: _Index, sqrt, x: str):
     user = ix.only_user(sqrt.output[0])
     if user is None:
         return None
-    if user.op_type == "Div" and user.input == [x, sqrt.output[0]]:
+    if user.op_type == "Div" and list(user.input) == [x, sqrt.output[0]]:
         return [user], user.output[0]
     if user.op_type == "Reciprocal" or (user.op_type == "Div" and user.input[1] == sqrt.output[0]
                                         and _is_scalar(ix.const(user.input[0]), 1.0)):
@@ -123,7 +125,7 @@ def _match_rmsnorm(ix: _Index, pow_node):
         return None
     scale = ix.only_user(tail[1], "Mul")
     weight = scale is not None and _other(scale, tail[1])
-    if scale is None or weight not in ix.inits or ix.const(weight).ndim != 1:
+    if scale is None or weight not in ix.inits or ix.const(weight).ndim != 1 or ix.const(weight).size < 2:
         return None
     return {"x": x, "eps": float(eps.ravel()[0]), "weight": weight, "out": scale.output[0],
             "nodes": [pow_node, mean, add, sqrt, *tail[0], scale]}
@@ -166,9 +168,7 @@ def fuse_rmsnorms(model) -> dict:
     nodes = [replaced.get(id(n), n) for n in graph.node]
     del graph.node[:]
     graph.node.extend(n for n in nodes if n is not None)
-    from edgekit.workshop.onnx_gqa import _prune
-
-    _prune(graph)  # the chains' constants (exponent, axes, epsilon)
+    prune(graph)  # the chains' constants (exponent, axes, epsilon)
     return counts
 
 
@@ -295,8 +295,6 @@ def fuse_rotary(model, max_positions: int) -> dict:
     """Move q/k rotary into each GroupQueryAttention of `model` (in place); {count, kept: reason|None}."""
     from onnx import numpy_helper
 
-    from edgekit.workshop.onnx_gqa import _prune
-
     graph = model.graph
     ix = _Index(graph)
     gqas = [n for n in graph.node if n.op_type == "GroupQueryAttention" and n.domain == MS
@@ -318,7 +316,7 @@ def fuse_rotary(model, max_positions: int) -> dict:
             graph.initializer.extend(numpy_helper.from_array(t, n) for t, n in zip(tables, names[key]))
     for gqa, pair in plans:
         _rewire(ix, gqa, pair, names[(pair[0][1]["cos"], pair[0][1]["sin"])])
-    _prune(graph)
+    prune(graph)
     return {"count": len(plans), "kept": None}
 
 
@@ -341,8 +339,6 @@ def _projection_of(ix: _Index, name: str, head_dim: int) -> str | None:
 
 def drop_reshape_pairs(model) -> int:
     """GroupQueryAttention q/k/v read as Reshape(Reshape(x @ W)) back to x @ W's own shape: read x @ W."""
-    from edgekit.workshop.onnx_gqa import _prune
-
     ix = _Index(model.graph)
     head_dim, count = _head_dim(model.graph), 0
     for gqa in (n for n in model.graph.node if n.op_type == "GroupQueryAttention"):
@@ -351,7 +347,7 @@ def drop_reshape_pairs(model) -> int:
             if projection is not None:
                 gqa.input[slot] = projection
                 count += 1
-    _prune(model.graph)
+    prune(model.graph)
     return count
 
 
