@@ -66,10 +66,14 @@ def test_manifest_records_stages_files_and_metrics(stories_bundle):
     assert {f["path"] for f in m["files"]} == {"model.onnx", "tokenizer.json", "generation.json", "reference.npz"}
     stages = [s["name"] for s in m["provenance"]["stages"]]
     assert stages == ["distill", "export", "quantize", "verify", "package"]
+    fused = m["provenance"]["stages"][1]["metrics"]["fused"]  # edgekit/workshop/onnx_fuse.py, 3 layers
+    assert fused["SimplifiedLayerNormalization"] == 1 and fused["SkipSimplifiedLayerNormalization"] == 2 * 3
+    assert fused["rotary_in_attention"] == 0 and "multiple of 16" in fused["rotary_kept_because"]  # head_dim 8
     quant = m["provenance"]["stages"][2]
     assert quant["inputs"][0]["role"] == "model" and len(quant["outputs"][0]["sha256"]) == 64
     assert quant["metrics"]["bytes"] < quant["metrics"]["bytes_before"]
     assert quant["metrics"]["ops"]["MatMulNBits"] == 3 * 7 + 1  # q, k, v, o, gate, up, down per layer + LM head
+    assert quant["metrics"]["ops"]["SkipSimplifiedLayerNormalization"] == 2 * 3 and "Pow" not in quant["metrics"]["ops"]
     v = m["metrics"]["verify"]
     assert v["tokenizer_match"] is True and v["greedy_agreement"] >= 0.9
     d = m["provenance"]["stages"][0]["metrics"]["distill"]

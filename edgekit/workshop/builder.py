@@ -171,11 +171,12 @@ def stage_export(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
     shapes = ctx.target.data["shapes"]
     options = ctx.support.export_options(ctx.recipe) if ctx.support.export_options else {}
     sig = ctx.support.export(model, path, max_seq, shapes.get("prefill_length", 64), **options)
+    fused = sig.pop("fused", None)  # graph fusions an exporter applied (onnx_fuse counts), a metric
     files = _model_files(ctx.support, d)
     return StageOutput(files=files, values={"signature": sig, "max_sequence_length": max_seq},
                        parameters={"format": ctx.target.format, "max_sequence_length": max_seq,
                                    "static_shapes": shapes["static"], **options},
-                       metrics={"bytes": _bytes(files)})
+                       metrics={"bytes": _bytes(files), **({"fused": fused} if fused is not None else {})})
 
 
 def _calibration_windows(ctx: BuildContext, tokenizer, max_len: int, count: int = 24) -> list[list[int]]:

@@ -11,7 +11,8 @@ is dynamic (`batch`): the device runner decodes several requests in one step (se
 left-padding shorter caches with attention_mask 0; one request runs with B = 1.
 By default (kv_in_place) the traced attention is then rewritten into onnxruntime's GroupQueryAttention
 (edgekit/workshop/onnx_gqa.py: attention_mask gives way to seqlens_k / total_sequence_length, and
-past/present become buffers of a fixed capacity the runner updates in place).
+past/present become buffers of a fixed capacity the runner updates in place), then (fuse) RMSNorms and
+the rotary embedding become onnxruntime's fused kernels (edgekit/workshop/onnx_fuse.py; interface unchanged).
 May import: stdlib, torch, transformers, onnx.
 """
 
@@ -70,10 +71,12 @@ def io_names(layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length: int = 0,
-                kv_in_place: bool = True) -> dict:
-    """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature.
-    Shapes are dynamic, so `prefill_length` (a static-shape setting) is not used. `kv_in_place`:
-    attention as GroupQueryAttention over KV buffers updated in place (else Concat'ed presents)."""
+                kv_in_place: bool = True, fuse: bool = True) -> dict:
+    """Export `model` (left untouched: a deep copy is traced) to `out_path`; returns the signature,
+    with what was fused under "fused" when `fuse`. Shapes are dynamic, so `prefill_length` (a
+    static-shape setting) is not used. `kv_in_place`: attention as GroupQueryAttention over KV
+    buffers updated in place (else Concat'ed presents). `fuse`: RMSNorms and (with kv_in_place)
+    the rotary embedding as onnxruntime's fused kernels (edgekit/workshop/onnx_fuse.py)."""
     layers, kv_heads, head_dim = kv_shape(model.config)
     model = copy.deepcopy(model).eval()
     if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
@@ -115,7 +118,12 @@ def export_onnx(model, out_path: Path, max_sequence_length: int, prefill_length:
         from edgekit.workshop.onnx_gqa import rewrite_file
 
         rewrite_file(out_path, model.config.num_attention_heads, kv_heads)
-    return signature(out_path)
+    fused = None
+    if fuse:
+        from edgekit.workshop.onnx_fuse import fuse_file
+
+        fused = fuse_file(out_path, max_sequence_length)
+    return {**signature(out_path), **({"fused": fused} if fused is not None else {})}
 
 
 def signature(onnx_path: Path) -> dict:

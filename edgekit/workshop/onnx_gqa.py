@@ -93,7 +93,7 @@ def _layer(graph, i: int, producer, consumers, heads: tuple[int, int]) -> tuple[
     return nodes, [ck, cv, out_reshape], out_reshape.output[0]
 
 
-def _prune(graph) -> None:
+def prune(graph) -> None:
     """Drop nodes, initializers and inputs nothing reaches the outputs through."""
     producer, _ = _index(graph)
     live, stack = set(), [o.name for o in graph.output]
@@ -143,7 +143,7 @@ def to_gqa(model, num_heads: int, kv_heads: int):
         if value.name.startswith(("past_", "present_")):
             value.type.tensor_type.shape.dim[2].ClearField("dim_value")
             value.type.tensor_type.shape.dim[2].dim_param = "capacity"
-    _prune(graph)
+    prune(graph)
     del graph.value_info[:]
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
