@@ -48,7 +48,8 @@ class EdgekitEngine:
         sys.path.insert(0, str(root))
         from edgekit.device.runtime import load
 
-        self.model = load(Path(path), threads=threads).model
+        # allow_cpu_fallback: the mobile-gpu and coral bundles run on this CPU (no GPU delegate, no Edge TPU)
+        self.model = load(Path(path), threads=threads, allow_cpu_fallback=True).model
 
     def speed(self, prompt: list[int], new: int) -> dict:
         cache = self.model.new_cache()
