@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.workshop.onnx_gqa import prune
+from edgekit.workshop.onnx_gqa import index, prune
 
 ROTARY_HEAD_MULTIPLE = 16  # onnxruntime's GroupQueryAttention rotary needs head_size % 16 == 0
 MS = "com.microsoft"
@@ -38,11 +38,7 @@ class _Index:
         from onnx import numpy_helper
 
         self.graph = graph
-        self.producer = {o: n for n in graph.node for o in n.output}
-        self.consumers: dict[str, list] = {}
-        for n in graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        self.producer, self.consumers = index(graph)
         self.inits = {t.name: t for t in graph.initializer}
         self._to_array = numpy_helper.to_array
         self.outputs = {o.name for o in graph.output}

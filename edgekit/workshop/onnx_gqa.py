@@ -28,7 +28,7 @@ import numpy as np
 GQA_INPUTS = ("seqlens_k", "total_sequence_length")
 
 
-def _index(graph):
+def index(graph):
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -95,7 +95,7 @@ def _layer(graph, i: int, producer, consumers, heads: tuple[int, int]) -> tuple[
 
 def prune(graph) -> None:
     """Drop nodes, initializers and inputs nothing reaches the outputs through."""
-    producer, _ = _index(graph)
+    producer, _ = index(graph)
     live, stack = set(), [o.name for o in graph.output]
     keep = set()
     while stack:
@@ -124,7 +124,7 @@ def to_gqa(model, num_heads: int, kv_heads: int):
 
     graph = model.graph
     layers = sum(1 for o in graph.output if o.name.startswith("present_key_"))
-    producer, consumers = _index(graph)
+    producer, consumers = index(graph)
     new, old = [], set()
     for i in range(layers):
         nodes, dropped, _ = _layer(graph, i, producer, consumers, (num_heads, kv_heads))
