@@ -21,11 +21,9 @@ itself). May import: stdlib, numpy, onnx.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from edgekit.workshop.onnx_gqa import index, prune
+from edgekit.workshop.onnx_gqa import attribute, index, prune
 
 ROTARY_HEAD_MULTIPLE = 16  # onnxruntime's GroupQueryAttention rotary needs head_size % 16 == 0
 MS = "com.microsoft"
@@ -66,15 +64,6 @@ class _Index:
         return node if node is not None and node.op_type == op else None
 
 
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _is_scalar(value, want: float) -> bool:
     return value is not None and value.size == 1 and float(value.ravel()[0]) == want
 
@@ -106,9 +95,9 @@ def _match_rmsnorm(ix: _Index, pow_node):
     if not _is_scalar(ix.const(pow_node.input[1]), 2.0):
         return None
     mean = ix.only_user(pow_node.output[0], "ReduceMean")
-    if mean is None or _attr(mean, "keepdims", 1) != 1:
+    if mean is None or attribute(mean, "keepdims", 1) != 1:
         return None
-    axes = _attr(mean, "axes") if len(mean.input) < 2 else ix.const(mean.input[1])
+    axes = attribute(mean, "axes") if len(mean.input) < 2 else ix.const(mean.input[1])
     if axes is None or list(np.ravel(axes)) != [-1]:
         return None
     add = ix.only_user(mean.output[0], "Add")
@@ -183,7 +172,7 @@ def _slice_range(ix: _Index, node, x: str):
 def _rotate_half_of(ix: _Index, name: str, x: str, half: int) -> list | None:
     """Nodes of Concat(-x[..., half:], x[..., :half]) producing `name`, else None."""
     cat = ix.source(name, "Concat")
-    if cat is None or _attr(cat, "axis") not in (-1, 3) or len(cat.input) != 2:
+    if cat is None or attribute(cat, "axis") not in (-1, 3) or len(cat.input) != 2:
         return None
     neg, first = ix.source(cat.input[0], "Neg"), ix.producer.get(cat.input[1])
     second = neg and ix.producer.get(neg.input[0])
@@ -243,7 +232,7 @@ def _gqa_operand(ix: _Index, gqa, slot: int):
     """(Reshape, Transpose) feeding GroupQueryAttention input `slot` (onnx_gqa's flat(): BNSD -> BSND -> [B,S,N*D])."""
     reshape = ix.source(gqa.input[slot], "Reshape")
     t = reshape and ix.source(reshape.input[0], "Transpose")
-    return (reshape, t) if t is not None and _attr(t, "perm") == [0, 2, 1, 3] else None
+    return (reshape, t) if t is not None and attribute(t, "perm") == [0, 2, 1, 3] else None
 
 
 def _head_dim(graph) -> int:
@@ -277,7 +266,7 @@ def _rewire(ix: _Index, gqa, pair, tables: tuple[str, str]) -> None:
 
     for (reshape, transpose), match in pair:
         source = ix.source(match["x"], "Transpose")
-        if source is not None and _attr(source, "perm") == [0, 2, 1, 3]:
+        if source is not None and attribute(source, "perm") == [0, 2, 1, 3]:
             reshape.input[0] = source.input[0]  # [B,S,N,D] before the BNSD transpose: no transposes
         else:
             transpose.input[0] = match["x"]
@@ -294,7 +283,7 @@ def fuse_rotary(model, max_positions: int) -> dict:
     graph = model.graph
     ix = _Index(graph)
     gqas = [n for n in graph.node if n.op_type == "GroupQueryAttention" and n.domain == MS
-            and not _attr(n, "do_rotary", 0)]
+            and not attribute(n, "do_rotary", 0)]
     if not gqas:
         return {"count": 0, "kept": "no GroupQueryAttention without rotary in the graph"}
     head_dim = _head_dim(graph)
@@ -353,13 +342,3 @@ def fuse(model, max_positions: int) -> dict:
     rotary = fuse_rotary(model, max_positions)
     return {**norms, "rotary_in_attention": rotary["count"], "rotary_kept_because": rotary["kept"],
             "reshape_pairs_dropped": drop_reshape_pairs(model)}
-
-
-def fuse_file(path: Path, max_positions: int) -> dict:
-    """Fuse the ONNX file at `path` in place (see fuse); returns the counts."""
-    import onnx
-
-    model = onnx.load(str(path))
-    counts = fuse(model, max_positions)
-    onnx.save(model, str(path))
-    return counts

@@ -21,11 +21,19 @@ May import: stdlib, numpy, onnx.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 GQA_INPUTS = ("seqlens_k", "total_sequence_length")
+
+
+def attribute(node, name: str, default=None):
+    """The value of `node`'s attribute `name` (ints/floats/lists as Python values), or `default`."""
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def index(graph):
@@ -53,7 +61,7 @@ def _first_after(start: str, consumers, want) -> object:
 
 
 def _perm(node) -> list[int]:
-    return [list(a.ints) for a in node.attribute if a.name == "perm"][0] if node.op_type == "Transpose" else []
+    return list(attribute(node, "perm")) if node.op_type == "Transpose" else []
 
 
 def _layer(graph, i: int, producer, consumers, heads: tuple[int, int]) -> tuple[list, list, str]:
@@ -164,11 +172,3 @@ def _toposort(nodes: list, available: set) -> list:
             raise ValueError(f"graph has a cycle or a missing input near {rest[0].name}")
         pending = rest
     return out
-
-
-def rewrite_file(path: Path, num_heads: int, kv_heads: int) -> None:
-    """Rewrite the ONNX file at `path` in place (see to_gqa)."""
-    import onnx
-
-    model = to_gqa(onnx.load(str(path)), num_heads, kv_heads)
-    onnx.save(model, str(path))

@@ -16,11 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+from edgekit.workshop.onnx_gqa import attribute
 
 
 def _find(graph) -> tuple | str:
@@ -33,13 +29,13 @@ def _find(graph) -> tuple | str:
         return f"{len(pairs)} int8 embedding Gather tables (expected 1)"
     gather, dq = pairs[0]
     rows, cols = inits[gather.input[0]].dims
-    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and _attrs(n).get("N") == rows
-             and _attrs(n).get("K") == cols]
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits" and attribute(n, "N") == rows
+             and attribute(n, "K") == cols]
     if len(heads) != 1:
         return f"{len(heads)} MatMulNBits with N={rows}, K={cols} (the LM head; expected 1)"
-    a = _attrs(heads[0])
-    if a.get("bits") != 8 or (len(heads[0].input) > 3 and heads[0].input[3]):
-        return f"the LM head is {a.get('bits')}-bit{' with zero points' if len(heads[0].input) > 3 else ''}, not symmetric 8-bit"
+    bits = attribute(heads[0], "bits")
+    if bits != 8 or (len(heads[0].input) > 3 and heads[0].input[3]):
+        return f"the LM head is {bits}-bit{' with zero points' if len(heads[0].input) > 3 else ''}, not symmetric 8-bit"
     return gather, dq, heads[0]
 
 
