@@ -91,6 +91,21 @@ def test_distill_cli_reports_finite_perplexity(tmp_path):
     assert ev["perplexity"] == pytest.approx(p["student"], rel=1e-3)  # same text, same windows
 
 
+def test_step_floor_outlasts_the_time_budget_but_not_the_step_cap(tmp_path):
+    # a budget of 60 microseconds runs out during the first step: the floor keeps training to 6 steps
+    out = tmp_path / "student"
+    common = ("distill", "--recipe", "stories260k", "--max-minutes", "0.000001", "--eval-every-minutes", "0")
+    res = run_cli(*common, "--min-steps", "6", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "distill_metrics.json").read_text())["steps"] == 6
+    assert res.stderr.count("before the recipe's floor of 6 steps") == 1  # said once, not every step
+    res = run_cli(*common, "--min-steps", "0", "--restart", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0 and json.loads((out / "distill_metrics.json").read_text())["steps"] == 1
+    assert "floor" not in res.stderr
+    res = run_cli(*common, "--min-steps", "6", "--max-steps", "3", "--restart", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0 and json.loads((out / "distill_metrics.json").read_text())["steps"] == 3
+
+
 def test_interrupted_distillation_resumes(tmp_path):
     out = tmp_path / "student"
     ckpt = tmp_path / "student.checkpoints" / "checkpoint" / "state.json"

@@ -33,6 +33,9 @@ from edgekit.core.units import format_bytes
 @click.option("--max-minutes", type=click.FloatRange(0, None), default=None,
               help="Distillation training budget in minutes (overrides the recipe).")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Distillation step limit (overrides the recipe).")
+@click.option("--min-steps", type=click.IntRange(0, None), default=None,
+              help="Train at least this many steps even when --max-minutes runs out first (overrides the recipe's "
+                   "floor, which keeps a slow or busy CPU from producing a weaker student than the gate expects).")
 @click.option("--compiler", default=None, metavar="PATH",
               help="Accelerator compiler for targets with a [compile] step (coral: edgetpu_compiler; "
                    "default: found on PATH, else the step is recorded as pending).")
@@ -50,7 +53,7 @@ from edgekit.core.units import format_bytes
               help="With --with-draft: take this already built student bundle as the draft instead of building one.")
 @click.option("--auto-layers", type=click.IntRange(2, None), default=None, metavar="N",
               help="The student keeps N teacher layers chosen by influence (overrides the recipe).")
-def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, compiler,
+def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_minutes, max_steps, min_steps, compiler,
           chat_prompts, sign_key, with_draft, draft_bundle, auto_layers):
     """Build a device bundle: distill -> export -> quantize -> verify -> package.
 
@@ -88,7 +91,7 @@ def build(target, recipe, teacher, precision, out, work_dir, tar, no_gate, max_m
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     log(f"edgekit {__version__}: recipe {rcp.name}, target {tgt.name} ({prec}), teacher {source}")
     ctx = BuildContext(target=tgt, recipe=rcp, teacher_source=source, precision=prec, out=out, work_dir=work_dir,
-                       gate=not no_gate, tar=tar, log=log, max_minutes=max_minutes, max_steps=max_steps,
+                       gate=not no_gate, tar=tar, log=log, max_minutes=max_minutes, max_steps=max_steps, min_steps=min_steps,
                        compiler=compiler, sign=signer, chat_prompts=chat_prompts)
     if with_draft:
         from edgekit.workshop.pair_build import run_pair_build
@@ -119,6 +122,8 @@ def _int_list(value: str | None) -> list[int] | None:
 @click.option("--data", "data", multiple=True, help="Training text file or folder (repeatable; overrides the recipe).")
 @click.option("--max-minutes", type=click.FloatRange(0, None), default=None, help="Training-time budget in minutes.")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Stop after this many optimizer steps.")
+@click.option("--min-steps", type=click.IntRange(0, None), default=None,
+              help="Train at least this many steps even when --max-minutes runs out first (overrides the recipe).")
 @click.option("--checkpoint-every", type=click.IntRange(1, None), default=None, help="Steps between checkpoints.")
 @click.option("--batch-size", type=click.IntRange(1, None), default=None,
               help="Windows per step per process (overrides the recipe); the global batch is this x processes.")
@@ -131,7 +136,7 @@ def _int_list(value: str | None) -> list[int] | None:
                    "instead of the recipe's number: a quicker, weaker trial; the recipe's fixed held-out "
                    "questions are always kept.")
 @click.option("--restart", is_flag=True, help="Discard an existing checkpoint instead of resuming from it.")
-def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minutes, max_steps, checkpoint_every,
+def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minutes, max_steps, min_steps, checkpoint_every,
             batch_size, eval_every_minutes, chat_prompts, out, restart):
     """Distill the recipe's teacher into a smaller student (a standard Hugging Face folder).
 
@@ -148,7 +153,7 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
     if rcp.task != "text-generation":
         from edgekit.workshop.encoder import distill_encoder_cli
 
-        distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, max_minutes, max_steps, out, restart)
+        distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, (max_minutes, max_steps, min_steps), out)
         return
     from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
     from edgekit.workshop.teacher import teacher_from_cli
@@ -157,6 +162,7 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
     d = rcp.data["distill"]
     budget = Budget(max_steps=d["max_steps"] if max_steps is None else max_steps,
                     max_minutes=d["max_minutes"] if max_minutes is None else max_minutes,
+                    min_steps=d["min_steps"] if min_steps is None else min_steps,
                     checkpoint_every=checkpoint_every or d["checkpoint_every"], eval_every_minutes=eval_every_minutes)
     settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
                                     keep, auto_layers, ffn_ratio, max_minutes=budget.max_minutes)

@@ -93,6 +93,9 @@ SCHEMA = Table(
                 "seq_len": Field(int, default=128, minimum=8),
                 "max_steps": Field(int, default=0, minimum=0, doc="0 = no step limit"),
                 "max_minutes": Field(float, default=0.0, minimum=0.0, doc="training-time budget; 0 = none"),
+                "min_steps": Field(int, default=0, minimum=0,
+                                   doc="steps trained even when max_minutes runs out first (a slow or busy CPU "
+                                       "fits fewer steps in the same minutes; max_steps still caps); 0 = none"),
                 "checkpoint_every": Field(int, default=50, minimum=1, doc="steps between checkpoints"),
                 "eval_fraction": Field(float, default=0.05, minimum=0.0, maximum=0.5,
                                        doc="tail of each training file held out for evaluation"),

@@ -89,6 +89,7 @@ class BuildContext:
     log: Callable[[str], None] = print
     max_minutes: float | None = None  # distillation budget overrides (None = recipe's)
     max_steps: int | None = None
+    min_steps: int | None = None
     compiler: str | None = None  # accelerator compiler path (coral: edgetpu_compiler)
     chat_prompts: int | None = None  # cap on generated chat prompts (None = the recipe's)
     sign: Callable[[bytes], bytes] | None = None  # manifest bytes -> manifest.sig bytes (build --sign)
@@ -127,6 +128,7 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         dcfg = ctx.recipe.data["distill"]
         budget = Budget(max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
                         max_minutes=dcfg["max_minutes"] if ctx.max_minutes is None else ctx.max_minutes,
+                        min_steps=dcfg["min_steps"] if ctx.min_steps is None else ctx.min_steps,
                         checkpoint_every=dcfg["checkpoint_every"])
         settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source,
                                         max_minutes=budget.max_minutes)
@@ -140,7 +142,8 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
                    "student_parameters": dm["parameters"]["student"]["total"],
                    "distill": {k: v for k, v in dm.items() if k != "settings"}}
         metrics["student_gate"] = apply_student_gate(dm, ctx.recipe.data["gate"], ctx.gate, ctx.log)
-        params = {"mode": mode, **dm["settings"], "max_steps": budget.max_steps, "max_minutes": budget.max_minutes}
+        params = {"mode": mode, **dm["settings"], "max_steps": budget.max_steps, "max_minutes": budget.max_minutes,
+                  "min_steps": budget.min_steps}
     if not (student_dir / "tokenizer.json").is_file():
         raise BuildError(f"tokenizer of {teacher_path} could not be converted to tokenizer.json")
     return StageOutput(

@@ -6,7 +6,8 @@ The loop runs under Hugging Face Accelerate: single-process CPU by default, and
 `accelerate launch -m edgekit.workshop.distill --recipe R ...` spreads it over GPUs/nodes (each
 process takes its share of every global batch). Checkpoints (student, optimizer, step, elapsed
 seconds, curve) are written atomically every N steps and on Ctrl-C; running again with the same
-settings resumes. `max_minutes` bounds training time across resumes. Times are seconds unless
+settings resumes. `max_minutes` bounds training time across resumes; `min_steps` is trained even when
+the minutes run out first (a slow or busy CPU), `max_steps` caps both. Times are seconds unless
 named minutes. May import: stdlib, torch, transformers, accelerate, tqdm, edgekit.
 """
 

@@ -122,6 +122,7 @@ class TrainingLoop:
         self.pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.data, self.chat, self.state, self.ckpt, self.log, self.clock = data, chat, state, ckpt, log, clock
         self.tokenizer = tokenizer
+        self._floor_noted = False  # said once that the time budget ran out before budget.min_steps
         gen = torch.Generator().manual_seed(settings.seed)
         self.order = torch.randperm(len(data.train), generator=gen).tolist()
         self.chat_order = torch.randperm(len(chat.train), generator=gen).tolist() if chat else []
@@ -201,7 +202,9 @@ class TrainingLoop:
         last_eval = st["train_seconds"]
         self.student.train()
         try:
-            while st["step"] < max_steps and st["train_seconds"] < max_seconds:
+            while st["step"] < max_steps and (st["train_seconds"] < max_seconds or st["step"] < b.min_steps):
+                if st["step"] < b.min_steps <= max_steps and st["train_seconds"] >= max_seconds:
+                    self._note_floor(st["step"])
                 t0 = self.clock()
                 parts = self.step()
                 self.commit(parts, parts["chat"])
@@ -225,6 +228,14 @@ class TrainingLoop:
             st["curve"].append(self.evaluate())
         st["done"] = True
         self.checkpoint()
+
+    def _note_floor(self, step: int) -> None:
+        """Say once that the time budget ran out before the step floor (the run goes on to it)."""
+        if not self._floor_noted:
+            self._floor_noted = True
+            self.log(f"the {self.b.max_minutes:g}-minute budget ran out at step {step}, before the recipe's floor of "
+                     f"{self.b.min_steps} steps (this CPU is slower or busier than the one the gate was measured on): "
+                     f"training on to step {self.b.min_steps}")
 
     def log_point(self, p: dict) -> None:
         chat = (f"; chat answers {p['chat_perplexity_ratio']:.3f}x, agreement {p['chat_agreement']:.3f}"

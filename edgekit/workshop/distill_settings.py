@@ -56,6 +56,7 @@ class Budget:
 
     max_steps: int = 0  # 0 = no step limit
     max_minutes: float = 0.0  # 0 = no time limit
+    min_steps: int = 0  # trained even past max_minutes (max_steps still caps); 0 = none
     checkpoint_every: int = 50
     eval_every_minutes: float = 2.0
     eval_tokens: int = 4096

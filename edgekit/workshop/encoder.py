@@ -73,7 +73,7 @@ def sts_spearman(model, tokenizer, rows: list[tuple[str, str, float]], batch: in
 
 
 def distill_encoder(teacher_path: Path, keep_layers: list[int], train_files: list[Path], eval_file: Path,
-                    out_dir: Path, max_minutes: float = 10.0, max_steps: int = 0, batch_size: int = 32,
+                    out_dir: Path, max_minutes: float = 10.0, max_steps: int = 0, min_steps: int = 0, batch_size: int = 32,
                     learning_rate: float = 1e-4, mse_weight: float = 1.0, seed: int = 0,
                     log=print, clock=time.monotonic) -> dict:
     """Distil an encoder; save it (HF folder + sentence-transformers pooling files) to out_dir."""
@@ -91,7 +91,7 @@ def distill_encoder(teacher_path: Path, keep_layers: list[int], train_files: lis
     rng = random.Random(seed)
     steps, seconds, limit = 0, 0.0, (max_minutes * 60 if max_minutes > 0 else float("inf"))
     student.train()
-    while seconds < limit and (max_steps == 0 or steps < max_steps):
+    while (seconds < limit or steps < min_steps) and (max_steps == 0 or steps < max_steps):
         t0 = clock()
         batch = rng.sample(sentences, min(batch_size, len(sentences)))
         target = embed(teacher, tok, batch)
@@ -130,8 +130,9 @@ def distill_encoder(teacher_path: Path, keep_layers: list[int], train_files: lis
     return metrics
 
 
-def distill_encoder_cli(recipe, teacher, keep_layers, data, max_minutes, max_steps, out, restart) -> dict:
-    """`edgekit distill` for feature-extraction recipes (restart is implied: runs are short)."""
+def distill_encoder_cli(recipe, teacher, keep_layers, data, limits: tuple, out) -> dict:
+    """`edgekit distill` for feature-extraction recipes (restart is implied: runs are short). `limits`:
+    the CLI's (max_minutes, max_steps, min_steps), None where the recipe's value applies."""
     import click
 
     from edgekit.workshop.teacher import resolve_teacher, teacher_from_cli
@@ -144,8 +145,7 @@ def distill_encoder_cli(recipe, teacher, keep_layers, data, max_minutes, max_ste
     (eval_file,) = textdata.expand_paths(recipe.data["data"]["eval"][:1])
     out = out or Path("students") / recipe.name
     m = distill_encoder(path, list(keep_layers or recipe.student["keep_layers"]), train, eval_file, out,
-                        max_minutes=d["max_minutes"] if max_minutes is None else max_minutes,
-                        max_steps=d["max_steps"] if max_steps is None else max_steps,
+                        **{k: d[k] if v is None else v for k, v in zip(("max_minutes", "max_steps", "min_steps"), limits)},
                         batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                         log=lambda msg: click.echo(msg, err=True))
     for name, r in m["sts"].items():
