@@ -1,7 +1,8 @@
 """Full tier: the export's fusion pass (edgekit/workshop/onnx_fuse.py) on real exports, against the same
 export unfused, run by the device runner (prompt, a chunk after it, greedy single-token steps):
 a tiny random Llama with head_dim 16 (norms and rotary fused) and stories260k (head_dim 8: norms fused,
-rotary kept in the graph because onnxruntime's GroupQueryAttention rotary needs head_size % 16 == 0)."""
+rotary kept in the graph because onnxruntime's GroupQueryAttention rotary needs head_size % 16 == 0);
+both with their q/k/v and gate/up MatMuls packed (edgekit/workshop/onnx_pack.py)."""
 
 from __future__ import annotations
 
@@ -93,8 +94,11 @@ def test_tiny_llama_norms_and_rotary_fused_same_logits(tmp_path):
     counts = _exports(_tiny_llama(), tmp_path)
     assert counts == {"SimplifiedLayerNormalization": 1, "SkipSimplifiedLayerNormalization": 2 * layers,
                       "rotary_in_attention": layers, "rotary_kept_because": None,
-                      "reshape_pairs_dropped": 3 * layers}
+                      "reshape_pairs_dropped": 3 * layers, "packed_matmuls": 2 * layers, "matmuls_saved": 3 * layers}
     ops, gqas = _ops(tmp_path / "fused.onnx")
+    # q/k/v: one MatMul the attention reads packed (key, value empty); gate/up: one MatMul + Split
+    assert ops["MatMul"] == 4 * layers + 1 and ops["Split"] == layers
+    assert all(g.input[1] == "" and g.input[2] == "" for g in gqas)
     assert ops["SimplifiedLayerNormalization"] == 1 and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert not any(ops[op] for op in UNFUSED_OPS + ROTARY_OPS) and not ops["Reshape"], ops
     plain_ops, _ = _ops(tmp_path / "plain.onnx")
@@ -117,7 +121,9 @@ def test_stories260k_norms_fused_rotary_kept_same_logits(tmp_path):
     assert counts["SimplifiedLayerNormalization"] == 1 and counts["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert counts["rotary_in_attention"] == 0 and "multiple of 16" in counts["rotary_kept_because"]
     assert counts["reshape_pairs_dropped"] == layers  # the values' only: q and k pass through the rotary
+    assert counts["packed_matmuls"] == 2 * layers and counts["matmuls_saved"] == 3 * layers
     ops, _ = _ops(tmp_path / "fused.onnx")
+    assert ops["MatMul"] == 4 * layers + 1 and ops["Split"] == 2 * layers  # the rotary reads q and k apart
     assert not any(ops[op] for op in UNFUSED_OPS) and ops["Neg"] == 2 * layers
     prompt = tokenizer("Once upon a time, there was a little dog who liked to run in the park.")["input_ids"]
     _same_numbers(tmp_path, prompt)
