@@ -98,12 +98,14 @@ def test_step_floor_outlasts_the_time_budget_but_not_the_step_cap(tmp_path):
     res = run_cli(*common, "--min-steps", "6", "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads((out / "distill_metrics.json").read_text())["steps"] == 6
-    assert res.stderr.count("before the recipe's floor of 6 steps") == 1  # said once, not every step
+    assert res.stderr.count("before the floor of min_steps=6") == 1  # said once, not every step
+    assert "training on to step 6" in res.stderr
     res = run_cli(*common, "--min-steps", "0", "--restart", "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0 and json.loads((out / "distill_metrics.json").read_text())["steps"] == 1
     assert "floor" not in res.stderr
     res = run_cli(*common, "--min-steps", "6", "--max-steps", "3", "--restart", "--out", str(out), cwd=tmp_path)
     assert res.returncode == 0 and json.loads((out / "distill_metrics.json").read_text())["steps"] == 3
+    assert "training on to step 3" in res.stderr
 
 
 def test_interrupted_distillation_resumes(tmp_path):

@@ -68,3 +68,44 @@ def test_packed_weight_quantizes_to_the_separate_weights_codes(tmp_path):
     (joined,) = [v for k, v in tensors["packed"].items() if k.endswith("packed_0")]
     for part in range(2):  # blob [N, blocks, bytes], scales [N * blocks]: gate's rows, then up's
         assert np.array_equal(joined[part], np.concatenate([s[part] for s in separate]))
+
+
+def _attention_model(q_is_output: bool = False, weight_type=np.float32):
+    """q/k/v = x @ Wq/Wk/Wv in the graph order v, k, q, read by one GroupQueryAttention as (q, k, v)."""
+    f, rng = TensorProto.FLOAT, np.random.default_rng(3)
+    weights = {w: rng.normal(0, 1, (K, n)).astype(weight_type) for w, n in (("wq", 32), ("wk", 16), ("wv", 16))}
+    nodes = [helper.make_node("MatMul", ["x", f"w{t}"], [t], name=t) for t in ("v", "k", "q")]
+    nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v", "pk", "pv", "seqlens_k", "total"],
+                                  ["attn", "present_key", "present_value"], domain="com.microsoft",
+                                  num_heads=2, kv_num_heads=1))
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("attn", *(["q"] if q_is_output else []))]
+    inputs = [helper.make_tensor_value_info(n, f, None) for n in ("x", "pk", "pv", "seqlens_k", "total")]
+    graph = helper.make_graph(nodes, "qkv", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return helper.make_model(graph), weights
+
+
+def test_qkv_become_the_attentions_packed_input_in_its_slot_order():
+    model, w = _attention_model()
+    assert pack_projections(model) == {"packed_matmuls": 1, "matmuls_saved": 2}
+    matmul, gqa = model.graph.node
+    assert list(gqa.input[:3]) == [matmul.output[0], "", ""]  # key and value empty: packed QKV
+    packed = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == matmul.input[1]))
+    assert np.array_equal(packed, np.concatenate([w["wq"], w["wk"], w["wv"]], axis=1))  # q, k, v: slot order
+
+
+def test_qkv_that_is_also_a_graph_output_is_split_back_and_non_float_weights_stay():
+    model, _ = _attention_model(q_is_output=True)
+    pack_projections(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["MatMul", "Split", "GroupQueryAttention"]
+    assert list(model.graph.node[2].input[:3]) == ["q", "k", "v"] and "q" in model.graph.node[1].output
+    model, _ = _attention_model(weight_type=np.float16)
+    assert pack_projections(model) == {"packed_matmuls": 0, "matmuls_saved": 0}
+    assert [n.op_type for n in model.graph.node] == ["MatMul"] * 3 + ["GroupQueryAttention"]
+
+
+def test_names_already_taken_get_another_prefix():
+    model = _model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "packed_0_weight"))
+    pack_projections(model)  # (the extra initializer is unused: pruned)
+    assert model.graph.node[0].input[1] == "packed1_0_weight"

@@ -31,7 +31,8 @@ from edgekit.core.units import format_bytes
 @click.option("--tar", is_flag=True, help="Also write <out>.tar, a single-file copy of the bundle.")
 @click.option("--no-gate", is_flag=True, help="Package even if verification misses the target's limits (marked in the manifest).")
 @click.option("--max-minutes", type=click.FloatRange(0, None), default=None,
-              help="Distillation training budget in minutes (overrides the recipe).")
+              help="Distillation training budget in minutes (overrides the recipe); training still reaches the "
+                   "recipe's min_steps floor (--min-steps 0 to stop at the budget).")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Distillation step limit (overrides the recipe).")
 @click.option("--min-steps", type=click.IntRange(0, None), default=None,
               help="Train at least this many steps even when --max-minutes runs out first (overrides the recipe's "
@@ -120,7 +121,9 @@ def _int_list(value: str | None) -> list[int] | None:
               help="Keep N layers chosen by influence score (overrides the recipe).")
 @click.option("--ffn-ratio", type=click.FloatRange(0.05, 1.0), default=None, help="Share of FFN channels to keep.")
 @click.option("--data", "data", multiple=True, help="Training text file or folder (repeatable; overrides the recipe).")
-@click.option("--max-minutes", type=click.FloatRange(0, None), default=None, help="Training-time budget in minutes.")
+@click.option("--max-minutes", type=click.FloatRange(0, None), default=None,
+              help="Training-time budget in minutes; training still reaches the recipe's min_steps floor "
+                   "(--min-steps 0 to stop at the budget).")
 @click.option("--max-steps", type=click.IntRange(0, None), default=None, help="Stop after this many optimizer steps.")
 @click.option("--min-steps", type=click.IntRange(0, None), default=None,
               help="Train at least this many steps even when --max-minutes runs out first (overrides the recipe).")
@@ -156,13 +159,12 @@ def distill(recipe, teacher, keep_layers, auto_layers, ffn_ratio, data, max_minu
         distill_encoder_cli(rcp, teacher, _int_list(keep_layers), data, (max_minutes, max_steps, min_steps), out)
         return
     from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+    from edgekit.workshop.distill_settings import budget_limits
     from edgekit.workshop.teacher import teacher_from_cli
 
     keep = _int_list(keep_layers)
     d = rcp.data["distill"]
-    budget = Budget(max_steps=d["max_steps"] if max_steps is None else max_steps,
-                    max_minutes=d["max_minutes"] if max_minutes is None else max_minutes,
-                    min_steps=d["min_steps"] if min_steps is None else min_steps,
+    budget = Budget(**budget_limits(d, max_minutes, max_steps, min_steps),
                     checkpoint_every=checkpoint_every or d["checkpoint_every"], eval_every_minutes=eval_every_minutes)
     settings = settings_from_recipe(rcp, teacher_from_cli(teacher) if teacher else None, list(data) or None,
                                     keep, auto_layers, ffn_ratio, max_minutes=budget.max_minutes)

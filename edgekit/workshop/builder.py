@@ -123,12 +123,11 @@ def stage_distill(ctx: BuildContext, d: Path, outs: dict) -> StageOutput:
         params = {"mode": mode, "teacher": ctx.teacher_source}
     else:
         from edgekit.workshop.distill import Budget, chat_settings_from_recipe, run_distill, settings_from_recipe
+        from edgekit.workshop.distill_settings import budget_limits
         from edgekit.workshop.student_gate import apply_student_gate
 
         dcfg = ctx.recipe.data["distill"]
-        budget = Budget(max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
-                        max_minutes=dcfg["max_minutes"] if ctx.max_minutes is None else ctx.max_minutes,
-                        min_steps=dcfg["min_steps"] if ctx.min_steps is None else ctx.min_steps,
+        budget = Budget(**budget_limits(dcfg, ctx.max_minutes, ctx.max_steps, ctx.min_steps),
                         checkpoint_every=dcfg["checkpoint_every"])
         settings = settings_from_recipe(ctx.recipe, None if from_recipe else ctx.teacher_source,
                                         max_minutes=budget.max_minutes)

@@ -203,8 +203,8 @@ class TrainingLoop:
         self.student.train()
         try:
             while st["step"] < max_steps and (st["train_seconds"] < max_seconds or st["step"] < b.min_steps):
-                if st["step"] < b.min_steps <= max_steps and st["train_seconds"] >= max_seconds:
-                    self._note_floor(st["step"])
+                if st["train_seconds"] >= max_seconds:
+                    self._note_floor(st["step"], min(b.min_steps, max_steps))
                 t0 = self.clock()
                 parts = self.step()
                 self.commit(parts, parts["chat"])
@@ -229,13 +229,13 @@ class TrainingLoop:
         st["done"] = True
         self.checkpoint()
 
-    def _note_floor(self, step: int) -> None:
-        """Say once that the time budget ran out before the step floor (the run goes on to it)."""
+    def _note_floor(self, step: int, until: float) -> None:
+        """Say once that the time budget ran out before the step floor (the run goes on to step `until`)."""
         if not self._floor_noted:
             self._floor_noted = True
-            self.log(f"the {self.b.max_minutes:g}-minute budget ran out at step {step}, before the recipe's floor of "
-                     f"{self.b.min_steps} steps (this CPU is slower or busier than the one the gate was measured on): "
-                     f"training on to step {self.b.min_steps}")
+            self.log(f"the {self.b.max_minutes:g}-minute budget ran out at step {step}, before the floor of "
+                     f"min_steps={self.b.min_steps} (recipe or --min-steps): training on to step {int(until)}; "
+                     f"--min-steps 0 stops at the budget")
 
     def log_point(self, p: dict) -> None:
         chat = (f"; chat answers {p['chat_perplexity_ratio']:.3f}x, agreement {p['chat_agreement']:.3f}"

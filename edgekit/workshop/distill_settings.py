@@ -62,6 +62,14 @@ class Budget:
     eval_tokens: int = 4096
 
 
+def budget_limits(distill: dict, max_minutes: float | None = None, max_steps: int | None = None,
+                  min_steps: int | None = None) -> dict:
+    """The recipe's [distill] max_minutes / max_steps / min_steps, each replaced by its argument when that
+    is not None (a CLI override)."""
+    given = {"max_minutes": max_minutes, "max_steps": max_steps, "min_steps": min_steps}
+    return {k: distill[k] if v is None else v for k, v in given.items()}
+
+
 def layers_for_budget(student: dict, max_minutes: float) -> tuple[int, str]:
     """(layers to keep, why) for a training budget: short budgets drop fewer layers, because a deep cut
     needs long training to heal (recipe `budget_minutes` / `budget_layers`; `auto_layers` above)."""

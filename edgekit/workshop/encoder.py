@@ -22,6 +22,7 @@ import torch
 
 from edgekit.workshop import student as student_mod
 from edgekit.workshop import textdata
+from edgekit.workshop.distill_settings import budget_limits
 from edgekit.core.errors import ConfigError
 
 
@@ -145,7 +146,7 @@ def distill_encoder_cli(recipe, teacher, keep_layers, data, limits: tuple, out) 
     (eval_file,) = textdata.expand_paths(recipe.data["data"]["eval"][:1])
     out = out or Path("students") / recipe.name
     m = distill_encoder(path, list(keep_layers or recipe.student["keep_layers"]), train, eval_file, out,
-                        **{k: d[k] if v is None else v for k, v in zip(("max_minutes", "max_steps", "min_steps"), limits)},
+                        **budget_limits(d, *limits),
                         batch_size=d["batch_size"], learning_rate=d["learning_rate"],
                         log=lambda msg: click.echo(msg, err=True))
     for name, r in m["sts"].items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgekit.workshop.distill_settings import budget_limits
 from edgekit.workshop.pipeline import StageOutput
 from edgekit.core.errors import BuildError
 
@@ -90,9 +91,7 @@ def stage_distill(ctx, d: Path, outs: dict) -> StageOutput:
         metrics = distill_encoder(
             teacher, list(ctx.recipe.student["keep_layers"]), textdata.expand_paths(ctx.recipe.data["data"]["train"]),
             eval_file, student_dir,
-            max_minutes=dcfg["max_minutes"] if ctx.max_minutes is None else ctx.max_minutes,
-            max_steps=dcfg["max_steps"] if ctx.max_steps is None else ctx.max_steps,
-            min_steps=dcfg["min_steps"] if ctx.min_steps is None else ctx.min_steps,
+            **budget_limits(dcfg, ctx.max_minutes, ctx.max_steps, ctx.min_steps),
             batch_size=dcfg["batch_size"], learning_rate=dcfg["learning_rate"], log=ctx.log)
         model, tok = load_encoder(student_dir)
     if not (student_dir / "tokenizer.json").is_file():

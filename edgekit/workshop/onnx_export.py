@@ -12,8 +12,9 @@ left-padding shorter caches with attention_mask 0; one request runs with B = 1.
 By default (kv_in_place) the traced attention is then rewritten into onnxruntime's GroupQueryAttention
 (edgekit/workshop/onnx_gqa.py: attention_mask gives way to seqlens_k / total_sequence_length, and
 past/present become buffers of a fixed capacity the runner updates in place), then (fuse) RMSNorms and
-the rotary embedding become onnxruntime's fused kernels (edgekit/workshop/onnx_fuse.py; interface unchanged).
-May import: stdlib, torch, transformers, onnx.
+the rotary embedding become onnxruntime's fused kernels and MatMuls sharing an input are packed into one
+(edgekit/workshop/onnx_fuse.py, onnx_pack.py; interface unchanged). Both passes share one load and save.
+May import: stdlib, torch, transformers, onnx, edgekit.workshop.
 """
 
 from __future__ import annotations
@@ -127,17 +128,17 @@ def _rewrite(out_path: Path, config, kv_heads: int, max_sequence_length: int, kv
         return None
     import onnx
 
-    graph = onnx.load(str(out_path))
+    model = onnx.load(str(out_path))
     if kv_in_place:
         from edgekit.workshop.onnx_gqa import to_gqa
 
-        graph = to_gqa(graph, config.num_attention_heads, kv_heads)
+        model = to_gqa(model, config.num_attention_heads, kv_heads)
     fused = None
     if fuse:
         from edgekit.workshop.onnx_fuse import fuse as fuse_graph
 
-        fused = fuse_graph(graph, max_sequence_length)
-    onnx.save(graph, str(out_path))
+        fused = fuse_graph(model, max_sequence_length)
+    onnx.save(model, str(out_path))
     return fused
 
 

@@ -17,7 +17,7 @@ hundreds of tiny kernels. This pass, matched by structure with its constants che
   - then MatMuls sharing their input are packed into one (edgekit/workshop/onnx_pack.py).
 SmolLM2-135M int8, one decode step: 1,407 kernels before, 368 after (onnxruntime profile).
 Graph interface unchanged (the runner needs to know nothing: GroupQueryAttention reads position_ids
-itself). May import: stdlib, numpy, onnx.
+itself). May import: stdlib, numpy, onnx, edgekit.workshop.onnx_gqa / onnx_pack.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ of MatMuls that share their input and have constant 2-D weights of the same K ro
   - otherwise one Split on the last axis gives back the original tensors, under their old names.
 Blockwise weight quantization (MatMulNBits, blocks along K) quantizes each column alone, so the
 packed weight quantizes to exactly the separate weights' codes and scales: results are unchanged.
-SmolLM2-135M: 211 MatMuls a decode step -> 121. May import: stdlib, numpy, onnx.
+SmolLM2-135M: 211 MatMuls a decode step -> 121. May import: stdlib, numpy, onnx, edgekit.workshop.onnx_gqa.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ def _groups(graph) -> list[list]:
     return [g for g in by_input.values() if len(g) > 1 and len({tuple(inits[n.input[1]].dims)[0] for n in g}) == 1]
 
 
-def _attention_order(group: list, consumers) -> tuple[object, list] | None:
+def _attention_order(group: list, consumers, graph_outputs: set) -> tuple[object, list] | None:
     """(attention, group ordered q, k, v) when the group's outputs are exactly one
-    GroupQueryAttention's query, key and value; else None."""
-    users = {c.name: c for n in group for c in consumers.get(n.output[0], [])}
-    if len(group) != 3 or len(users) != 1:
+    GroupQueryAttention's query, key and value, and none is also a graph output; else None."""
+    users = {id(c): c for n in group for c in consumers.get(n.output[0], [])}
+    if len(group) != 3 or len(users) != 1 or any(n.output[0] in graph_outputs for n in group):
         return None
     gqa = next(iter(users.values()))
     if gqa.op_type != "GroupQueryAttention" or len(gqa.input) < 3:
@@ -47,14 +47,24 @@ def _attention_order(group: list, consumers) -> tuple[object, list] | None:
     return gqa, [by_output[name] for name in gqa.input[:3]]
 
 
-def _packed_nodes(graph, group: list, k: int, attention) -> list:
+def _free_prefix(graph) -> str:
+    """"packed", or "packed1", "packed2"... : a prefix no node, initializer or tensor name starts with."""
+    names = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+    names |= {o for n in graph.node for o in n.output} | {v.name for v in graph.input}
+    prefix, i = "packed", 0
+    while any(name.startswith(prefix + "_") for name in names):
+        i += 1
+        prefix = f"packed{i}"
+    return prefix
+
+
+def _packed_nodes(graph, group: list, packed: str, attention) -> list:
     """The nodes replacing `group`: one MatMul on the concatenated weights (+ a Split giving back the
     group's outputs, unless `attention` reads the packed tensor); adds the initializers."""
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in graph.initializer}
     weights = [numpy_helper.to_array(inits[n.input[1]]) for n in group]
-    packed = f"packed_{k}"
     graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{packed}_weight"))
     new = [helper.make_node("MatMul", [group[0].input[0], f"{packed}_weight"], [packed], name=f"{packed}_matmul")]
     if attention is not None:
@@ -69,13 +79,14 @@ def _packed_nodes(graph, group: list, k: int, attention) -> list:
 def pack_projections(model) -> dict:
     """Pack `model`'s shared-input MatMuls in place; {"packed_matmuls": groups packed, "matmuls_saved": n}."""
     graph = model.graph
-    groups = _groups(graph)
+    groups, prefix = _groups(graph), _free_prefix(graph)
     _, consumers = index(graph)
+    graph_outputs = {o.name for o in graph.output}
     at_first: dict[int, list] = {}  # id of a group's first node in graph order -> its replacement
     drop: set[int] = set()
     for k, group in enumerate(groups):
-        ordered = _attention_order(group, consumers)
-        at_first[id(group[0])] = _packed_nodes(graph, ordered[1] if ordered else group, k,
+        ordered = _attention_order(group, consumers, graph_outputs)
+        at_first[id(group[0])] = _packed_nodes(graph, ordered[1] if ordered else group, f"{prefix}_{k}",
                                                ordered[0] if ordered else None)
         drop.update(id(n) for n in group)
     nodes = []  # one rebuild: the container copies messages, so ids hold only until it changes

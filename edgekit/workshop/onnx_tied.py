@@ -9,7 +9,7 @@ com.microsoft GatherBlockQuantized (bits 8, gather axis 0, quantize axis 2) read
 wants [vocab, blocks]; ONNX Runtime folds the Reshape once at load), then a Reshape to [.., hidden].
 The rows change from per-tensor uint8 to block-32 int8: finer, so not bit-identical to before.
 Units: bytes; scales are float32 multipliers.
-May import: stdlib, numpy, onnx.
+May import: stdlib, numpy, onnx, edgekit.workshop.onnx_gqa.
 """
 
 from __future__ import annotations
