@@ -21,9 +21,9 @@ import numpy as np
 from edgekit.workshop.onnx_gqa import index, prune
 
 
-def _groups(graph) -> list[list]:
-    """MatMul nodes grouped by their input tensor, where 2+ read it with constant 2-D float weights of equal K."""
-    inits = {t.name: t for t in graph.initializer}
+def _groups(graph, inits: dict) -> list[list]:
+    """MatMul nodes grouped by their input tensor, where 2+ read it with constant 2-D float weights of equal K
+    (`inits`: the graph's initializers by name)."""
     by_input: dict[str, list] = {}
     for n in graph.node:
         w = inits.get(n.input[1]) if n.op_type == "MatMul" and not n.domain else None
@@ -58,12 +58,11 @@ def _free_prefix(graph) -> str:
     return prefix
 
 
-def _packed_nodes(graph, group: list, packed: str, attention) -> list:
+def _packed_nodes(graph, inits: dict, group: list, packed: str, attention) -> list:
     """The nodes replacing `group`: one MatMul on the concatenated weights (+ a Split giving back the
     group's outputs, unless `attention` reads the packed tensor); adds the initializers."""
     from onnx import helper, numpy_helper
 
-    inits = {t.name: t for t in graph.initializer}
     weights = [numpy_helper.to_array(inits[n.input[1]]) for n in group]
     graph.initializer.append(numpy_helper.from_array(np.concatenate(weights, axis=1), f"{packed}_weight"))
     new = [helper.make_node("MatMul", [group[0].input[0], f"{packed}_weight"], [packed], name=f"{packed}_matmul")]
@@ -79,14 +78,15 @@ def _packed_nodes(graph, group: list, packed: str, attention) -> list:
 def pack_projections(model) -> dict:
     """Pack `model`'s shared-input MatMuls in place; {"packed_matmuls": groups packed, "matmuls_saved": n}."""
     graph = model.graph
-    groups, prefix = _groups(graph), _free_prefix(graph)
+    inits = {t.name: t for t in graph.initializer}  # built once: the passes below only add to it
+    groups, prefix = _groups(graph, inits), _free_prefix(graph)
     _, consumers = index(graph)
     graph_outputs = {o.name for o in graph.output}
     at_first: dict[int, list] = {}  # id of a group's first node in graph order -> its replacement
     drop: set[int] = set()
     for k, group in enumerate(groups):
         ordered = _attention_order(group, consumers, graph_outputs)
-        at_first[id(group[0])] = _packed_nodes(graph, ordered[1] if ordered else group, f"{prefix}_{k}",
+        at_first[id(group[0])] = _packed_nodes(graph, inits, ordered[1] if ordered else group, f"{prefix}_{k}",
                                                ordered[0] if ordered else None)
         drop.update(id(n) for n in group)
     nodes = []  # one rebuild: the container copies messages, so ids hold only until it changes
