@@ -1,6 +1,8 @@
 """Chat data for distillation: prompt cleaning, held-out split without leakage, corpus tasks, the
 student-vs-teacher gate and the budget -> depth rule (fast tier)."""
 
+import json
+
 import pytest
 
 from edgekit.workshop.chatdata import clean_question, corpus_prompts, split_prompts
@@ -96,3 +98,63 @@ def test_chat_steps_and_process_slices():
     order = list(range(10))
     both = batch_share(order, 3, 4, 2, 0) + batch_share(order, 3, 4, 2, 1)
     assert both == batch_share(order, 3, 4, 4, 0) == [2, 3, 4, 5]  # 2 processes x 2 = 1 process x 4
+
+
+def test_clean_question_takes_the_question_out_of_its_wrapping():
+    assert clean_question('A curious person might ask, "What is the moon made of?') == "What is the moon made of?"
+    assert clean_question("Can you provide a short answer to the question: What type of animal is a whale?") == \
+        "What type of animal is a whale?"
+    assert clean_question('What is the answer to the question "How many days are in a year?') == \
+        "How many days are in a year?"
+    assert clean_question("What a delightful topic! Why do cats purr?") == "Why do cats purr?"
+    # questions about asking questions are not prompts worth an answer
+    assert clean_question("What would that question be?") is None
+    assert clean_question("What would a curious person want to know about gardening?") is None
+    assert clean_question("Can you provide a simple math question that has a short answer?") is None
+    # a quoted word inside a plain question keeps the whole question
+    assert clean_question('What does the word "capital" mean in economics?') == 'What does the word "capital" mean in economics?'
+
+
+class _Killed(Exception):
+    pass
+
+
+class _ScriptedTeacher:
+    """Stands in for TeacherGenerator: answers each request with the next scripted text; a run that
+    has used up its script is killed."""
+
+    def __init__(self, texts):
+        self.models, self.texts, self.requests = [None], list(texts), []
+
+    def map(self, fn, items):
+        return [fn(None, item) for item in items]
+
+    def answer(self, prompt, max_new_tokens, sampler=None, model=None):
+        if not self.texts:
+            raise _Killed
+        self.requests.append(prompt)
+        return self.texts.pop(0), True
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+
+def test_fact_questions_are_written_to_their_own_file_and_resume(tmp_path):
+    from edgekit.workshop.chatdata import FACT_REQUEST, ChatSettings, teacher_questions
+
+    s = ChatSettings(teacher_key="t", topics=["rivers", "birds"], self_instruct=0, corpus_prompts=0, corpus_files=[],
+                     heldout_prompts=[], fact_questions=2)
+    gen = _ScriptedTeacher(['Question: "What is the longest river in Africa?"', "Birds are nice."])
+    with pytest.raises(_Killed):  # tries 0 and 1 answered (one kept), killed asking try 2
+        teacher_questions(gen, s, tmp_path, _Bar(), "fact")
+    assert gen.requests == [FACT_REQUEST.format(topic="rivers"), FACT_REQUEST.format(topic="birds")]
+    kept = [json.loads(line) for line in (tmp_path / "facts.jsonl").read_text().splitlines()]
+    assert [(q["prompt"], q["source"]) for q in kept] == [("What is the longest river in Africa?", "fact")]
+    # the next run keeps what was written and goes on from the try after the last kept one
+    gen2 = _ScriptedTeacher(["Which bird cannot fly?"])
+    again = teacher_questions(gen2, s, tmp_path, _Bar(), "fact")
+    assert [q["prompt"] for q in again] == ["What is the longest river in Africa?", "Which bird cannot fly?"]
+    assert gen2.requests == [FACT_REQUEST.format(topic="birds")]  # try 1 -> topic 1
+    assert not (tmp_path / "questions.jsonl").exists()

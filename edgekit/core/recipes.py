@@ -46,8 +46,8 @@ def _check_student(s: dict, err) -> None:
 
 
 def _check_chat(c: dict, err) -> None:
-    if c["enabled"] and not c["topics"] and c["self_instruct"]:
-        raise err("topics", "self_instruct questions need a list of topics")
+    if c["enabled"] and not c["topics"] and (c["self_instruct"] or c["fact_questions"]):
+        raise err("topics", "self_instruct and fact_questions need a list of topics")
     if c["enabled"] and not c["heldout_prompts"]:
         raise err("heldout_prompts", "chat distillation needs held-out prompts to measure the student on")
 
@@ -129,6 +129,8 @@ SCHEMA = Table(
                 "fraction": Field(float, default=0.75, minimum=0.0, maximum=1.0,
                                   doc="share of training steps on chat examples (the rest on plain text)"),
                 "self_instruct": Field(int, default=0, minimum=0, doc="questions the teacher writes"),
+                "fact_questions": Field(int, default=0, minimum=0,
+                                        doc="simple quiz questions with short answers the teacher writes"),
                 "topics": Field(str, default=(), list_of=True, doc="one topic per self-instruct question"),
                 "corpus_prompts": Field(int, default=0, minimum=0, doc="tasks built on training paragraphs"),
                 "heldout_prompts": Field(str, default=(), list_of=True, doc="always held out, never trained on"),

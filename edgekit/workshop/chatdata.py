@@ -28,6 +28,10 @@ from edgekit.core.paths import edgekit_home
 from edgekit.device.chat_examples import prompt_text, read_examples
 
 QUESTION_REQUEST = "Write one short question that a curious person might ask about {topic}. Write only the question."
+# Simple factual questions with short answers: the teacher answers them by restating the question
+# ("The language spoken in Spain is Spanish."), the habit a layer-dropped student loses first.
+FACT_REQUEST = "Write one simple quiz question about {topic} that has a short answer. Write only the question."
+META_WORDS = {"question", "questions", "curious", "quiz", "ask", "asks", "asking"}  # a question about asking questions
 CORPUS_TASKS = (
     "Summarize this story in one sentence.",
     "Give this story a short title.",
@@ -52,7 +56,8 @@ class ChatSettings:
     answer_tokens: int = 96
     seed: int = 0
     eval_fraction: float = 0.05  # held-out tail of each corpus file: no corpus task is built on it
-    version: int = 1  # bump when the way data is made changes
+    version: int = 2  # bump when the way data is made changes (2: quoted questions kept, fact questions)
+    fact_questions: int = 0  # simple quiz questions the teacher writes (FACT_REQUEST), one topic each
     files_sha256: list[str] = field(default_factory=list)
 
     def key(self) -> str:
@@ -77,12 +82,16 @@ def _overlaps(prompt: str, held: list[set[str]]) -> bool:
 
 
 def clean_question(text: str) -> str | None:
-    """The first line of a generated question, or None when it is not a usable question."""
-    line = text.strip().split("\n")[0].strip().strip('"').strip()
-    line = re.sub(r"^(question|q)\s*[:.]\s*", "", line, flags=re.I)
-    if not (12 <= len(line) <= 200) or not line.endswith("?"):
-        return None
-    return line
+    """The question in the first line of a generated text, or None when there is no usable one.
+    A question the teacher wraps in a sentence ('A curious person might ask, "Why ...?"',
+    'Question: Why ...?') is taken out of it; a question about asking questions is dropped."""
+    line = text.strip().split("\n")[0].strip()
+    pieces = [p.strip() for p in re.split(r'["\u201c\u201d]|:\s+|(?<=[.!])\s+', line) if p.strip()]
+    asked = [p for p in pieces if p.endswith("?") and p[0].isupper()][-1:] + [line.strip('"')]  # whole line last
+    for q in asked:
+        if q.endswith("?") and 12 <= len(q) <= 200 and not _words(q) & META_WORDS:
+            return q
+    return None
 
 
 def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
@@ -206,26 +215,31 @@ def _done(path: Path) -> list[dict]:
     return read_examples(path) if path.stat().st_size else []
 
 
-def _questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar) -> list[dict]:
-    """Self-instruct questions, one topic at a time; appended to questions.jsonl as they come."""
+def teacher_questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar,
+                      kind: str = "self-instruct") -> list[dict]:
+    """Questions the teacher writes, one topic at a time (`kind` "self-instruct": QUESTION_REQUEST,
+    s.self_instruct of them; "fact": FACT_REQUEST, s.fact_questions); appended to a file as they come."""
     from edgekit.device.sampling import Sampler
 
-    path = folder / "questions.jsonl"
+    request, count, name = ((QUESTION_REQUEST, s.self_instruct, "questions.jsonl") if kind == "self-instruct"
+                            else (FACT_REQUEST, s.fact_questions, "facts.jsonl"))
+    path = folder / name
     out = _done(path)
     n = 1 + max((r.get("n", -1) for r in out), default=-1)  # a resumed run continues after the last try kept
     bar.update(len(out))
+    salt = 0 if kind == "self-instruct" else 7_919  # other samples than the self-instruct ones
 
     def ask(model, k):
-        return k, gen.answer(QUESTION_REQUEST.format(topic=s.topics[k % len(s.topics)]), 40,
-                             Sampler(temperature=0.7, top_p=0.9, seed=s.seed * 1_000_003 + k), model)[0]
+        return k, gen.answer(request.format(topic=s.topics[k % len(s.topics)]), 40,
+                             Sampler(temperature=0.7, top_p=0.9, seed=s.seed * 1_000_003 + k + salt), model)[0]
 
-    while len(out) < s.self_instruct and n < 3 * s.self_instruct:
-        batch = list(range(n, n + min(4 * len(gen.models), s.self_instruct - len(out))))
+    while len(out) < count and n < 3 * count:
+        batch = list(range(n, n + min(4 * len(gen.models), count - len(out))))
         n = batch[-1] + 1
         for k, text in gen.map(ask, batch):
             q = clean_question(text)
-            if q is not None and len(out) < s.self_instruct:
-                rec = {"prompt": q, "source": "self-instruct", "topic": s.topics[k % len(s.topics)], "n": k}
+            if q is not None and len(out) < count:
+                rec = {"prompt": q, "source": kind, "topic": s.topics[k % len(s.topics)], "n": k}
                 out.append(rec)
                 _append(path, rec)
                 bar.update(1)
@@ -253,8 +267,9 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
 
     prompts_path = folder / "prompts.jsonl"
     if not prompts_path.is_file():
-        with tqdm(total=s.self_instruct, desc="teacher writes questions", unit="q", disable=not progress) as bar:
-            questions = _questions(gen, s, folder, bar)
+        with tqdm(total=s.self_instruct + s.fact_questions, desc="teacher writes questions", unit="q",
+                  disable=not progress) as bar:
+            questions = teacher_questions(gen, s, folder, bar) + teacher_questions(gen, s, folder, bar, "fact")
         corpus = corpus_prompts(expand_paths(s.corpus_files), s.corpus_prompts, s.eval_fraction, s.seed)
         from edgekit.device.chat_examples import write_examples
 

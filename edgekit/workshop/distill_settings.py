@@ -132,12 +132,13 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: in
         return None
     ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
     files = textdata.expand_paths(list(settings.data))
-    asked, tasks = c["self_instruct"], c["corpus_prompts"]
-    if max_prompts is not None and max_prompts < asked + tasks:
-        asked = round(max_prompts * asked / (asked + tasks))
-        tasks = max_prompts - asked
+    asked, facts, tasks = c["self_instruct"], c["fact_questions"], c["corpus_prompts"]
+    if max_prompts is not None and max_prompts < asked + facts + tasks:
+        total = asked + facts + tasks
+        asked, facts = round(max_prompts * asked / total), round(max_prompts * facts / total)
+        tasks = max(0, max_prompts - asked - facts)
     cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
-                      self_instruct=asked, corpus_prompts=tasks,
+                      self_instruct=asked, fact_questions=facts, corpus_prompts=tasks,
                       corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
                       heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed,
                       eval_fraction=settings.eval_fraction, files_sha256=[hashlib.sha256(f.read_bytes()).hexdigest() for f in files])
