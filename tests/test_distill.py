@@ -62,6 +62,20 @@ def test_ffn_pruning_keeps_the_strongest_channels(teacher):
         assert torch.isfinite(s(calib[0]).logits).all()
 
 
+def test_ffn_channels_are_ranked_on_chat_examples_when_distilling_on_chat():
+    from types import SimpleNamespace
+
+    from edgekit.device.chat_examples import ChatIds
+    from edgekit.workshop.distill import pruning_calibration
+
+    text = SimpleNamespace(train=torch.arange(40).reshape(5, 8))
+    chat = SimpleNamespace(train=[ChatIds(ids=[1, 2, 3, 4], answer_start=2), ChatIds(ids=[5, 6, 7], answer_start=1)])
+    ranked = pruning_calibration(text, chat, n=8)
+    assert [t.tolist() for t in ranked] == [[[1, 2, 3, 4]], [[5, 6, 7]]]  # whole examples, prompt + answer
+    plain = pruning_calibration(text, None)
+    assert len(plain) == 4 and plain[0].tolist() == [list(range(7))]  # text windows without their last token
+
+
 def test_heldout_split_never_overlaps_training(shared_dir):
     from edgekit.workshop import textdata
 

@@ -35,7 +35,17 @@ def _calibration(data: textdata.TextData, n: int = 4) -> list[torch.Tensor]:
     return [data.train[i: i + 1, :-1] for i in range(min(n, len(data.train)))]
 
 
-def _open_student(settings, budget, teacher, data, ckpt: Path, log):
+def pruning_calibration(data: textdata.TextData, chat, n: int = 8) -> list[torch.Tensor]:
+    """What FFN channels are ranked on: the first `n` chat training examples (prompt + teacher answer)
+    when the student is distilled on chat, else TinyStories-style training windows. Measured on
+    SmolLM2 at ffn_ratio 0.73 before training: held-out chat-answer NLL 1.54 nats/token ranked on chat
+    examples, 1.71 ranked on 4 text windows (teacher 0.68)."""
+    if chat is None:
+        return _calibration(data)
+    return [torch.tensor([c.ids]) for c in chat.train[:n]]
+
+
+def _open_student(settings, budget, teacher, data, chat, ckpt: Path, log):
     """(student, state): resumed from the checkpoint, or made from the teacher's chosen layers."""
     from transformers import AutoModelForCausalLM
 
@@ -53,7 +63,7 @@ def _open_student(settings, budget, teacher, data, ckpt: Path, log):
         keep = student_mod.select_layers_by_influence(teacher, _calibration(data, 8), n)
         log(f"layers chosen by influence: {keep}" + (f" ({settings.layer_reason})" if settings.layer_reason else ""))
     state["keep_layers"] = keep
-    return student_mod.make_student(teacher, keep, settings.ffn_ratio, _calibration(data)), state
+    return student_mod.make_student(teacher, keep, settings.ffn_ratio, pruning_calibration(data, chat)), state
 
 
 def _layers_on_chip(settings, teacher, state: dict, log) -> int:
@@ -84,7 +94,7 @@ def run_distill(settings: DistillSettings, budget: Budget, out_dir: Path, checkp
     log(f"{accel.num_processes} process(es) x batch {settings.batch_size} = global batch "
         f"{settings.batch_size * accel.num_processes} windows")
     ckpt = checkpoint_dir / "checkpoint"
-    student, state = _open_student(settings, budget, teacher, data, ckpt, log)
+    student, state = _open_student(settings, budget, teacher, data, chat, ckpt, log)
     keep = state["keep_layers"]
     counts_t, counts_s = student_mod.parameter_counts(teacher), student_mod.parameter_counts(student)
     _score_teacher(state, teacher, data, chat)
