@@ -111,6 +111,14 @@ def test_clean_question_takes_the_question_out_of_its_wrapping():
     assert clean_question("What would that question be?") is None
     assert clean_question("What would a curious person want to know about gardening?") is None
     assert clean_question("Can you provide a simple math question that has a short answer?") is None
+    # a plain question is kept whole: abbreviations, colons and quoted questions inside it do not cut it
+    assert clean_question("Who was Mr. Darcy in Pride and Prejudice?") == "Who was Mr. Darcy in Pride and Prejudice?"
+    assert clean_question("What is the title of the book: Harry Potter and the Stone?") == \
+        "What is the title of the book: Harry Potter and the Stone?"
+    assert clean_question('Why did Shakespeare write "Wherefore art thou Romeo?" in his play?') == \
+        'Why did Shakespeare write "Wherefore art thou Romeo?" in his play?'
+    assert clean_question('What do you mean by "Sports science" when I talk about sports?') == \
+        'What do you mean by "Sports science" when I talk about sports?'
     # a quoted word inside a plain question keeps the whole question
     assert clean_question('What does the word "capital" mean in economics?') == 'What does the word "capital" mean in economics?'
 
@@ -158,3 +166,18 @@ def test_fact_questions_are_written_to_their_own_file_and_resume(tmp_path):
     assert [q["prompt"] for q in again] == ["What is the longest river in Africa?", "Which bird cannot fly?"]
     assert gen2.requests == [FACT_REQUEST.format(topic="birds")]  # try 1 -> topic 1
     assert not (tmp_path / "questions.jsonl").exists()
+    with pytest.raises(ValueError, match="unknown question kind"):
+        teacher_questions(gen2, s, tmp_path, _Bar(), "facts")
+
+
+def test_chat_prompt_cap_is_split_in_proportion_and_adds_up():
+    from edgekit.workshop.distill_settings import capped_counts
+
+    assert capped_counts([100, 60, 40], None) == [100, 60, 40]
+    assert capped_counts([100, 60, 40], 500) == [100, 60, 40]
+    assert capped_counts([100, 60, 40], 20) == [10, 6, 4]
+    for counts in ([5, 5, 0], [3, 3, 0], [1, 1, 0], [7, 0, 2], [1, 2, 3]):
+        for cap in range(1, sum(counts)):
+            out = capped_counts(counts, cap)
+            assert sum(out) == cap and all(o >= 0 for o in out), (counts, cap, out)
+            assert all(o == 0 for o, c in zip(out, counts) if c == 0), (counts, cap, out)  # a kind turned off stays off

@@ -37,6 +37,7 @@ train = ["shared:data/tinystories/tinystories_v1_validation_head.txt"]
 enabled = {"true" if chat else "false"}
 fraction = 0.5
 self_instruct = 3
+fact_questions = 2
 topics = ["a dog", "the park"]
 corpus_prompts = 4
 heldout_prompts = ["Once upon a time there was a cat. What did the cat do?", "Tell me about the sun."]

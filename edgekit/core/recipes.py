@@ -131,7 +131,7 @@ SCHEMA = Table(
                 "self_instruct": Field(int, default=0, minimum=0, doc="questions the teacher writes"),
                 "fact_questions": Field(int, default=0, minimum=0,
                                         doc="simple quiz questions with short answers the teacher writes"),
-                "topics": Field(str, default=(), list_of=True, doc="one topic per self-instruct question"),
+                "topics": Field(str, default=(), list_of=True, doc="one topic per question the teacher writes"),
                 "corpus_prompts": Field(int, default=0, minimum=0, doc="tasks built on training paragraphs"),
                 "heldout_prompts": Field(str, default=(), list_of=True, doc="always held out, never trained on"),
                 "heldout_fraction": Field(float, default=0.1, minimum=0.0, maximum=0.5),

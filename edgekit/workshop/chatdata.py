@@ -1,7 +1,7 @@
 """Chat data for distilling an Instruct teacher: prompts and the teacher's own greedy answers.
 
-Prompts come from what is available offline: the teacher writes questions itself (self-instruct,
-one topic per question, from the recipe's topic list) and tasks are built from paragraphs of the
+Prompts come from what is available offline: the teacher writes questions itself (self-instruct
+open questions and simple quiz questions, one topic per question, from the recipe's topic list) and tasks are built from paragraphs of the
 training text (never its held-out tail). The recipe's fixed `heldout_prompts` plus a random share
 of the rest are held out: never trained on, and any training prompt that shares half its words
 with a held-out one is dropped. Answers are generated greedily by the teacher exported to ONNX
@@ -31,7 +31,12 @@ QUESTION_REQUEST = "Write one short question that a curious person might ask abo
 # Simple factual questions with short answers: the teacher answers them by restating the question
 # ("The language spoken in Spain is Spanish."), the habit a layer-dropped student loses first.
 FACT_REQUEST = "Write one simple quiz question about {topic} that has a short answer. Write only the question."
-META_WORDS = {"question", "questions", "curious", "quiz", "ask", "asks", "asking"}  # a question about asking questions
+# A question about asking questions ("What would a curious person want to know about ...?").
+# "curious" alone too: in the teacher's questions it meant a question about questions far more often than
+# a real one ("Is there anything about vitamins that would make me curious?").
+META = re.compile(r"\b(questions?|quiz|ask|asks|asking|curious)\b", re.I)
+QUESTION_WORDS = re.compile(r"^(what|what's|why|how|who|whom|whose|which|when|where|is|are|was|were|do|does|did|can|"
+                            r"could|would|should|will|have|has)\b", re.I)
 CORPUS_TASKS = (
     "Summarize this story in one sentence.",
     "Give this story a short title.",
@@ -84,14 +89,16 @@ def _overlaps(prompt: str, held: list[set[str]]) -> bool:
 def clean_question(text: str) -> str | None:
     """The question in the first line of a generated text, or None when there is no usable one.
     A question the teacher wraps in a sentence ('A curious person might ask, "Why ...?"',
-    'Question: Why ...?') is taken out of it; a question about asking questions is dropped."""
-    line = text.strip().split("\n")[0].strip()
+    'Question: Why ...?') is taken out of it: the last piece after a quote, colon or sentence end,
+    when it starts with a question word and ends the line; else the whole line is the question.
+    A question about asking questions is dropped."""
+    line = text.strip().split("\n")[0].strip().strip('"\u201c\u201d').strip()
     pieces = [p.strip() for p in re.split(r'["\u201c\u201d]|:\s+|(?<=[.!])\s+', line) if p.strip()]
-    asked = [p for p in pieces if p.endswith("?") and p[0].isupper()][-1:] + [line.strip('"')]  # whole line last
-    for q in asked:
-        if q.endswith("?") and 12 <= len(q) <= 200 and not _words(q) & META_WORDS:
-            return q
-    return None
+    last = pieces[-1] if pieces else ""
+    q = last if last[:1].isupper() and QUESTION_WORDS.match(last) and last.endswith("?") else line
+    if not q.endswith("?") or not 12 <= len(q) <= 200 or META.search(q):
+        return None
+    return q
 
 
 def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
@@ -221,8 +228,11 @@ def teacher_questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar,
     s.self_instruct of them; "fact": FACT_REQUEST, s.fact_questions); appended to a file as they come."""
     from edgekit.device.sampling import Sampler
 
-    request, count, name = ((QUESTION_REQUEST, s.self_instruct, "questions.jsonl") if kind == "self-instruct"
-                            else (FACT_REQUEST, s.fact_questions, "facts.jsonl"))
+    kinds = {"self-instruct": (QUESTION_REQUEST, s.self_instruct, "questions.jsonl"),
+             "fact": (FACT_REQUEST, s.fact_questions, "facts.jsonl")}
+    if kind not in kinds:
+        raise ValueError(f"unknown question kind {kind!r}; expected one of {sorted(kinds)}")
+    request, count, name = kinds[kind]
     path = folder / name
     out = _done(path)
     n = 1 + max((r.get("n", -1) for r in out), default=-1)  # a resumed run continues after the last try kept

@@ -121,6 +121,16 @@ def _local_fingerprint(settings: DistillSettings) -> list:
     return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in paths if p.is_file()]
 
 
+def capped_counts(counts: list[int], cap: int | None) -> list[int]:
+    """`counts` scaled down in proportion to add up to exactly `cap` (rounded cumulatively, so a kind
+    with a count of 0 stays 0); unchanged without a cap or when they already fit."""
+    total = sum(counts)
+    if cap is None or cap >= total:
+        return list(counts)
+    ends = [round(cap * sum(counts[: i + 1]) / total) for i in range(len(counts))]
+    return [end - start for start, end in zip([0, *ends[:-1]], ends)]
+
+
 def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: int | None = None):
     """The recipe's chat-data settings for this teacher (None when the recipe distills text only);
     also stores their key in `settings` so a checkpoint never resumes on other chat data.
@@ -132,11 +142,7 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: in
         return None
     ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
     files = textdata.expand_paths(list(settings.data))
-    asked, facts, tasks = c["self_instruct"], c["fact_questions"], c["corpus_prompts"]
-    if max_prompts is not None and max_prompts < asked + facts + tasks:
-        total = asked + facts + tasks
-        asked, facts = round(max_prompts * asked / total), round(max_prompts * facts / total)
-        tasks = max(0, max_prompts - asked - facts)
+    asked, facts, tasks = capped_counts([c["self_instruct"], c["fact_questions"], c["corpus_prompts"]], max_prompts)
     cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
                       self_instruct=asked, fact_questions=facts, corpus_prompts=tasks,
                       corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
