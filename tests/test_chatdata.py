@@ -120,7 +120,8 @@ def test_clean_question_takes_the_question_out_of_its_wrapping():
     assert clean_question('What do you mean by "Sports science" when I talk about sports?') == \
         'What do you mean by "Sports science" when I talk about sports?'
     # a quoted word inside a plain question keeps the whole question
-    assert clean_question('What does the word "capital" mean in economics?') == 'What does the word "capital" mean in economics?'
+    quoted = 'What does the word "capital" mean in economics?'
+    assert clean_question(quoted) == quoted
 
 
 class _Killed(Exception):

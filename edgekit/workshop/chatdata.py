@@ -1,10 +1,10 @@
 """Chat data for distilling an Instruct teacher: prompts and the teacher's own greedy answers.
 
 Prompts come from what is available offline: the teacher writes questions itself (self-instruct
-open questions and simple quiz questions, one topic per question, from the recipe's topic list) and tasks are built from paragraphs of the
-training text (never its held-out tail). The recipe's fixed `heldout_prompts` plus a random share
-of the rest are held out: never trained on, and any training prompt that shares half its words
-with a held-out one is dropped. Answers are generated greedily by the teacher exported to ONNX
+open questions and simple quiz questions, one topic per question, from the recipe's topic list)
+and tasks are built from paragraphs of the training text (never its held-out tail). The recipe's
+fixed `heldout_prompts` plus a random share of the rest are held out: never trained on, and any
+training prompt that shares half its words with a held-out one is dropped. Answers are generated greedily by the teacher exported to ONNX
 (fp32) and run with edgekit's own runtime, not PyTorch eager (measured about 20x faster here).
 Everything is cached under $EDGEKIT_HOME/chatdata/<key>/ (key = teacher + settings) and appended
 as it is produced, so an interrupted run resumes. Times are seconds.
