@@ -4,10 +4,10 @@ Prompts come from what is available offline: the teacher writes questions itself
 open questions and simple quiz questions, one topic per question, from the recipe's topic list)
 and tasks are built from paragraphs of the training text (never its held-out tail). The recipe's
 fixed `heldout_prompts` plus a random share of the rest are held out: never trained on, and any
-training prompt that shares half its words with a held-out one is dropped. Answers are generated greedily by the teacher exported to ONNX
-(fp32) and run with edgekit's own runtime, not PyTorch eager (measured about 20x faster here).
-Everything is cached under $EDGEKIT_HOME/chatdata/<key>/ (key = teacher + settings) and appended
-as it is produced, so an interrupted run resumes. Times are seconds.
+training prompt that shares half its words with a held-out one is dropped. Answers are generated
+greedily by the teacher exported to ONNX (fp32) and run with edgekit's own runtime, not PyTorch
+eager (measured about 20x faster here). Everything is cached under $EDGEKIT_HOME/chatdata/<key>/
+(key = teacher + settings) and appended as it is produced, so an interrupted run resumes. Times are seconds.
 May import: stdlib, numpy, edgekit; torch/transformers via edgekit.workshop modules.
 """
 
@@ -228,16 +228,15 @@ def teacher_questions(gen: TeacherGenerator, s: ChatSettings, folder: Path, bar,
     s.self_instruct of them; "fact": FACT_REQUEST, s.fact_questions); appended to a file as they come."""
     from edgekit.device.sampling import Sampler
 
-    kinds = {"self-instruct": (QUESTION_REQUEST, s.self_instruct, "questions.jsonl"),
-             "fact": (FACT_REQUEST, s.fact_questions, "facts.jsonl")}
+    kinds = {"self-instruct": (QUESTION_REQUEST, s.self_instruct, "questions.jsonl", 0),
+             "fact": (FACT_REQUEST, s.fact_questions, "facts.jsonl", 7_919)}  # salt: other samples than self-instruct's
     if kind not in kinds:
         raise ValueError(f"unknown question kind {kind!r}; expected one of {sorted(kinds)}")
-    request, count, name = kinds[kind]
+    request, count, name, salt = kinds[kind]
     path = folder / name
     out = _done(path)
     n = 1 + max((r.get("n", -1) for r in out), default=-1)  # a resumed run continues after the last try kept
     bar.update(len(out))
-    salt = 0 if kind == "self-instruct" else 7_919  # other samples than the self-instruct ones
 
     def ask(model, k):
         return k, gen.answer(request.format(topic=s.topics[k % len(s.topics)]), 40,
