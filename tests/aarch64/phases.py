@@ -262,9 +262,9 @@ class Run:
 
     def hostile(self, name: str, g, venv: Path, bundles: dict) -> None:
         t = next(iter(bundles))
-        outside = self.work / "outside"
+        outside = self.work / f"outside-{name}"  # per release: the releases run side by side
         outside.mkdir(exist_ok=True)
-        for kind, tar in checks.hostile_tars(bundles[t]["dir"], self.work / "hostile", outside).items():
+        for kind, tar in checks.hostile_tars(bundles[t]["dir"], self.work / f"hostile-tars-{name}", outside).items():
             res = checks.hostile_check(g.edgekit(venv), tar, self.work / f"hostile-{name}" / kind, g.env(), outside)
             self.check(f"{name} hostile tar {kind}", res["problems"], res)
 
