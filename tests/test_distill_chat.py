@@ -16,7 +16,7 @@ TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endf
             "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
-def _recipe(path, teacher, chat=True):
+def _recipe(path, teacher, chat=True, on_policy=0.0):
     path.write_text(f'''name = "{path.stem}"
 description = "stories260k chat test"
 task = "text-generation"
@@ -43,6 +43,8 @@ corpus_prompts = 4
 heldout_prompts = ["Once upon a time there was a cat. What did the cat do?", "Tell me about the sun."]
 answer_tokens = 16
 seq_len = 96
+on_policy = {on_policy}
+on_policy_tokens = 12
 [gate]
 max_chat_perplexity_ratio = 1000.0
 ''')
@@ -82,6 +84,15 @@ def test_chat_distillation_generates_caches_and_scores(chat_teacher, tmp_path):
                  "--max-steps", "2", env=env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "answer/s" not in r2.stderr and "exporting the teacher" not in r2.stderr and "teacher answers from" in r2.stderr
+    # on-policy: every chat step on answers the student samples (same cached chat data, a run of its own)
+    policy = _recipe(tmp_path / "policy260k.toml", chat_teacher, on_policy=1.0)
+    r3 = run_cli("distill", "--recipe", str(policy), "--out", str(tmp_path / "st3"), "--eval-every-minutes", "0",
+                 "--max-steps", "6", env=env)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "answer/s" not in r3.stderr
+    m3 = json.loads((tmp_path / "st3" / "distill_metrics.json").read_text())
+    assert m3["steps"] == 6 and m3["on_policy_steps"] == m3["chat_steps"] >= 1
+    assert m["on_policy_steps"] == 0 and m3["settings"]["on_policy"] == 1.0
 
 
 def test_teacher_without_chat_template_is_one_clear_error(shared_dir, tmp_path):

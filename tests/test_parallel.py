@@ -5,6 +5,7 @@ overlapping requests split evenly (edgekit.device.power.meter)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ class BatchContextSession:
     its row: the one key channel holds the token ids, pads (attention_mask 0) are left out, and it
     checks that position_ids count the row's real tokens. Records the feeds of every run."""
 
-    def __init__(self, batch="batch"):
-        self.batch, self.runs, self.outputs = batch, [], []
+    def __init__(self, batch="batch", gate: threading.Event | None = None):
+        self.batch, self.runs, self.outputs, self.gate = batch, [], [], gate
 
     def get_inputs(self):
         names = ["input_ids", "attention_mask", "position_ids", "logits_rows", "past_key_0", "past_value_0"]
@@ -42,6 +43,8 @@ class BatchContextSession:
         return [_Info(n, []) for n in ("logits", "present_key_0", "present_value_0")]
 
     def run(self, output_names, feeds):
+        if self.gate is not None:  # hold every step until the test opens the gate
+            self.gate.wait(timeout=30)
         self.runs.append(feeds)
         ids, mask = feeds["input_ids"], feeds["attention_mask"]
         key = np.concatenate([feeds["past_key_0"], ids.astype(np.float32)[:, None, :, None]], axis=2)
@@ -211,7 +214,7 @@ def test_concurrent_http_requests_get_their_text_alone():
     prompts = ["ab", "bcd", "a", "cab"]
     alone = TestClient(create_app(_loaded(BatchContextSession(), 1)))
     want = [alone.post("/v1/completions", json={"prompt": p}).json()["choices"][0]["text"] for p in prompts]
-    session = BatchContextSession()
+    session = BatchContextSession(gate=threading.Event())
     c = TestClient(create_app(_loaded(session, 4)))
     got = {}
 
@@ -221,6 +224,10 @@ def test_concurrent_http_requests_get_their_text_alone():
     threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(4)]
     for t in threads:
         t.start()
+    # the first step waits, so requests that arrive meanwhile are queued and join the batch (without the
+    # gate, a slow or busy machine could serve them one after another and the batching check would fail)
+    time.sleep(2.0)
+    session.gate.set()
     for t in threads:
         t.join(timeout=20)
     assert [got[i] for i in range(4)] == want

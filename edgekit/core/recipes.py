@@ -137,6 +137,11 @@ SCHEMA = Table(
                 "heldout_fraction": Field(float, default=0.1, minimum=0.0, maximum=0.5),
                 "answer_tokens": Field(int, default=96, minimum=8, doc="longest teacher answer"),
                 "seq_len": Field(int, default=256, minimum=16, doc="longest training example in tokens"),
+                "on_policy": Field(float, default=0.0, minimum=0.0, maximum=1.0,
+                                   doc="share of chat steps on answers the student samples itself, scored by "
+                                       "the teacher (on-policy distillation)"),
+                "on_policy_tokens": Field(int, default=48, minimum=4,
+                                          doc="longest answer the student samples on an on-policy step"),
             },
             check=_check_chat,
         ),

@@ -180,6 +180,7 @@ def _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s,
         "layer_reason": settings.layer_reason,
         "steps": state["step"],
         "chat_steps": state.get("chat_steps", 0),
+        "on_policy_steps": state.get("policy_steps", 0),  # chat steps on answers the student sampled
         "train_minutes": round(state["train_seconds"] / 60, 3),
         "train_tokens_seen": state.get("tokens_seen", state["step"] * settings.batch_size * processes * settings.seq_len),
         "parameters": {"teacher": counts_t, "student": counts_s,

@@ -19,8 +19,10 @@ from edgekit.workshop import textdata
 from edgekit.workshop.distill_settings import DistillSettings
 
 
-def _kd_loss(s_logits, t_logits, labels, s: DistillSettings, s_hidden=None, t_hidden=None, mask=None):
-    """KD loss over every position, or only where `mask` [B, L] is true (a chat example's answer)."""
+def _kd_loss(s_logits, t_logits, labels, s: DistillSettings, s_hidden=None, t_hidden=None, mask=None,
+             ce_weight: float | None = None):
+    """KD loss over every position, or only where `mask` [B, L] is true (a chat example's answer).
+    `ce_weight` overrides the settings' (0 on an on-policy step: its labels are the student's own samples)."""
     T = s.temperature
     vocab = s_logits.shape[-1]
     s_flat, t_flat = s_logits.reshape(-1, vocab).float(), t_logits.reshape(-1, vocab).float()
@@ -30,7 +32,7 @@ def _kd_loss(s_logits, t_logits, labels, s: DistillSettings, s_hidden=None, t_hi
     kl = torch.nn.functional.kl_div(torch.log_softmax(s_flat / T, -1), torch.log_softmax(t_flat / T, -1),
                                     log_target=True, reduction="batchmean") * T * T
     ce = torch.nn.functional.cross_entropy(s_flat, labels.reshape(-1))
-    loss = s.kl_weight * kl + s.ce_weight * ce
+    loss = s.kl_weight * kl + (s.ce_weight if ce_weight is None else ce_weight) * ce
     parts = {"kl": kl.item(), "ce": ce.item()}
     if s.hidden_weight > 0 and s_hidden is not None:
         cos = [torch.nn.functional.cosine_similarity(sh, th, dim=-1).mean() for sh, th in zip(s_hidden, t_hidden)]
@@ -149,30 +151,40 @@ class TrainingLoop:
         self.accel.wait_for_everyone()
 
     def batch(self):
-        """(input ids, targets, answer mask or None) of this process's share of the next step."""
+        """(input ids, targets, answer mask or None, kind) of this process's share of the next step;
+        kind is "text", "chat" (the teacher's answers) or "policy" (answers the student samples)."""
         st, s, accel = self.state, self.s, self.accel
         per_step = s.batch_size * accel.num_processes
         if self.chat is not None and is_chat_step(st["step"], s.chat_fraction):
             from edgekit.workshop.chatdata import pad_batch
+            from edgekit.workshop.on_policy import is_policy_step, student_answers
 
             n = st.get("chat_steps", 0)
             items = [self.chat.train[i] for i in batch_share(self.chat_order, n, per_step, s.batch_size, accel.process_index)]
+            kind = "policy" if is_policy_step(n, s.on_policy) else "chat"
+            if kind == "policy":
+                seed = (s.seed * 1_000_003 + n) * 64 + accel.process_index
+                stop = {self.tokenizer.eos_token_id} - {None}
+                items = student_answers(accel.unwrap_model(self.student), items, s.on_policy_tokens, self.pad_id,
+                                        stop, seed)
             ids, mask = pad_batch(items, self.pad_id)
-            return ids[:, :-1].to(accel.device), ids[:, 1:].to(accel.device), mask.to(accel.device)
+            return ids[:, :-1].to(accel.device), ids[:, 1:].to(accel.device), mask.to(accel.device), kind
         n = st["step"] - st.get("chat_steps", 0)
         rows = self.data.train[batch_share(self.order, n, per_step, s.batch_size, accel.process_index)].to(accel.device)
-        return rows[:, :-1], rows[:, 1:], None
+        return rows[:, :-1], rows[:, 1:], None, "text"
 
-    def commit(self, parts: dict, chat: bool) -> None:
+    def commit(self, parts: dict) -> None:
         """Count a finished step (only after the optimizer step, so an interrupt never skips a batch)."""
         st = self.state
         st["step"] += 1
-        st["chat_steps"] = st.get("chat_steps", 0) + int(chat)
+        st["chat_steps"] = st.get("chat_steps", 0) + int(parts["kind"] != "text")
+        if parts["kind"] == "policy":
+            st["policy_steps"] = st.get("policy_steps", 0) + 1
         st["tokens_seen"] = st.get("tokens_seen", 0) + parts["tokens"]
 
     def step(self) -> dict:
         s = self.s
-        x, y, mask = self.batch()
+        x, y, mask, kind = self.batch()
         want_hidden = s.hidden_weight > 0
         with torch.no_grad():
             t_out = self.teacher(input_ids=x, output_hidden_states=want_hidden)
@@ -181,13 +193,13 @@ class TrainingLoop:
         if want_hidden:
             s_hid = s_out.hidden_states[1:]
             t_hid = [t_out.hidden_states[i + 1] for i in self.state["keep_layers"]]
-        loss, parts = _kd_loss(s_out.logits, t_out.logits, y, s, s_hid, t_hid, mask)
+        loss, parts = _kd_loss(s_out.logits, t_out.logits, y, s, s_hid, t_hid, mask,
+                               ce_weight=0.0 if kind == "policy" else None)
         self.opt.zero_grad(set_to_none=True)
         self.accel.backward(loss)
         self.accel.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
-        return {"loss": loss.item(), "kl": parts["kl"], "tokens": x.numel() * self.accel.num_processes,
-                "chat": mask is not None}
+        return {"loss": loss.item(), "kl": parts["kl"], "tokens": x.numel() * self.accel.num_processes, "kind": kind}
 
     def train(self, progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -207,7 +219,7 @@ class TrainingLoop:
                     self._note_floor(st["step"], min(b.min_steps, max_steps))
                 t0 = self.clock()
                 parts = self.step()
-                self.commit(parts, parts["chat"])
+                self.commit(parts)
                 dt = _slowest_seconds(self.accel, self.clock() - t0)
                 st["train_seconds"] += dt
                 bar.update(1)

@@ -40,6 +40,8 @@ class DistillSettings:
     layer_reason: str = ""
     fit_on_chip: str = ""  # accelerator whose on-chip cache sets the depth (edgekit.core.coral_fit); "" = none
     lm_head_on_host: bool = False  # with fit_on_chip: the LM head does not take cache space
+    on_policy: float = 0.0  # share of chat steps on answers the student samples (edgekit.workshop.on_policy)
+    on_policy_tokens: int = 48  # longest answer the student samples on such a step
 
     def key(self) -> str:
         fields = asdict(self)
@@ -47,6 +49,9 @@ class DistillSettings:
         if not fields["fit_on_chip"]:  # keys of runs that predate these fields stay the same
             fields.pop("fit_on_chip")
             fields.pop("lm_head_on_host")
+        if not fields["on_policy"]:
+            fields.pop("on_policy")
+            fields.pop("on_policy_tokens")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,6 +112,7 @@ def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | N
         seq_len=d["seq_len"], data=list(data or recipe.data["data"]["train"]), layer_reason=reason,
         eval_fraction=d["eval_fraction"],
         chat_fraction=c["fraction"] if c["enabled"] else 0.0, chat_seq_len=c["seq_len"],
+        on_policy=c["on_policy"] if c["enabled"] else 0.0, on_policy_tokens=c["on_policy_tokens"],
         fit_on_chip=fit, lm_head_on_host=bool(fit) and recipe.data["edgetpu"]["lm_head"] == "host",
     )
 
