@@ -91,7 +91,11 @@ def extract_cached(archive: Path, cache: Path, keep: int = KEEP) -> Path:
             if (final / _READY).is_file():
                 return final
             shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process put its complete copy there between the check and the move
+            if not (final / _READY).is_file():
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -166,7 +166,7 @@ class TrainingLoop:
                 seed = (s.seed * 1_000_003 + n) * 64 + accel.process_index
                 stop = {self.tokenizer.eos_token_id} - {None}
                 items = student_answers(accel.unwrap_model(self.student), items, s.on_policy_tokens, self.pad_id,
-                                        stop, seed)
+                                        stop, seed, s.chat_seq_len + 1)
             ids, mask = pad_batch(items, self.pad_id)
             return ids[:, :-1].to(accel.device), ids[:, 1:].to(accel.device), mask.to(accel.device), kind
         n = st["step"] - st.get("chat_steps", 0)

@@ -38,25 +38,29 @@ def until_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
 
 @torch.no_grad()
 def student_answers(model, items: list[ChatIds], max_new_tokens: int, pad_id: int, stop_ids: set[int],
-                    seed: int) -> list[ChatIds]:
+                    seed: int, max_tokens: int) -> list[ChatIds]:
     """`items` with each teacher answer replaced by one the student `model` samples (temperature 1,
-    no top-k/top-p cut) after the same prompt, at most `max_new_tokens` long; `seed` fixes the
-    samples, so a resumed run draws the same answers. The model is left in the mode it was in."""
+    no top-k/top-p cut, no repetition penalty) after the same prompt, at most `max_new_tokens` long
+    and the whole example at most `max_tokens` (the recipe's chat seq_len + 1). `seed` fixes the
+    samples (a resumed run draws the same answers) without touching the training's random state.
+    The model's own end-of-turn ids stop an answer too; the model is left in the mode it was in."""
+    from transformers import GenerationConfig
+
     prompts = [c.ids[: c.answer_start] for c in items]
     ids, attention = _left_padded(prompts, pad_id)
     device = next(model.parameters()).device
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    stop_ids = set(stop_ids) | set([eos] if isinstance(eos, int) else (eos or []))
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                              pad_token_id=pad_id, eos_token_id=sorted(stop_ids) or None)
     was_training = model.training
     model.eval()
-    torch.manual_seed(seed)
     try:
-        out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), do_sample=True,
-                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=sorted(stop_ids) or None)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), generation_config=config)
     finally:
         model.train(was_training)
     new = out[:, ids.shape[1]:].tolist()
-    answers = []
-    for prompt, tokens in zip(prompts, new):
-        answer = until_stop(tokens, stop_ids) or tokens[:1]  # at least one token to score
-        answers.append(ChatIds(prompt + answer, len(prompt)))
-    return answers
+    return [ChatIds((prompt + until_stop(tokens, stop_ids))[:max_tokens], len(prompt))
+            for prompt, tokens in zip(prompts, new)]

@@ -204,7 +204,9 @@ def hostile_check(edgekit: list[str], tar: Path, scratch: Path, env: dict, outsi
     tmpdir = scratch / "tmp"
     tmpdir.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(outside)) if outside.exists() else set()
-    res = run_cli([*edgekit, "inspect", str(tar)], dict(env, TMPDIR=str(tmpdir)), cwd=scratch)
+    # EDGEKIT_HOME (where a .tar is extracted) inside scratch, so the search below covers it
+    res = run_cli([*edgekit, "inspect", str(tar)], dict(env, TMPDIR=str(tmpdir), EDGEKIT_HOME=str(scratch / "home")),
+                  cwd=scratch)
     res["problems"] = [p for p in [one_clear_line(res)] if p]
     written = sorted((set(os.listdir(outside)) if outside.exists() else set()) - before)
     written += [str(p) for p in scratch.rglob("evil")]  # `../evil` lands beside the extraction folder

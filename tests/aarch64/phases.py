@@ -212,25 +212,34 @@ class Run:
                 self.check(f"{name} serve {t} {kind}", problems, dict(_brief(res), threads_check=mode),
                            note=_serve_note(res, mode))
                 if verify or VERIFY_MANDATORY:
-                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind]), *fallback), g.env(), cwd=scratch)
+                    v = checks.run_cli(g.edgekit(venv, "verify", str(b[kind]), *fallback), self.guest_env(name, g),
+                                       cwd=scratch)
                     self.check(f"{name} verify {t} {kind}", [] if v["rc"] == 0 else
                                [f"rc {v['rc']}: {checks.last_line(v['stderr'] or v['stdout'])}"], v)
                 else:
                     self.check(f"{name} verify {t} {kind}", [], skip="OPTIONAL: `edgekit verify` not in this build")
             tmp = self.work / f"inspect-{name}" / t / "tmp"
             tmp.mkdir(parents=True, exist_ok=True)
-            r = checks.run_cli(g.edgekit(venv, "inspect", str(b["tar"])), dict(g.env(), TMPDIR=str(tmp)), cwd=tmp.parent)
+            r = checks.run_cli(g.edgekit(venv, "inspect", str(b["tar"])), dict(self.guest_env(name, g), TMPDIR=str(tmp)),
+                               cwd=tmp.parent)
             left = [f for f in checks.files_under(tmp) if f not in checks.RUNTIME_TMP_FILES]
             self.check(f"{name} inspect {t} tar", ([] if r["rc"] == 0 else [f"rc {r['rc']}: {checks.last_line(r['stderr'])}"])
                        + ([f"{len(left)} file(s) left in TMPDIR"] if left else []), dict(r, tmpdir_files=left[:5]))
+
+    def guest_env(self, name: str, g) -> dict:
+        """The guest's environment with an EDGEKIT_HOME of this release's own: the releases run side by
+        side, and two processes extracting the same .tar into one cache must not meet there."""
+        home = self.work / f"home-{name}"
+        home.mkdir(parents=True, exist_ok=True)
+        return g.env(EDGEKIT_HOME=str(home))
 
     def delegate_refusal(self, name: str, g, venv: Path, t: str, b: dict) -> None:
         """`edgekit serve` of a GPU / Edge TPU bundle where the delegate is missing: exit 1 with one line
         naming --allow-cpu-fallback, before anything listens."""
         scratch = self.work / f"refuse-{name}" / t
         scratch.mkdir(parents=True, exist_ok=True)
-        r = checks.run_cli(g.edgekit(venv, "serve", str(b["dir"]), "--port", str(checks.free_port())), g.env(),
-                           cwd=scratch, timeout=300)
+        r = checks.run_cli(g.edgekit(venv, "serve", str(b["dir"]), "--port", str(checks.free_port())),
+                           self.guest_env(name, g), cwd=scratch, timeout=300)
         problems = [] if r["rc"] == 1 and "--allow-cpu-fallback" in r["stderr"] and "Traceback" not in r["stderr"] \
             else [f"want rc 1 and one line naming --allow-cpu-fallback; rc {r['rc']}: {checks.last_line(r['stderr'])}"]
         self.check(f"{name} serve {t} refused without its delegate", problems, r)
@@ -241,7 +250,7 @@ class Run:
         estimate (measured: false), never an x86 profile."""
         scratch = self.work / f"power-{name}"
         scratch.mkdir(parents=True, exist_ok=True)
-        env = dict(g.env(), EDGEKIT_VCGENCMD_SECONDS="0.024")
+        env = dict(self.guest_env(name, g), EDGEKIT_VCGENCMD_SECONDS="0.024")
         for label, path in (("pmic", f"{self.repo / 'bench' / 'pi5'}:{env.get('PATH', '')}"),
                             ("no vcgencmd", env.get("PATH", ""))):
             r = checks.run_cli(g.edgekit(venv, "power", "--json", "--seconds", "0.3", "--target", "arm-cpu"),
@@ -279,7 +288,7 @@ class Run:
         summary = (r.stdout.strip().splitlines() or [""])[-1]
         self.check(f"{name} test tier ({len(sel)} path(s))", [] if r.returncode == 0 else [summary or r.stderr[-300:]],
                    {"seconds": round(time.monotonic() - t0, 1), "summary": summary, "deselected_for_emulator": deselect,
-                    "stdout_tail": r.stdout[-4000:]}, note=f"{summary}; {len(deselect)} deselected (emulator)")
+                    "stdout_tail": r.stdout[-12000:]}, note=f"{summary}; {len(deselect)} deselected (emulator)")
 
 
 def _host_env() -> dict:

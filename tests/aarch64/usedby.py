@@ -92,8 +92,11 @@ def _all(run: "phases.Run", args, rels, qemu: str, binfmt: bool) -> None:
         jobs = [ex.submit(_guest_checks, run, name, g, venvs[name], bundles, reference,
                           args.test_files if name in tier else None)
                 for name, g in guests.items() if venvs[name] is not None]
-        for job in jobs:
-            job.result()
+        errors = [job.exception() for job in jobs]  # waits for every release; each one's error is logged
+        for error in filter(None, errors):
+            run.log(f"guest checks stopped: {type(error).__name__}: {error}")
+        if any(errors):
+            raise next(filter(None, errors))
 
 
 def _guest_checks(run: "phases.Run", name: str, g, venv, bundles: dict, reference: dict,
