@@ -19,16 +19,13 @@ def model(shared_dir):
 
 
 def test_policy_steps_are_the_asked_share_spread_over_chat_steps_and_answers_end_at_end_of_turn():
-    from edgekit.workshop.on_policy import is_policy_step
+    from edgekit.workshop.distill_settings import DistillSettings
+    from edgekit.workshop.on_policy import is_policy_step, until_stop
 
     for fraction in (0.0, 0.25, 0.5, 1.0):
         picked = [is_policy_step(n, fraction) for n in range(400)]
         assert sum(picked) == pytest.approx(400 * fraction, abs=2)
-    from edgekit.workshop.on_policy import until_stop
-
     assert until_stop([5, 13, 7, 13], {13}) == [5, 13] and until_stop([5, 6], {13}) == [5, 6]
-    from edgekit.workshop.distill_settings import DistillSettings
-
     base = DistillSettings(teacher="t", keep_layers=[0, 1])
     assert DistillSettings(teacher="t", keep_layers=[0, 1], on_policy=0.5).key() != base.key()  # never resumes the other
     quarter = [n for n in range(400) if is_policy_step(n, 0.25)]
