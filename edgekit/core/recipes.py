@@ -76,6 +76,9 @@ SCHEMA = Table(
                                         doc="training budgets (minutes) that get fewer layers dropped"),
                 "budget_layers": Field(int, default=(), minimum=1, list_of=True,
                                        doc="layers kept for a budget up to budget_minutes[i] (auto_layers above)"),
+                "fold_dropped": Field(bool, default=False,
+                                      doc="replace each run of dropped layers by a linear map fitted on the teacher's "
+                                          "activations, folded into the kept layer before it (edgekit.workshop.layer_fold)"),
                 "fit_on_chip": Field(str, default="", choices=("", "edgetpu"),
                                      doc="keep the most layers (chosen by influence) whose int8 accelerator segments "
                                          "fit this accelerator's on-chip cache (accelerators/NAME.toml)"),

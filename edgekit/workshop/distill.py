@@ -63,7 +63,15 @@ def _open_student(settings, budget, teacher, data, chat, ckpt: Path, log):
         keep = student_mod.select_layers_by_influence(teacher, _calibration(data, 8), n)
         log(f"layers chosen by influence: {keep}" + (f" ({settings.layer_reason})" if settings.layer_reason else ""))
     state["keep_layers"] = keep
-    return student_mod.make_student(teacher, keep, settings.ffn_ratio, pruning_calibration(data, chat)), state
+    student = student_mod.make_student(teacher, keep, settings.ffn_ratio, pruning_calibration(data, chat))
+    if settings.fold_dropped:
+        from edgekit.workshop.layer_fold import fold_dropped_layers
+
+        state["folded"] = fold_dropped_layers(teacher, student, keep, _calibration(data, 8) + pruning_calibration(data, chat, 32))
+        log("dropped layers folded into the kept ones: " + ", ".join(
+            f"{r['layers']} -> layer {r['into']} (residual error {r['error_dropped']:.3f} -> {r['error_folded']:.3f})"
+            for r in state["folded"]))
+    return student, state
 
 
 def _layers_on_chip(settings, teacher, state: dict, log) -> int:
@@ -178,6 +186,7 @@ def _final_metrics(settings, state, final, data, chat, keep, counts_t, counts_s,
         "teacher": settings.teacher,
         "keep_layers": keep,
         "layer_reason": settings.layer_reason,
+        "folded": state.get("folded", []),  # runs of dropped layers folded into kept ones (layer_fold)
         "steps": state["step"],
         "chat_steps": state.get("chat_steps", 0),
         "on_policy_steps": state.get("policy_steps", 0),  # chat steps on answers the student sampled

@@ -42,6 +42,7 @@ class DistillSettings:
     lm_head_on_host: bool = False  # with fit_on_chip: the LM head does not take cache space
     on_policy: float = 0.0  # share of chat steps on answers the student samples (edgekit.workshop.on_policy)
     on_policy_tokens: int = 48  # longest answer the student samples on such a step
+    fold_dropped: bool = False  # dropped layers folded into the kept ones (edgekit.workshop.layer_fold)
 
     def key(self) -> str:
         fields = asdict(self)
@@ -52,6 +53,8 @@ class DistillSettings:
         if not fields["on_policy"]:
             fields.pop("on_policy")
             fields.pop("on_policy_tokens")
+        if not fields["fold_dropped"]:
+            fields.pop("fold_dropped")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -106,7 +109,7 @@ def settings_from_recipe(recipe, teacher: str | None = None, data: list[str] | N
         teacher_sha256="" if teacher else t["sha256"],
         keep_layers=list(keep_layers or []),
         auto_layers=auto_layers or 0,
-        ffn_ratio=ffn_ratio if ffn_ratio is not None else st["ffn_ratio"],
+        ffn_ratio=ffn_ratio if ffn_ratio is not None else st["ffn_ratio"], fold_dropped=st["fold_dropped"],
         temperature=d["temperature"], kl_weight=d["kl_weight"], ce_weight=d["ce_weight"],
         hidden_weight=d["hidden_weight"], learning_rate=d["learning_rate"], batch_size=d["batch_size"],
         seq_len=d["seq_len"], data=list(data or recipe.data["data"]["train"]), layer_reason=reason,

@@ -86,6 +86,8 @@ def stage_distill(ctx, d: Path, outs: dict) -> StageOutput:
         tok.save_pretrained(student_dir)
         metrics: dict = {}
     else:
+        if ctx.recipe.student["fold_dropped"]:
+            raise BuildError("fold_dropped works on decoder (causal LM) students only; remove it from the encoder recipe")
         dcfg = ctx.recipe.data["distill"]
         (eval_file,) = textdata.expand_paths(ctx.recipe.data["data"]["eval"][:1])
         metrics = distill_encoder(
