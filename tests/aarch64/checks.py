@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,10 +30,21 @@ CHAT = [{"role": "user", "content": "Tell me a story about a cat."}]
 RUNTIME_TMP_FILES: dict[str, str] = {}
 
 
+_GIVEN_PORTS: set[int] = set()
+_PORT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free local TCP port never handed out before in this process: the two emulated releases' checks
+    run in threads side by side, and the kernel may offer a just-released port to both."""
+    with _PORT_LOCK:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _GIVEN_PORTS:
+                _GIVEN_PORTS.add(port)
+                return port
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict | str]:
