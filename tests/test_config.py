@@ -145,3 +145,14 @@ def test_log_names_differ_per_bundle_kind():
                                                   ("arm-cpu", "fp32"), ("onnx-cpu", "int8-dynamic"))}
     assert len(names) == 4 and "stories260k-coral-int8-full" in names
     assert bundle_log_name({"name": "a/../b", "target": {"name": "t"}, "model": {}}) == "a_.._b-t"
+
+
+def test_fold_dropped_reaches_the_distill_settings_and_must_be_a_bool(tmp_path):
+    from edgekit.workshop.distill_settings import settings_from_recipe
+
+    base = 'name = "r"\ndescription = "x"\ntask = "text-generation"\n[teacher]\nsource = "path:x"\n[student]\nmode = "layer-drop"\nauto_layers = 3\n'
+    assert not settings_from_recipe(load_recipe(str(_write(tmp_path, "r", base)))).fold_dropped
+    on = settings_from_recipe(load_recipe(str(_write(tmp_path, "r", base + "fold_dropped = true\n"))))
+    assert on.fold_dropped and on.key() != settings_from_recipe(load_recipe(str(_write(tmp_path, "r", base)))).key()
+    with pytest.raises(ConfigError, match="fold_dropped"):
+        load_recipe(str(_write(tmp_path, "r", base + 'fold_dropped = "yes"\n')))

@@ -13,10 +13,12 @@ torch = pytest.importorskip("torch")
 def test_dropped_runs_are_the_consecutive_gaps_and_layer_zero_must_stay():
     from edgekit.workshop.layer_fold import dropped_runs
 
-    assert dropped_runs([0, 1, 4, 7], 9) == [[2, 3], [5, 6], [8]]
+    assert dropped_runs([0, 1, 4, 7, 8], 9) == [[2, 3], [5, 6]]
     assert dropped_runs([0, 1, 2], 3) == []
     with pytest.raises(BuildError, match="keep layer 0"):
         dropped_runs([1, 2], 3)
+    with pytest.raises(BuildError, match="last layer"):
+        dropped_runs([0, 1, 4], 6)
     from edgekit.workshop.distill_settings import DistillSettings
 
     plain = DistillSettings(teacher="t", keep_layers=[0, 1])
@@ -73,6 +75,6 @@ def test_folded_student_is_closer_to_the_teacher_than_the_dropped_one(shared_dir
     records = fold_dropped_layers(teacher, folded, keep, fitted_on)
     assert [(r["layers"], r["into"]) for r in records] == [([2, 3], 1)]
     assert records[0]["error_folded"] < records[0]["error_dropped"]
-    untouched = [n for n, p in folded.named_parameters() if not torch.equal(p, dict(dropped.named_parameters())[n])]
-    assert untouched == ["model.layers.1.mlp.down_proj.weight"]  # only the kept layer before the run changes
+    changed = [n for n, p in folded.named_parameters() if not torch.equal(p, dict(dropped.named_parameters())[n])]
+    assert changed == ["model.layers.1.mlp.down_proj.weight"]  # only the kept layer before the run changes
     assert _nll(folded, held_out) < _nll(dropped, held_out)

@@ -67,7 +67,8 @@ def _open_student(settings, budget, teacher, data, chat, ckpt: Path, log):
     if settings.fold_dropped:
         from edgekit.workshop.layer_fold import fold_dropped_layers
 
-        state["folded"] = fold_dropped_layers(teacher, student, keep, _calibration(data, 8) + pruning_calibration(data, chat, 32))
+        chat_examples = pruning_calibration(data, chat, 32) if chat is not None else []
+        state["folded"] = fold_dropped_layers(teacher, student, keep, _calibration(data, 8) + chat_examples)
         log("dropped layers folded into the kept ones: " + ", ".join(
             f"{r['layers']} -> layer {r['into']} (residual error {r['error_dropped']:.3f} -> {r['error_folded']:.3f})"
             for r in state["folded"]))

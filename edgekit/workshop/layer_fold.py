@@ -36,12 +36,18 @@ def dropped_runs(keep_layers: list[int], n_layers: int) -> list[list[int]]:
             runs.append([i])
     if runs and runs[0][0] == 0:
         raise BuildError("cannot fold dropped layers into the student when layer 0 is dropped: keep layer 0")
+    if runs and runs[-1][-1] == n_layers - 1:  # the model's last hidden state is returned normed: no target
+        raise BuildError(f"cannot fold dropped layers into the student when the last layer ({n_layers - 1}) is "
+                         "dropped: keep it")
     return runs
 
 
 def _check_layer(layer) -> None:
-    if not (hasattr(layer, "mlp") and hasattr(layer.mlp, "down_proj") and hasattr(layer, "post_attention_layernorm")):
-        raise BuildError(f"fold_dropped needs pre-norm decoder layers with mlp.down_proj ({type(layer).__name__} has none)")
+    """Llama-style layers only: Gemma-style ones also norm the attention and MLP outputs (sandwich norms),
+    so `a` and `m` below would not be what they are here."""
+    llama_like = hasattr(layer, "mlp") and hasattr(layer.mlp, "down_proj") and hasattr(layer, "post_attention_layernorm")
+    if not llama_like or hasattr(layer, "post_feedforward_layernorm"):
+        raise BuildError(f"fold_dropped needs Llama-style pre-norm decoder layers ({type(layer).__name__} is not one)")
 
 
 @torch.no_grad()
@@ -66,11 +72,12 @@ def _activations(teacher, before: int, last: int, batches: list[torch.Tensor]):
 
 def fit_map(mlp_out: torch.Tensor, resid: torch.Tensor, target: torch.Tensor, ridge: float) -> tuple[torch.Tensor, dict]:
     """(T, errors): the ridge least-squares map (see the module docstring) and the weighted relative
-    residual error before (T = I) and after the fit."""
+    residual error before (T = I) and after the fit. With FFN pruning (ffn_ratio < 1) the map is fitted on the
+    teacher's full MLP output and folded into the pruned student's down projection: an approximation."""
     w = 1.0 / target.norm(dim=1, keepdim=True).clamp_min(1e-12)
     m, r = mlp_out * w, (target - resid) * w
     d = m.shape[1]
-    eye = torch.eye(d, dtype=m.dtype)
+    eye = torch.eye(d, dtype=m.dtype, device=m.device)
     s = ridge * (m * m).sum() / d
     t = torch.linalg.solve(m.T @ m + s * eye, m.T @ r + s * eye)
     base = (r * r).sum()
