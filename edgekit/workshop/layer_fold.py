@@ -51,23 +51,30 @@ def _check_layer(layer) -> None:
 
 
 @torch.no_grad()
-def _activations(teacher, before: int, last: int, batches: list[torch.Tensor]):
-    """(m, a, H) over all calibration tokens: layer `before`'s MLP output and post-attention residual,
-    and the residual after layer `last`; float64, one row per token."""
-    layer = teacher.model.layers[before]
-    mlp_out, resid = [], []
-    h1 = layer.mlp.register_forward_hook(lambda _m, _a, out: mlp_out.append(out.reshape(-1, out.shape[-1])))
-    h2 = layer.post_attention_layernorm.register_forward_pre_hook(
-        lambda _m, args: resid.append(args[0].reshape(-1, args[0].shape[-1])))
-    target = []
+def _activations(teacher, runs: list[list[int]], batches: list[torch.Tensor]) -> list[tuple]:
+    """For each run, (m, a, H) over all calibration tokens: the MLP output and post-attention residual of the
+    kept layer before the run, and the residual after the run's last layer; float64, one row per token. One
+    teacher pass over the calibration batches serves every run."""
+    layers = teacher.model.layers
+    mlp_out = {run[0] - 1: [] for run in runs}
+    resid = {run[0] - 1: [] for run in runs}
+    target = {run[-1]: [] for run in runs}
+    hooks = []
+    for before in mlp_out:
+        hooks.append(layers[before].mlp.register_forward_hook(
+            lambda _m, _a, out, got=mlp_out[before]: got.append(out.reshape(-1, out.shape[-1]))))
+        hooks.append(layers[before].post_attention_layernorm.register_forward_pre_hook(
+            lambda _m, args, got=resid[before]: got.append(args[0].reshape(-1, args[0].shape[-1]))))
     try:
         for ids in batches:
-            out = teacher(input_ids=ids, output_hidden_states=True)
-            target.append(out.hidden_states[last + 1].reshape(-1, out.hidden_states[0].shape[-1]))
+            states = teacher(input_ids=ids, output_hidden_states=True).hidden_states
+            for last, got in target.items():
+                got.append(states[last + 1].reshape(-1, states[0].shape[-1]))
     finally:
-        h1.remove()
-        h2.remove()
-    return tuple(torch.cat(x).double() for x in (mlp_out, resid, target))
+        for h in hooks:
+            h.remove()
+    return [tuple(torch.cat(x[k]).double() for x, k in ((mlp_out, run[0] - 1), (resid, run[0] - 1), (target, run[-1])))
+            for run in runs]
 
 
 def fit_map(mlp_out: torch.Tensor, resid: torch.Tensor, target: torch.Tensor, ridge: float) -> tuple[torch.Tensor, dict]:
@@ -92,11 +99,13 @@ def fold_dropped_layers(teacher, student, keep_layers: list[int], batches: list[
     Returns one record per run: the layers, the kept layer it went into, the residual errors."""
     keep = sorted(keep_layers)
     n = len(teacher.model.layers)
+    runs = dropped_runs(keep, n)
+    for run in runs:
+        _check_layer(teacher.model.layers[run[0] - 1])
     records = []
-    for run in dropped_runs(keep, n):
-        before, last = run[0] - 1, run[-1]
-        _check_layer(teacher.model.layers[before])
-        t, errors = fit_map(*_activations(teacher, before, last, batches), ridge)
+    for run, acts in zip(runs, _activations(teacher, runs, batches)):
+        before = run[0] - 1
+        t, errors = fit_map(*acts, ridge)
         down = student.model.layers[keep.index(before)].mlp.down_proj
         down.weight.copy_((t.T @ down.weight.double()).to(down.weight.dtype))
         records.append({"layers": run, "into": before, "error_dropped": round(errors["dropped"], 4),
