@@ -14,6 +14,11 @@ from pathlib import Path
 from edgekit.workshop import textdata
 
 
+# Fields added after runs were already on disk: left out of the resume key while their switch is off.
+_LEFT_OUT_WHEN_OFF = {"fit_on_chip": ("fit_on_chip", "lm_head_on_host"), "on_policy": ("on_policy", "on_policy_tokens"),
+                      "fold_dropped": ("fold_dropped",)}
+
+
 @dataclass
 class DistillSettings:
     """Everything that determines a run (hashed to decide whether a checkpoint can resume)."""
@@ -47,14 +52,10 @@ class DistillSettings:
     def key(self) -> str:
         fields = asdict(self)
         fields.pop("layer_reason")  # words only: a longer budget with the same depth resumes
-        if not fields["fit_on_chip"]:  # keys of runs that predate these fields stay the same
-            fields.pop("fit_on_chip")
-            fields.pop("lm_head_on_host")
-        if not fields["on_policy"]:
-            fields.pop("on_policy")
-            fields.pop("on_policy_tokens")
-        if not fields["fold_dropped"]:
-            fields.pop("fold_dropped")
+        for switch, group in _LEFT_OUT_WHEN_OFF.items():  # keys of runs that predate these fields stay the same
+            if not fields[switch]:
+                for name in group:
+                    fields.pop(name)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
