@@ -82,3 +82,40 @@ def test_untied_head_keeps_the_gather_table_and_says_why(tmp_path):
     record = share_tied_head(path)
     assert record["shared"] is False and "does not tie them" in record["reason"]
     assert path.read_bytes() == before
+
+
+def _tied_lm(path, table, inner):
+    """input_ids -> Gather(table) -> MatMul(inner) -> MatMul(table^T) -> `logits`: a tied toy LM."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(table, "embed"), numpy_helper.from_array(inner, "inner"),
+             numpy_helper.from_array(np.ascontiguousarray(table.T), "head")]
+    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["h0"], axis=0),
+             helper.make_node("MatMul", ["h0", "inner"], ["h1"], name="inner_mm"),
+             helper.make_node("MatMul", ["h1", "head"], ["logits"], name="head_mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "t"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "t", VOCAB])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    return path
+
+
+def test_int4_keeps_the_lm_head_8_bit_and_serves_the_embedding_from_it(tmp_path):
+    from edgekit.workshop.onnx_quantize import quantize_onnx
+
+    rng = np.random.default_rng(2)
+    table = rng.normal(0, 0.05, (VOCAB, HIDDEN)).astype(np.float32)
+    inner = rng.normal(0, 0.2, (HIDDEN, HIDDEN)).astype(np.float32)
+    src = _tied_lm(tmp_path / "fp32.onnx", table, inner)
+    params = quantize_onnx(src, tmp_path / "q4.onnx", "int4-weight-only")
+    graph = onnx.load(str(tmp_path / "q4.onnx")).graph
+    bits = {n.name.split("_Q")[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in graph.node if n.op_type == "MatMulNBits"}
+    assert bits == {"inner_mm": 4, "head_mm": 8}, bits
+    assert params["embedding_shared"]["shared"] and "head_mm" in params["lm_head"]
+    ops = {n.op_type for n in graph.node}
+    assert "GatherBlockQuantized" in ops and "Gather" not in ops
+    ids = np.array([[1, 7, 39, 0]], np.int64)
+    want = table[ids[0]] @ inner @ table.T
+    got = ort.InferenceSession(str(tmp_path / "q4.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input_ids": ids})[0][0]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()  # a 4-bit rounding, not another model

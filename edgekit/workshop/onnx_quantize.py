@@ -1,9 +1,9 @@
 """Post-training quantization of an exported ONNX model with onnxruntime's quantizers.
 
 Precisions: fp32 (copy); int8-dynamic (int8 weights in blocks of 32, activations quantized to
-int8 per block at run time); int4-weight-only (4-bit weight blocks). Both quantized variants also
-store the embedding table as int8; int8-dynamic reads it from the LM head's weights when the model
-ties them (edgekit/workshop/onnx_tied.py). May import: stdlib, onnx, onnxruntime, edgekit.core/workshop.
+int8 per block at run time); int4-weight-only (4-bit weight blocks, the LM head 8-bit). Both
+quantized variants also store the embedding table as int8, read from the 8-bit LM head's weights
+when the model ties them (edgekit/workshop/onnx_tied.py). May import: stdlib, onnx, onnxruntime, edgekit.core/workshop.
 """
 
 from __future__ import annotations
@@ -19,31 +19,49 @@ def _fp32(src: Path, dst: Path) -> dict:
     return {}
 
 
-def _blockwise(src: Path, dst: Path, bits: int) -> dict:
+def _lm_head(model) -> str | None:
+    """Name of the MatMul that writes the graph output `logits` from a constant weight (the LM head), or None."""
+    consts = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    heads = [n.name for n in model.graph.node
+             if n.op_type == "MatMul" and "logits" in n.output and n.input[1] in consts and n.output[0] in outputs]
+    return heads[0] if len(heads) == 1 else None
+
+
+def _blockwise(src: Path, dst: Path, bits: int, head_bits: int | None = None) -> dict:
     """MatMul weights to `bits`-bit blocks of 32 (MatMulNBits, accuracy_level 4: activations are
-    quantized to int8 per block at run time, as llama.cpp's Q8_0 does), then the embedding
-    table (Gather) to int8."""
+    quantized to int8 per block at run time, as llama.cpp's Q8_0 does), the LM head to `head_bits`
+    when given, then the embedding table (Gather) to int8."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quant = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=32, is_symmetric=True, accuracy_level=4)
+    model = onnx.load(str(src))
+    head = _lm_head(model) if head_bits not in (None, bits) else None
+    quant = MatMulNBitsQuantizer(model, bits=bits, block_size=32, is_symmetric=True, accuracy_level=4,
+                                 nodes_to_exclude=[head] if head else None)
     quant.process()
+    model = quant.model.model
+    if head:
+        quant = MatMulNBitsQuantizer(model, bits=head_bits, block_size=32, is_symmetric=True, accuracy_level=4,
+                                     nodes_to_include=[head])
+        quant.process()
+        model = quant.model.model
     mid = dst.with_name(dst.stem + ".matmul.onnx")
     try:
-        quant.model.save_model_to_file(str(mid), use_external_data_format=False)
+        onnx.save(model, str(mid))
         quantize_dynamic(str(mid), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
     finally:
         mid.unlink(missing_ok=True)
-    return {"matmul": f"MatMulNBits {bits}-bit, block 32, symmetric, accuracy_level 4",
-            "embedding": "Gather int8 per-tensor (onnxruntime quantize_dynamic)"}
+    params = {"matmul": f"MatMulNBits {bits}-bit, block 32, symmetric, accuracy_level 4",
+              "embedding": "Gather int8 per-tensor (onnxruntime quantize_dynamic)"}
+    if head:
+        params["lm_head"] = f"MatMulNBits {head_bits}-bit, block 32, symmetric ({head})"
+    return params
 
 
-def _int8_dynamic(src: Path, dst: Path) -> dict:
-    # Why not quantize_dynamic on every MatMul: its per-tensor activation scale breaks on the
-    # activation outliers of real LLMs (SmolLM2 student: perplexity 12.83 -> 17.03, 1.33x);
-    # block-wise int8 measured 12.85 (1.002x) on the same windows.
-    params = _blockwise(src, dst, 8)
+def _share_embedding(dst: Path, params: dict) -> dict:
+    """The embedding read from the 8-bit LM head's weights when the model ties them (onnx_tied)."""
     from edgekit.workshop.onnx_tied import share_tied_head
 
     params["embedding_shared"] = record = share_tied_head(dst)
@@ -52,8 +70,19 @@ def _int8_dynamic(src: Path, dst: Path) -> dict:
     return params
 
 
+def _int8_dynamic(src: Path, dst: Path) -> dict:
+    # Why not quantize_dynamic on every MatMul: its per-tensor activation scale breaks on the
+    # activation outliers of real LLMs (SmolLM2 student: perplexity 12.83 -> 17.03, 1.33x);
+    # block-wise int8 measured 12.85 (1.002x) on the same windows.
+    return _share_embedding(dst, _blockwise(src, dst, 8))
+
+
 def _int4_weight_only(src: Path, dst: Path) -> dict:
-    return _blockwise(src, dst, 4)
+    # The LM head stays 8-bit, as llama.cpp's Q4_0 keeps SmolLM2's tied token_embd at Q8_0; tied, it
+    # is also the embedding table. SmolLM2 24-layer student, 2040 held-out tokens (bench/compare.py
+    # windows, 2026-12-02): head 4-bit 99.6 MB, perplexity 1.264x fp32; head 8-bit 85.4 MB, 1.165x
+    # (Q4_0 79.8 MB, 1.168x); decode speed within the run's noise of each other.
+    return _share_embedding(dst, _blockwise(src, dst, 4, head_bits=8))
 
 
 QUANTIZERS = {"fp32": _fp32, "int8-dynamic": _int8_dynamic, "int4-weight-only": _int4_weight_only}
