@@ -10,7 +10,7 @@ one at a time, the layer whose removal raises the teacher-vs-student KL on 12 ch
 Each untrained student is scored on the held-out chat answers (perplexity ratio to the teacher, top-1
 agreement) and, with --ask, answers six simple questions greedily. Prints and writes JSON.
 
---quiz-scan N: instead, every set of (30 - keep) layers among the N least influential on TinyStories, each
+--quiz-scan N: instead, every set of (teacher layers - keep) layers among the N least influential on TinyStories, each
 student scored (untrained) by its perplexity on the teacher's answers to the *training* quiz questions
 (rows with source "fact": no held-out prompt is looked at), first 48 answer tokens; then the best set is
 scored like the selections above.
@@ -29,12 +29,14 @@ from edgekit.workshop import student as S
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("teacher", type=Path)
 ap.add_argument("chatdata", type=Path)
-ap.add_argument("--keep", type=int, default=24)
+ap.add_argument("--keep", type=int, default=28, help="layers the student keeps [28: the default recipe]")
 ap.add_argument("--ask", action="store_true")
 ap.add_argument("--quiz-scan", type=int, default=0, metavar="N", help="scan drop sets among the N least influential layers")
 ap.add_argument("--out", type=Path, default=Path("bench/results/layer-selection.json"))
 ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinystories/tinystories_v1_validation_head.txt")
 args = ap.parse_args()
+if args.quiz_scan and args.quiz_scan < 0:
+    ap.error("--quiz-scan N needs N > 0")
 torch.set_num_threads(2)
 T, C = args.teacher, args.chatdata
 tok = AutoTokenizer.from_pretrained(T)
@@ -104,6 +106,10 @@ if args.quiz_scan:
             lg = model(input_ids=ids).logits[0, start - 1:-1]
             nll += torch.nn.functional.cross_entropy(lg, ids[0, start:], reduction="sum").item(); n += ids.shape[1] - start
         return nll / n
+    if not quiz:
+        sys.exit(f"{C}: no training quiz questions (answers.jsonl rows with source 'fact'): nothing to scan on")
+    if S.num_layers(teacher) - args.keep > args.quiz_scan:
+        sys.exit(f"--quiz-scan {args.quiz_scan}: fewer candidates than the {S.num_layers(teacher) - args.keep} layers to drop")
     t_quiz = quiz_nll(teacher)
     infl = S.layer_influence(teacher, cal_text)
     order = sorted(range(1, S.num_layers(teacher) - 1), key=lambda i: infl[i])[:args.quiz_scan]

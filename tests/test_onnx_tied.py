@@ -84,17 +84,17 @@ def test_untied_head_keeps_the_gather_table_and_says_why(tmp_path):
     assert path.read_bytes() == before
 
 
-def _tied_lm(path, table, inner):
-    """input_ids -> Gather(table) -> MatMul(inner) -> MatMul(table^T) -> `logits`: a tied toy LM."""
+def _tied_lm(path, table, inner, output="logits"):
+    """input_ids -> Gather(table) -> MatMul(inner) -> MatMul(table^T) -> `output`: a tied toy LM."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(table, "embed"), numpy_helper.from_array(inner, "inner"),
              numpy_helper.from_array(np.ascontiguousarray(table.T), "head")]
     nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["h0"], axis=0),
              helper.make_node("MatMul", ["h0", "inner"], ["h1"], name="inner_mm"),
-             helper.make_node("MatMul", ["h1", "head"], ["logits"], name="head_mm")]
+             helper.make_node("MatMul", ["h1", "head"], [output], name="head_mm")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "t"])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "t", VOCAB])], inits)
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, "t", VOCAB])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
     return path
 
@@ -119,3 +119,16 @@ def test_int4_keeps_the_lm_head_8_bit_and_serves_the_embedding_from_it(tmp_path)
     got = ort.InferenceSession(str(tmp_path / "q4.onnx"), providers=["CPUExecutionProvider"]).run(
         ["logits"], {"input_ids": ids})[0][0]
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()  # a 4-bit rounding, not another model
+
+
+def test_int4_says_when_it_finds_no_lm_head_to_keep_8_bit(tmp_path):
+    from edgekit.workshop.onnx_quantize import quantize_onnx
+
+    rng = np.random.default_rng(2)
+    src = _tied_lm(tmp_path / "fp32.onnx", rng.normal(0, 0.05, (VOCAB, HIDDEN)).astype(np.float32),
+                   rng.normal(0, 0.2, (HIDDEN, HIDDEN)).astype(np.float32), output="scores")
+    params = quantize_onnx(src, tmp_path / "q4.onnx", "int4-weight-only")
+    assert params["lm_head"].startswith("4-bit like the other MatMuls") and "no output named 'logits'" in params["lm_head"]
+    graph = onnx.load(str(tmp_path / "q4.onnx")).graph
+    assert {next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"} == {4}
+    assert params["embedding_shared"]["shared"] is False  # a 4-bit head cannot serve the int8 rows

@@ -1,4 +1,4 @@
-"""Tied embedding / LM head stored once in int8 ONNX models (issue 17).
+"""Tied embedding / LM head stored once in int8 and int4-weight-only ONNX models (issue 17; both keep the head 8-bit).
 
 The exporter unties a tied LM head so MatMulNBits can quantize it (edgekit/workshop/onnx_export.py);
 quantize_dynamic then stores the embedding Gather's table a second time, as per-tensor uint8 (one scale
