@@ -35,7 +35,7 @@ ap.add_argument("--quiz-scan", type=int, default=0, metavar="N", help="scan drop
 ap.add_argument("--out", type=Path, default=Path("bench/results/layer-selection.json"))
 ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinystories/tinystories_v1_validation_head.txt")
 args = ap.parse_args()
-if args.quiz_scan and args.quiz_scan < 0:
+if args.quiz_scan < 0:
     ap.error("--quiz-scan N needs N > 0")
 torch.set_num_threads(2)
 T, C = args.teacher, args.chatdata
@@ -59,9 +59,9 @@ tids = tok(text)["input_ids"]
 cal_text = [torch.tensor([tids[i * 128:(i + 1) * 128]]) for i in range(8)]
 
 @torch.no_grad()
-def chat_eval(model):
+def chat_eval(model, examples=None):
     nll, n, agree = 0.0, 0, 0
-    for ids, start in held_ids:
+    for ids, start in held_ids if examples is None else examples:
         lg = model(input_ids=ids).logits[0, start - 1:-1]
         tgt = ids[0, start:]
         nll += torch.nn.functional.cross_entropy(lg, tgt, reduction="sum").item()
@@ -99,13 +99,8 @@ if args.quiz_scan:
         if r.get("source") == "fact":
             ids, start = ex_ids(r["prompt"], r["answer"])
             quiz.append((ids[:, :start + 48], start))
-    @torch.no_grad()
-    def quiz_nll(model):
-        nll, n = 0.0, 0
-        for ids, start in quiz:
-            lg = model(input_ids=ids).logits[0, start - 1:-1]
-            nll += torch.nn.functional.cross_entropy(lg, ids[0, start:], reduction="sum").item(); n += ids.shape[1] - start
-        return nll / n
+    def quiz_nll(model):  # per-token NLL of the quiz answers, the held-out scorer's loop
+        return chat_eval(model, quiz)[0]
     if not quiz:
         sys.exit(f"{C}: no training quiz questions (answers.jsonl rows with source 'fact'): nothing to scan on")
     if S.num_layers(teacher) - args.keep > args.quiz_scan:
