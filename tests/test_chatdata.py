@@ -48,6 +48,34 @@ def test_corpus_prompts_come_from_the_training_part_only(tmp_path):
     assert all(p["source"] == "corpus" and "\n\n" in p["prompt"] for p in out)
 
 
+
+def test_classify_prompts_are_short_passages_of_the_training_part(tmp_path):
+    from edgekit.workshop.chatdata import CLASSIFY_TASKS, classify_prompts
+
+    paras = [f"Story {i} begins. Tom had a red ball and he was very happy. He played in the park all day."
+             for i in range(40)]
+    f = tmp_path / "t.txt"
+    f.write_text("\n\n".join(paras))
+    out = classify_prompts([f], 30, eval_fraction=0.25, seed=0)
+    assert len(out) == 30 and all(p["source"] == "classify" for p in out)
+    tasks = {p["prompt"].split("\n\n")[0] for p in out}
+    assert tasks == set(CLASSIFY_TASKS)  # the wordings take turns
+    passages = [p["prompt"].split("\n\n", 1)[1] for p in out]
+    assert all(40 <= len(x) <= 300 and x.count(".") <= 2 for x in passages)  # at most two sentences
+    used = {int(x.split("Story ")[1].split(" ")[0]) for x in passages if "Story " in x}
+    assert used and max(used) < 31  # never the held-out tail
+    assert classify_prompts([f], 30, eval_fraction=0.25, seed=0) == out  # the same seed, the same prompts
+
+
+def test_settings_key_ignores_a_later_field_at_its_default():
+    from edgekit.workshop.chatdata import ChatSettings
+
+    s = ChatSettings(teacher_key="t", topics=["rivers"], self_instruct=1, corpus_prompts=0, corpus_files=[],
+                     heldout_prompts=["Why?"])
+    # The key of these settings before classify_prompts existed (data cached then keeps its folder).
+    assert s.key() == "ca8b2e615f68f598"
+    assert ChatSettings(**{**s.__dict__, "classify_prompts": 4}).key() != s.key()
+
 LIMITS = {"max_text_perplexity_ratio": 1.5, "max_chat_perplexity_ratio": 2.0, "min_chat_agreement": 0.6}
 
 

@@ -98,6 +98,30 @@ def test_sst2_plain_prompt_scores_only_the_continuation(tmp_path):
         phrasing_for(scorer, "nope")
 
 
+def test_a_chat_model_is_scored_with_its_chat_prompt_and_the_plain_one(tmp_path):
+    from edgekit.device.sst2 import phrasings_for
+    from edgekit.workshop.eval_table import compare
+
+    chat = FakeScorer(favour="positive")
+    chat.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
+    assert phrasings_for(chat) == ["chat-question", "plain"]
+    assert phrasings_for(FakeScorer()) == ["plain"]
+    assert phrasings_for(chat, "plain, chat-review-first,plain") == ["plain", "chat-review-first"]
+    with pytest.raises(ConfigError, match="unknown SST-2 phrasing 'nope'"):
+        phrasings_for(None, "plain,nope")
+    with pytest.raises(ConfigError, match="no SST-2 phrasing"):
+        phrasings_for(None, " , ")
+    rows = read_sst2(_sst2(tmp_path, [("a fine film", 1), ("dull", 0)]))
+    teacher = {"model": "t", "evaluated_with": "x", "sst2": sst2_accuracy(chat, rows, "chat-question"),
+               "sst2_more": [sst2_accuracy(chat, rows, "plain")]}
+    plain_only = {"model": "p", "evaluated_with": "x", "sst2": sst2_accuracy(FakeScorer(favour="negative"), rows)}
+    table = {r["metric"]: r for r in compare({"teacher": teacher, "bundle": plain_only})["rows"]}
+    # each phrasing its own row: the plain-only model's figure sits beside the teacher's plain figure
+    assert set(table) == {"SST-2 accuracy (chat-question)", "SST-2 accuracy (plain)"}
+    assert table["SST-2 accuracy (chat-question)"]["values"] == {"teacher": 0.5}
+    assert table["SST-2 accuracy (plain)"]["values"] == {"teacher": 0.5, "bundle": 0.5}
+
+
 def test_sst2_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         read_sst2(tmp_path / "missing.tsv")
@@ -117,9 +141,10 @@ def test_side_by_side_table_and_ratios():
     t = compare({"teacher": result("t", 10.0, 4.0, 0.8, 0.75), "student": result("s", 15.0, 6.0, 0.6, 0.5),
                  "bundle": result("b", 15.3, 6.0, 0.6, 0.5)})
     rows = {r["metric"]: r for r in t["rows"]}
-    assert list(rows) == ["perplexity: held.txt", "chat-answer perplexity", "chat top-1 agreement", "SST-2 accuracy"]
+    assert list(rows) == ["perplexity: held.txt", "chat-answer perplexity", "chat top-1 agreement",
+                          "SST-2 accuracy (plain)"]
     assert rows["perplexity: held.txt"]["ratios"] == {"student": 1.5, "bundle": 1.53}
-    assert rows["chat top-1 agreement"]["ratios"]["student"] == 0.75 and rows["SST-2 accuracy"]["better"] == "higher"
+    assert rows["chat top-1 agreement"]["ratios"]["student"] == 0.75 and rows["SST-2 accuracy (plain)"]["better"] == "higher"
     text = "\n".join(format_table(t))
     assert "student/teacher" in text and "1.530x" in text and "0.7500" in text
 

@@ -34,8 +34,9 @@ ROLES = ("teacher", "student", "bundle")
               help="SST-2 TSV (sentence<TAB>label) [default: shared:data/sst2/glue_validation.tsv].")
 @click.option("--sst2-sentences", default=200, show_default=True, type=click.IntRange(0, None),
               help="First N sentences of SST-2 (0: all).")
-@click.option("--sst2-phrasing", default=None, help="SST-2 prompt (chat-question, chat-review-first, plain) "
-                                                    "[default: chat-question with a chat template, else plain].")
+@click.option("--sst2-phrasing", default=None,
+              help="SST-2 prompts, comma-separated (chat-question, chat-review-first, plain) "
+                   "[default: chat-question and plain with a chat template, else plain].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_cmd(model, teacher, student, bundle, data, recipe, tokens, window, chat_file, suite, sst2_file,
              sst2_sentences, sst2_phrasing, as_json):
@@ -102,12 +103,14 @@ def _causal_runner(rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_
         path = Path(sst2_file).expanduser() if sst2_file else resolve_data_ref(sst2.DATA_REF)
         rows = sst2.read_sst2(path, sst2_sentences or None)
         if sst2_phrasing:
-            sst2.phrasing_for(None, sst2_phrasing)  # an unknown name fails now, not after loading a model
+            sst2.phrasings_for(None, sst2_phrasing)  # an unknown name fails now, not after loading a model
     return lambda ref: eval_causal(ref, texts, tokens, window, recipe=rcp, chat=chat, sst2=rows,
                                    sst2_phrasing=sst2_phrasing)
 
 
 def single_lines(result: dict) -> list[str]:
+    from edgekit.workshop.eval_table import sst2_results
+
     lines = [f"{result['model']}  [{result['evaluated_with']}]"]
     for name, r in result.get("perplexity", {}).items():
         lines.append(f"  {name:<45} perplexity {r['perplexity']:>10.3f}  ({r['tokens']} tokens)")
@@ -115,8 +118,7 @@ def single_lines(result: dict) -> list[str]:
         c = result["chat"]
         lines.append(f"  {'chat answers':<45} perplexity {c['perplexity']:>10.3f}  top-1 agreement "
                      f"{c['agreement']:.4f}  ({c['examples']} examples, {c['tokens']} answer tokens)")
-    if "sst2" in result:
-        s = result["sst2"]
+    for s in sst2_results(result):
         lines.append(f"  {'SST-2':<45} accuracy {s['accuracy']:.4f}  ({s['sentences']} sentences, prompt "
                      f"{s['phrasing']}, majority baseline {s['majority_baseline']:.4f})")
     for name, r in result.get("sts", {}).items():

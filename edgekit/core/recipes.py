@@ -136,6 +136,9 @@ SCHEMA = Table(
                                         doc="simple quiz questions with short answers the teacher writes"),
                 "topics": Field(str, default=(), list_of=True, doc="one topic per question the teacher writes"),
                 "corpus_prompts": Field(int, default=0, minimum=0, doc="tasks built on training paragraphs"),
+                "classify_prompts": Field(int, default=0, minimum=0,
+                                          doc="one-word judgements (positive/negative, happy/sad ...) on short "
+                                              "training passages"),
                 "heldout_prompts": Field(str, default=(), list_of=True, doc="always held out, never trained on"),
                 "heldout_fraction": Field(float, default=0.1, minimum=0.0, maximum=0.5),
                 "answer_tokens": Field(int, default=96, minimum=8, doc="longest teacher answer"),

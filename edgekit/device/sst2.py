@@ -2,7 +2,7 @@
 
 For each sentence the model reads the prompt followed by each candidate answer (teacher forcing) and
 the candidate with the larger summed log-likelihood (nats) over its answer tokens is the prediction;
-no text is generated. A model with a chat template reads a chat prompt and the candidates are assistant
+no text is generated. A chat model is scored with two phrasings by default (its chat prompt and the plain one). A model with a chat template reads a chat prompt and the candidates are assistant
 answers closed by the end-of-turn token (chat_examples.example_ids); a model without one reads a plain
 "Review: ...\\nSentiment:" prompt and the candidates " negative" / " positive".
 Data: GLUE SST-2 validation as TSV `sentence<TAB>label` (0 negative, 1 positive) with a header line.
@@ -69,6 +69,19 @@ def phrasing_for(scorer, name: str | None = None) -> str:
     if name not in PHRASINGS:
         raise ConfigError(f"unknown SST-2 phrasing '{name}' (known: {', '.join(PHRASINGS)})")
     return name
+
+
+def phrasings_for(scorer, names: str | None = None) -> list[str]:
+    """The phrasings to score: the named ones (comma-separated), or by default the model's own
+    (phrasing_for) and, for a chat model, `plain` too: a chat student can keep the teacher's sense of
+    sentiment (plain prompt) yet lose its one-word chat answer, and a user should see both."""
+    if names is None:
+        first = phrasing_for(scorer)
+        return [first] + (["plain"] if first != "plain" else [])
+    out = list(dict.fromkeys(phrasing_for(scorer, n.strip()) for n in names.split(",") if n.strip()))
+    if not out:
+        raise ConfigError(f"no SST-2 phrasing named in '{names}' (known: {', '.join(PHRASINGS)})")
+    return out
 
 
 def candidate_ids(scorer, phrasing: Phrasing, sentence: str, answer: str) -> ChatIds:

@@ -26,6 +26,7 @@ from typing import Callable
 from edgekit.core.errors import ConfigError
 from edgekit.core.paths import edgekit_home
 from edgekit.device.chat_examples import prompt_text, read_examples
+from edgekit.workshop.chat_prompts import CLASSIFY_TASKS, CORPUS_TASKS, classify_prompts, corpus_prompts  # noqa: F401
 
 QUESTION_REQUEST = "Write one short question that a curious person might ask about {topic}. Write only the question."
 # Simple factual questions with short answers: the teacher answers them by restating the question
@@ -37,12 +38,6 @@ FACT_REQUEST = "Write one simple quiz question about {topic} that has a short an
 META = re.compile(r"\b(questions?|quiz|ask|asks|asking|curious)\b", re.I)
 QUESTION_WORDS = re.compile(r"^(what|what's|why|how|who|whom|whose|which|when|where|is|are|was|were|do|does|did|can|"
                             r"could|would|should|will|have|has)\b", re.I)
-CORPUS_TASKS = (
-    "Summarize this story in one sentence.",
-    "Give this story a short title.",
-    "Who is the main character of this story, and what happens to them?",
-    "What lesson does this story teach?",
-)
 HELDOUT_FILE = "heldout.jsonl"  # the held-out prompts with the teacher's answers, in the cache folder
 GENERATOR_SEQUENCE = 512  # tokens: prompt + answer of one generated example
 
@@ -64,9 +59,15 @@ class ChatSettings:
     version: int = 2  # bump when the way data is made changes (2: quoted questions kept, fact questions)
     fact_questions: int = 0  # simple quiz questions the teacher writes (FACT_REQUEST), one topic each
     files_sha256: list[str] = field(default_factory=list)
+    classify_prompts: int = 0  # one-word judgements (CLASSIFY_TASKS) on short training passages
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the settings; a field added later counts only when it differs from its default, so
+        data generated before it existed keeps its key."""
+        d = asdict(self)
+        if not self.classify_prompts:
+            d.pop("classify_prompts")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -99,20 +100,6 @@ def clean_question(text: str) -> str | None:
     if not q.endswith("?") or not 12 <= len(q) <= 200 or META.search(q):
         return None
     return q
-
-
-def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
-    """Tasks on paragraphs of the training part of `files` (150-700 characters each)."""
-    from edgekit.workshop.textdata import read_text, split_heldout
-
-    paragraphs = []
-    for f in files:
-        train, _ = split_heldout(read_text(f), eval_fraction)
-        paragraphs += [p.strip() for p in train.split("\n\n") if 150 <= len(p.strip()) <= 700]
-    rng = random.Random(seed)
-    picked = rng.sample(paragraphs, min(count, len(paragraphs)))
-    return [{"prompt": f"{CORPUS_TASKS[i % len(CORPUS_TASKS)]}\n\n{p}", "source": "corpus"}
-            for i, p in enumerate(picked)]
 
 
 def split_prompts(prompts: list[dict], fixed_heldout: list[str], fraction: float, seed: int) -> list[dict]:
@@ -279,7 +266,9 @@ def build_chat_data(s: ChatSettings, teacher_path: Path, model, tokenizer, log: 
         with tqdm(total=s.self_instruct + s.fact_questions, desc="teacher writes questions", unit="q",
                   disable=not progress) as bar:
             questions = teacher_questions(gen, s, folder, bar) + teacher_questions(gen, s, folder, bar, "fact")
-        corpus = corpus_prompts(expand_paths(s.corpus_files), s.corpus_prompts, s.eval_fraction, s.seed)
+        files = expand_paths(s.corpus_files)
+        corpus = corpus_prompts(files, s.corpus_prompts, s.eval_fraction, s.seed)
+        corpus += classify_prompts(files, s.classify_prompts, s.eval_fraction, s.seed) if s.classify_prompts else []
         from edgekit.device.chat_examples import write_examples
 
         write_examples(prompts_path, split_prompts(questions + corpus, s.heldout_prompts, s.heldout_fraction, s.seed))

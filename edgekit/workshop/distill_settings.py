@@ -152,9 +152,10 @@ def chat_settings_from_recipe(recipe, settings: DistillSettings, max_prompts: in
         return None
     ident = json.dumps([settings.teacher, settings.teacher_file, settings.teacher_sha256, _local_fingerprint(settings)])
     files = textdata.expand_paths(list(settings.data))
-    asked, facts, tasks = capped_counts([c["self_instruct"], c["fact_questions"], c["corpus_prompts"]], max_prompts)
+    asked, facts, tasks, judged = capped_counts([c["self_instruct"], c["fact_questions"], c["corpus_prompts"],
+                                                 c["classify_prompts"]], max_prompts)
     cs = ChatSettings(teacher_key=hashlib.sha256(ident.encode()).hexdigest()[:16], topics=list(c["topics"]),
-                      self_instruct=asked, fact_questions=facts, corpus_prompts=tasks,
+                      self_instruct=asked, fact_questions=facts, corpus_prompts=tasks, classify_prompts=judged,
                       corpus_files=list(settings.data), heldout_prompts=list(c["heldout_prompts"]),
                       heldout_fraction=c["heldout_fraction"], answer_tokens=c["answer_tokens"], seed=settings.seed,
                       eval_fraction=settings.eval_fraction, files_sha256=[hashlib.sha256(f.read_bytes()).hexdigest() for f in files])

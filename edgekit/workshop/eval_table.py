@@ -11,6 +11,11 @@ from __future__ import annotations
 REFERENCE = "teacher"
 
 
+def sst2_results(result: dict) -> list[dict]:
+    """Every SST-2 result of one model (one per prompt phrasing), the model's own phrasing first."""
+    return [result["sst2"], *result.get("sst2_more", [])] if "sst2" in result else []
+
+
 def _metrics(result: dict) -> dict[str, tuple[float, str, str]]:
     """{metric name: (value, better, detail)} of one result."""
     out = {}
@@ -21,10 +26,9 @@ def _metrics(result: dict) -> dict[str, tuple[float, str, str]]:
         detail = f"{c['examples']} examples, {c['tokens']} answer tokens"
         out["chat-answer perplexity"] = (c["perplexity"], "lower", detail)
         out["chat top-1 agreement"] = (c["agreement"], "higher", detail)
-    if "sst2" in result:
-        s = result["sst2"]
-        out["SST-2 accuracy"] = (s["accuracy"], "higher", f"{s['sentences']} sentences, prompt {s['phrasing']}, "
-                                                           f"majority baseline {s['majority_baseline']:.3f}")
+    for s in sst2_results(result):  # one row per prompt phrasing, so columns compare like with like
+        out[f"SST-2 accuracy ({s['phrasing']})"] = (s["accuracy"], "higher", f"{s['sentences']} sentences, "
+                                                    f"majority baseline {s['majority_baseline']:.3f}")
     for name, r in result.get("sts", {}).items():
         out[f"STS-B Spearman: {name}"] = (r["spearman"], "higher", f"{r['pairs']} pairs")
     return out

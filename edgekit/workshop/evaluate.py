@@ -168,7 +168,10 @@ def eval_causal(model_ref: str, texts: dict[str, str], max_tokens: int, window: 
 
         out["chat"] = chat_metrics(scorer, chat)
     if sst2:
-        from edgekit.device.sst2 import sst2_accuracy
+        from edgekit.device.sst2 import phrasings_for, sst2_accuracy
 
-        out["sst2"] = sst2_accuracy(scorer, sst2, sst2_phrasing)
+        scored = [sst2_accuracy(scorer, sst2, name) for name in phrasings_for(scorer, sst2_phrasing)]
+        out["sst2"] = scored[0]  # the model's own phrasing first; the others (plain, for a chat model) after
+        if scored[1:]:
+            out["sst2_more"] = scored[1:]
     return out
