@@ -163,3 +163,19 @@ def test_eval_cli_errors_are_one_line(tmp_path):
     res = run_cli("eval", "--teacher", "recipe", "--bundle", str(tmp_path / "missing"), "--recipe", "stories260k",
                   no_torch=True)  # fails before the teacher loads (torch blocked here)
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith(f"error: model not found: {tmp_path}")
+
+
+class _WindowScorer(FakeScorer):
+    def perplexity(self, wins):
+        self.windows = wins
+        return 2.0
+
+
+def test_tokens_below_the_window_score_one_window_and_short_texts_say_why():
+    from edgekit.workshop.evaluate import heldout_perplexity
+
+    scorer = _WindowScorer()
+    out = heldout_perplexity(scorer, {"t.txt": "x" * 1000}, max_tokens=64, window=256)
+    assert out == {"t.txt": {"perplexity": 2.0, "tokens": 64}} and [len(w) for w in scorer.windows] == [65]
+    with pytest.raises(ConfigError, match=r"t.txt: 10 tokens, fewer than the 33 one window needs"):
+        heldout_perplexity(scorer, {"t.txt": "x" * 10}, max_tokens=64, window=32)

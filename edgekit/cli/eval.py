@@ -28,7 +28,8 @@ ROLES = ("teacher", "student", "bundle")
 @click.option("--tokens", default=4096, show_default=True, type=click.IntRange(2, None), help="Tokens per text.")
 @click.option("--window", default=256, show_default=True, type=click.IntRange(1, None), help="Tokens per window.")
 @click.option("--chat", "chat_file", help="Chat examples (JSONL {prompt, answer}) for chat-answer perplexity and "
-                                          "top-1 agreement [default: the recipe's held-out chat examples, if any].")
+                                          "top-1 agreement [default: the recipe's held-out chat examples, if any; "
+                                          "'none': no chat rows].")
 @click.option("--suite", multiple=True, type=click.Choice(["sst2"]), help="Task suite scored by log-likelihood.")
 @click.option("--sst2-file", default=None,
               help="SST-2 TSV (sentence<TAB>label) [default: shared:data/sst2/glue_validation.tsv].")
@@ -94,7 +95,8 @@ def _causal_runner(rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_
 
     texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
              else default_eval_texts(rcp)[0])
-    chat_path = Path(chat_file).expanduser() if chat_file else default_chat_examples(rcp)
+    chat_path = (None if chat_file == "none" else Path(chat_file).expanduser() if chat_file
+                 else default_chat_examples(rcp))
     chat = read_examples(chat_path) if chat_path else None
     if chat is not None and not any(e.get("answer") for e in chat):
         raise ConfigError(f"{chat_path}: no example has an \"answer\" to score")

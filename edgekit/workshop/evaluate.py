@@ -149,10 +149,13 @@ def heldout_perplexity(scorer, texts: dict[str, str], max_tokens: int, window: i
     from edgekit.device import quality
 
     results = {}
+    window = min(window, max_tokens)  # --tokens 64 with the default window of 256: one window of 64
     for name, text in texts.items():
-        wins = quality.windows(scorer.encode(text)[: max_tokens + 1], window)
+        ids = scorer.encode(text)
+        wins = quality.windows(ids[: max_tokens + 1], window)
         if not wins:
-            raise ConfigError(f"{name}: fewer than {window + 1} tokens to evaluate")
+            raise ConfigError(f"{name}: {len(ids)} tokens, fewer than the {window + 1} one window needs "
+                              "(lower --window)")
         results[name] = {"perplexity": round(scorer.perplexity(wins), 4), "tokens": sum(len(w) - 1 for w in wins)}
     return results
 
