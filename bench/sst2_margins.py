@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgekit.core.paths import resolve_data_ref  # noqa: E402
 from edgekit.core.recipes import load_recipe  # noqa: E402
 from edgekit.device import sst2  # noqa: E402
-from edgekit.device.chat_quality import score_alternatives  # noqa: E402
 from edgekit.workshop.evaluate import open_scorer  # noqa: E402
 
 
@@ -34,13 +33,7 @@ def auc(margins: np.ndarray, labels: np.ndarray) -> float:
 
 
 def margins(scorer, rows, name: str) -> np.ndarray:
-    phrasing = sst2.PHRASINGS[name]
-    out = []
-    for sentence, _ in rows:
-        neg, pos = score_alternatives(scorer, [sst2.candidate_ids(scorer, phrasing, sentence, a)
-                                               for a in phrasing.answers])
-        out.append(neg.nll - pos.nll)
-    return np.array(out)
+    return np.array([sst2.margin(scorer, sst2.PHRASINGS[name], sentence) for sentence, _ in rows])
 
 
 def main() -> None:

@@ -111,15 +111,32 @@ def test_a_chat_model_is_scored_with_its_chat_prompt_and_the_plain_one(tmp_path)
         phrasings_for(None, "plain,nope")
     with pytest.raises(ConfigError, match="no SST-2 phrasing"):
         phrasings_for(None, " , ")
-    rows = read_sst2(_sst2(tmp_path, [("a fine film", 1), ("dull", 0)]))
+    rows = read_sst2(_sst2(tmp_path, [("a fine film", 1), ("dull", 0), ("great", 1)]))
+    # the fake favours "positive" after "Assistant:" only: the chat prompt says positive (2 of 3 right),
+    # the plain prompt has no "Assistant:", a tie, label 0 (1 of 3 right)
     teacher = {"model": "t", "evaluated_with": "x", "sst2": sst2_accuracy(chat, rows, "chat-question"),
                "sst2_more": [sst2_accuracy(chat, rows, "plain")]}
     plain_only = {"model": "p", "evaluated_with": "x", "sst2": sst2_accuracy(FakeScorer(favour="negative"), rows)}
     table = {r["metric"]: r for r in compare({"teacher": teacher, "bundle": plain_only})["rows"]}
     # each phrasing its own row: the plain-only model's figure sits beside the teacher's plain figure
     assert set(table) == {"SST-2 accuracy (chat-question)", "SST-2 accuracy (plain)"}
-    assert table["SST-2 accuracy (chat-question)"]["values"] == {"teacher": 0.5}
-    assert table["SST-2 accuracy (plain)"]["values"] == {"teacher": 0.5, "bundle": 0.5}
+    assert table["SST-2 accuracy (chat-question)"]["values"] == {"teacher": pytest.approx(0.6667)}
+    assert table["SST-2 accuracy (plain)"]["values"] == {"teacher": pytest.approx(0.3333),
+                                                        "bundle": pytest.approx(0.3333)}
+
+
+def test_chat_none_leaves_the_chat_rows_out_even_when_the_recipe_has_some(tmp_path, monkeypatch):
+    from edgekit.cli.eval import chat_examples
+    from edgekit.workshop import evaluate
+
+    held = tmp_path / "heldout.jsonl"
+    held.write_text(json.dumps({"prompt": "Hi", "answer": "Hello"}) + "\n")
+    monkeypatch.setattr(evaluate, "default_chat_examples", lambda recipe: held)
+    assert chat_examples(None, None) == [{"prompt": "Hi", "answer": "Hello"}]
+    assert chat_examples(None, "none") is None
+    (tmp_path / "q.jsonl").write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    with pytest.raises(ConfigError, match="no example has an \"answer\""):
+        chat_examples(None, str(tmp_path / "q.jsonl"))
 
 
 def test_sst2_bad_files(tmp_path):

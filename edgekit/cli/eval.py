@@ -85,21 +85,31 @@ def _encoder_runner(rcp, data):
     return lambda ref: eval_encoder(ref, list(data) or rcp.data["data"]["eval"])
 
 
-def _causal_runner(rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_sentences, sst2_phrasing):
-    """Read every input once (a bad path fails before any model loads); returns MODEL -> result."""
-    from edgekit.workshop import textdata
-    from edgekit.workshop.evaluate import default_chat_examples, default_eval_texts, eval_causal
-    from edgekit.core.paths import resolve_data_ref
-    from edgekit.device import sst2
+def chat_examples(rcp, chat_file: str | None) -> list[dict] | None:
+    """The chat examples to score: --chat FILE, 'none' (no chat rows), or the recipe's held-out ones if
+    a distillation on this machine made them."""
     from edgekit.device.chat_examples import read_examples
+    from edgekit.workshop.evaluate import default_chat_examples
 
-    texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
-             else default_eval_texts(rcp)[0])
-    chat_path = (None if chat_file == "none" else Path(chat_file).expanduser() if chat_file
-                 else default_chat_examples(rcp))
+    if chat_file == "none":
+        return None
+    chat_path = Path(chat_file).expanduser() if chat_file else default_chat_examples(rcp)
     chat = read_examples(chat_path) if chat_path else None
     if chat is not None and not any(e.get("answer") for e in chat):
         raise ConfigError(f"{chat_path}: no example has an \"answer\" to score")
+    return chat
+
+
+def _causal_runner(rcp, data, tokens, window, chat_file, suite, sst2_file, sst2_sentences, sst2_phrasing):
+    """Read every input once (a bad path fails before any model loads); returns MODEL -> result."""
+    from edgekit.workshop import textdata
+    from edgekit.workshop.evaluate import default_eval_texts, eval_causal
+    from edgekit.core.paths import resolve_data_ref
+    from edgekit.device import sst2
+
+    texts = ({f.name: textdata.read_text(f) for f in textdata.expand_paths(list(data))} if data
+             else default_eval_texts(rcp)[0])
+    chat = chat_examples(rcp, chat_file)
     rows = None
     if "sst2" in suite:
         path = Path(sst2_file).expanduser() if sst2_file else resolve_data_ref(sst2.DATA_REF)

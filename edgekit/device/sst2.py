@@ -2,7 +2,8 @@
 
 For each sentence the model reads the prompt followed by each candidate answer (teacher forcing) and
 the candidate with the larger summed log-likelihood (nats) over its answer tokens is the prediction;
-no text is generated. A chat model is scored with two phrasings by default (its chat prompt and the plain one). A model with a chat template reads a chat prompt and the candidates are assistant
+no text is generated. A chat model is scored with two phrasings by default (its chat prompt and the
+plain one). A model with a chat template reads a chat prompt and the candidates are assistant
 answers closed by the end-of-turn token (chat_examples.example_ids); a model without one reads a plain
 "Review: ...\\nSentiment:" prompt and the candidates " negative" / " positive".
 Data: GLUE SST-2 validation as TSV `sentence<TAB>label` (0 negative, 1 positive) with a header line.
@@ -94,11 +95,15 @@ def candidate_ids(scorer, phrasing: Phrasing, sentence: str, answer: str) -> Cha
     return ChatIds(ids, start)  # the answer is what the prompt's ids do not already cover
 
 
+def margin(scorer, phrasing: Phrasing, sentence: str) -> float:
+    """Log-likelihood of the positive answer minus that of the negative one (nats; > 0 favours label 1)."""
+    neg, pos = score_alternatives(scorer, [candidate_ids(scorer, phrasing, sentence, a) for a in phrasing.answers])
+    return neg.nll - pos.nll
+
+
 def predict(scorer, phrasing: Phrasing, sentence: str) -> int:
     """0 or 1: the label whose answer has the larger log-likelihood (a tie goes to label 0)."""
-    scores = score_alternatives(scorer, [candidate_ids(scorer, phrasing, sentence, a) for a in phrasing.answers])
-    nll = [s.nll for s in scores]
-    return int(nll[1] < nll[0])
+    return int(margin(scorer, phrasing, sentence) > 0)
 
 
 def sst2_accuracy(scorer, rows: list[tuple[str, int]], phrasing_name: str | None = None) -> dict:

@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--test-files", default="", help="run only these test files (comma-separated) in the tier")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGEKIT_CI_CACHE", "~/.cache/edgekit-ci")))
     ap.add_argument("--work", type=Path, default=None,
-                    help="scratch folder (default: a new temporary one, removed at the end unless --keep-work)")
+                    help="scratch folder (default: a new temporary one, removed at the end unless a check "
+                         "failed or --keep-work)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary scratch folder (for debugging)")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "aarch64.json")
     ap.add_argument("--no-binfmt", action="store_true", help="always call the emulator explicitly")
@@ -68,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ours:
             guestmod.remove_binfmt()
-        if args.work is None and not args.keep_work:  # each run's scratch is ~1 GB: CI disks fill up
-            shutil.rmtree(work, ignore_errors=True)
-            run.facts["work_removed"] = True
+        failed = any(r["status"] == "FAIL" for r in run.results)
+        if args.work is None and not args.keep_work and not failed:  # scratch is ~1 GB a run: CI disks fill up
+            shutil.rmtree(work, ignore_errors=True)  # a failed run keeps it: its server logs say why
+        run.facts["work_removed"] = not work.exists()
     run.facts["total_seconds"] = round(time.monotonic() - t_all, 1)
     return run.finish(args.json)
 
