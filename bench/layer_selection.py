@@ -13,7 +13,8 @@ agreement) and, with --ask, answers six simple questions greedily. Prints and wr
 --quiz-scan N: instead, every set of (teacher layers - keep) layers among the N least influential on TinyStories, each
 student scored (untrained) by its perplexity on the teacher's answers to the *training* quiz questions
 (rows with source "fact": no held-out prompt is looked at), first 48 answer tokens; then the best set is
-scored like the selections above.
+scored like the selections above. --scan-source fact,classify scores the answers of each source (ranked
+by the first; classify: one-word judgements, recipe classify_prompts).
 """
 import itertools
 import argparse
@@ -32,6 +33,9 @@ ap.add_argument("chatdata", type=Path)
 ap.add_argument("--keep", type=int, default=28, help="layers the student keeps [28: the default recipe]")
 ap.add_argument("--ask", action="store_true")
 ap.add_argument("--quiz-scan", type=int, default=0, metavar="N", help="scan drop sets among the N least influential layers")
+ap.add_argument("--scan-source", default="fact",
+                help="--quiz-scan scores the training answers of these sources (comma-separated; the set is ranked "
+                     "by the first), e.g. fact,classify (classify: one-word judgements, recipe classify_prompts)")
 ap.add_argument("--out", type=Path, default=Path("bench/results/layer-selection.json"))
 ap.add_argument("--text", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/tinystories/tinystories_v1_validation_head.txt")
 args = ap.parse_args()
@@ -94,15 +98,16 @@ def score(name, keep):
     args.out.parent.mkdir(parents=True, exist_ok=True); args.out.write_text(json.dumps(res, indent=1))
 
 if args.quiz_scan:
-    quiz = []
+    sources = [s for s in args.scan_source.split(",") if s]
+    quiz = {s: [] for s in sources}
     for r in train:
-        if r.get("source") == "fact":
+        if r.get("source") in quiz:
             ids, start = ex_ids(r["prompt"], r["answer"])
-            quiz.append((ids[:, :start + 48], start))
-    def quiz_nll(model):  # per-token NLL of the quiz answers, the held-out scorer's loop
-        return chat_eval(model, quiz)[0]
-    if not quiz:
-        sys.exit(f"{C}: no training quiz questions (answers.jsonl rows with source 'fact'): nothing to scan on")
+            quiz[r["source"]].append((ids[:, :start + 48], start))
+    def quiz_nll(model):  # per-token NLL of each source's answers, the held-out scorer's loop
+        return {s: chat_eval(model, q)[0] for s, q in quiz.items()}
+    if not sources or not all(quiz.values()):
+        sys.exit(f"{C}: no training answers of source(s) {[s for s in sources if not quiz[s]] or sources}: nothing to scan on")
     if S.num_layers(teacher) - args.keep > args.quiz_scan:
         sys.exit(f"--quiz-scan {args.quiz_scan}: fewer candidates than the {S.num_layers(teacher) - args.keep} layers to drop")
     t_quiz = quiz_nll(teacher)
@@ -112,10 +117,15 @@ if args.quiz_scan:
     for drop in itertools.combinations(order, S.num_layers(teacher) - args.keep):
         k = [i for i in range(S.num_layers(teacher)) if i not in drop]
         v = quiz_nll(S.make_student(teacher, k, 1.0, cal_text[:4]))
-        scan.append({"drop": sorted(drop), "quiz_ppl_ratio": float(torch.exp(torch.tensor(v - t_quiz)))})
+        ratios = {s: float(torch.exp(torch.tensor(v[s] - t_quiz[s]))) for s in sources}
+        scan.append({"drop": sorted(drop), "quiz_ppl_ratio": ratios[sources[0]],
+                     **({f"{s}_ppl_ratio": r for s, r in ratios.items()} if len(sources) > 1 else {})})
         print(json.dumps(scan[-1]), flush=True)
     scan.sort(key=lambda r: r["quiz_ppl_ratio"])
-    res["quiz_scan"] = {"candidates": order, "teacher_quiz_nll": t_quiz, "quiz_examples": len(quiz), "ranked": scan}
+    res["quiz_scan"] = {"candidates": order, "sources": sources,
+                         "teacher_quiz_nll": t_quiz[sources[0]] if len(sources) == 1 else t_quiz,
+                         "quiz_examples": len(quiz[sources[0]]) if len(sources) == 1 else {s: len(q) for s, q in quiz.items()},
+                         "ranked": scan}
     score("quiz_scan_best", [i for i in range(S.num_layers(teacher)) if i not in scan[0]["drop"]])
     sys.exit(0)
 
