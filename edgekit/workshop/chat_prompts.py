@@ -37,13 +37,16 @@ def _training_paragraphs(files: list[Path], eval_fraction: float) -> list[str]:
     return paragraphs
 
 
+def _tasks_on(rng: random.Random, texts: list[str], count: int, tasks: tuple[str, ...], source: str) -> list[dict]:
+    """`count` of `texts` picked by `rng`, each under one of `tasks` in turn."""
+    picked = rng.sample(texts, min(count, len(texts)))
+    return [{"prompt": f"{tasks[i % len(tasks)]}\n\n{p}", "source": source} for i, p in enumerate(picked)]
+
+
 def corpus_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
     """Tasks on paragraphs of the training part of `files` (150-700 characters each)."""
     paragraphs = [p for p in _training_paragraphs(files, eval_fraction) if 150 <= len(p) <= 700]
-    rng = random.Random(seed)
-    picked = rng.sample(paragraphs, min(count, len(paragraphs)))
-    return [{"prompt": f"{CORPUS_TASKS[i % len(CORPUS_TASKS)]}\n\n{p}", "source": "corpus"}
-            for i, p in enumerate(picked)]
+    return _tasks_on(random.Random(seed), paragraphs, count, CORPUS_TASKS, "corpus")
 
 
 def classify_prompts(files: list[Path], count: int, eval_fraction: float, seed: int) -> list[dict]:
@@ -54,7 +57,4 @@ def classify_prompts(files: list[Path], count: int, eval_fraction: float, seed: 
     for p in _training_paragraphs(files, eval_fraction):
         sentences = re.split(r"(?<=[.!?])\s+", " ".join(p.split()))
         passages += [" ".join(sentences[i: i + 2]) for i in range(0, len(sentences), 2)]
-    passages = [p for p in passages if 40 <= len(p) <= 300]
-    picked = rng.sample(passages, min(count, len(passages)))
-    return [{"prompt": f"{CLASSIFY_TASKS[i % len(CLASSIFY_TASKS)]}\n\n{p}", "source": "classify"}
-            for i, p in enumerate(picked)]
+    return _tasks_on(rng, [p for p in passages if 40 <= len(p) <= 300], count, CLASSIFY_TASKS, "classify")

@@ -19,7 +19,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -59,14 +59,16 @@ class ChatSettings:
     version: int = 2  # bump when the way data is made changes (2: quoted questions kept, fact questions)
     fact_questions: int = 0  # simple quiz questions the teacher writes (FACT_REQUEST), one topic each
     files_sha256: list[str] = field(default_factory=list)
-    classify_prompts: int = 0  # one-word judgements (CLASSIFY_TASKS) on short training passages
+    # one-word judgements (CLASSIFY_TASKS) on short training passages
+    classify_prompts: int = field(default=0, metadata={"added_later": True})
 
     def key(self) -> str:
-        """Hash of the settings; a field added later counts only when it differs from its default, so
-        data generated before it existed keeps its key."""
+        """Hash of the settings; a field marked `added_later` counts only when it differs from its default,
+        so data generated before it existed keeps its key."""
         d = asdict(self)
-        if not self.classify_prompts:
-            d.pop("classify_prompts")
+        for f in fields(self):
+            if f.metadata.get("added_later") and d[f.name] == f.default:
+                d.pop(f.name)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
